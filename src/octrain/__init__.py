@@ -1,0 +1,44 @@
+"""octrain: give a chat model a character.
+
+A written constitution shapes a model through synthetic preference data and LoRA DPO,
+then introspective SFT, then evaluation. ``python -m octrain +recipe=NAME`` runs a recipe;
+the same steps are importable from here.
+"""
+
+from octrain.telemetry import disable_telemetry
+
+disable_telemetry()  # before anything imports huggingface_hub, which reads the variables once
+
+from octrain.config import OctrainConfig, StageName  # noqa: E402
+from octrain.constitution import Constitution, Trait, load_constitution  # noqa: E402
+from octrain.errors import ConfigError, DataFormatError, OctrainError, StageError  # noqa: E402
+from octrain.records import (  # noqa: E402
+    Conversation,
+    EvalRecord,
+    ModelRef,
+    PreferencePair,
+    PromptRecord,
+    load_records,
+    save_records,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Constitution",
+    "Conversation",
+    "DataFormatError",
+    "EvalRecord",
+    "ModelRef",
+    "OctrainConfig",
+    "OctrainError",
+    "PreferencePair",
+    "PromptRecord",
+    "StageError",
+    "StageName",
+    "Trait",
+    "load_constitution",
+    "load_records",
+    "save_records",
+]

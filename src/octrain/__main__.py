@@ -1,0 +1,122 @@
+"""The command line: ``python -m octrain +recipe=NAME [key=value ...]``.
+
+This is the only module that knows about Hydra. It composes the configs under
+``configs/`` and the chosen recipe from ``recipes/`` onto the typed schema, converts the
+result to :class:`~octrain.config.OctrainConfig` once, and hands it to
+:func:`octrain.pipeline.run` with the run directory Hydra chose (``runs/<name>``, or one
+subdirectory per job in a ``-m`` sweep).
+
+Errors a user can fix (an unknown recipe, a misspelled key, a bad value, a malformed
+file) print as one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from octrain.telemetry import disable_telemetry
+
+disable_telemetry()
+
+from octrain.paths import available_recipes, configs_dir  # noqa: E402
+
+USAGE = "usage: python -m octrain +recipe=NAME [key=value ...]   (-m for a sweep over comma-separated values)"
+_RECIPE_ARG = re.compile(r"^\+{0,2}recipe=(.*)$")
+
+
+def _recipe_problem(argv: list[str]) -> str | None:
+    """Why the command line cannot run a recipe, or None when it names known recipes."""
+    known = available_recipes()
+    listing = "available recipes: " + (", ".join(known) or "none (no recipes/ directory found)")
+    values = [m.group(1) for m in (_RECIPE_ARG.match(arg) for arg in argv) if m]
+    if not values:
+        return f"no recipe given.\n{USAGE}\n{listing}"
+    for value in values:
+        for name in value.split(","):
+            if name.strip() not in known:
+                return f"unknown recipe {name.strip()!r}.\n{listing}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The most specific message in an exception chain, on one line, with its config key."""
+    from octrain.errors import OctrainError
+
+    innermost = exc
+    while not isinstance(innermost, OctrainError):
+        inner = innermost.__cause__ or (None if innermost.__suppress_context__ else innermost.__context__)
+        if inner is None:
+            break
+        innermost = inner
+    message = str(innermost).strip().splitlines()[0] if str(innermost).strip() else type(innermost).__name__
+    key = getattr(innermost, "full_key", None)
+    if key and str(key) not in message:
+        message = f"{key}: {message}"
+    return message
+
+
+def _hydra_app() -> bool:
+    """Run the Hydra application; True when a job failed with an error already printed."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from octrain.compose import register_schema
+    from octrain.config import OctrainConfig
+    from octrain.pipeline import run
+
+    register_schema()
+
+    from octrain.errors import OctrainError
+
+    failures: list[str] = []
+
+    @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name="octrain")
+    def app(cfg: DictConfig) -> None:
+        config: OctrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        logging.getLogger("octrain").setLevel(config.log_level.upper())
+        try:
+            result = run(config, HydraConfig.get().runtime.output_dir)
+        except OctrainError as exc:
+            # Caught here rather than left to Hydra, which would add its own report line;
+            # in a sweep the other jobs still run.
+            print(f"octrain: error: {exc}", file=sys.stderr)
+            failures.append(str(exc))
+            return
+        print(result.summary_table())
+
+    app()
+    return bool(failures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    wants_help = any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or a.startswith("--cfg") for a in args)
+    if not wants_help:
+        problem = _recipe_problem(args)
+        if problem:
+            print(f"octrain: error: {problem}", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # Let Hydra raise instead of printing its own multi-line report: we print one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.argv = [sys.argv[0], *args]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from octrain.errors import OctrainError
+
+    try:
+        if _hydra_app():
+            return 2
+    except (OctrainError, HydraException, OmegaConfBaseException) as exc:
+        print(f"octrain: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The typed configuration of an octrain run.
+
+Hydra composes YAML (``configs/`` plus a recipe from ``recipes/``) on top of these
+dataclasses, which are registered as the schema, so a misspelled key, a value of the wrong
+type or an unknown enum member fails at composition with the key's full name. ``__main__``
+converts the result to these dataclasses once; nothing below it sees a ``DictConfig``.
+
+Enums are ``str`` enums rather than ``Literal`` because OmegaConf 2.3 validates the former
+and rejects the latter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from omegaconf import MISSING
+
+from octrain.errors import ConfigError
+
+
+class StageName(str, Enum):
+    """Pipeline stages, in the order they run. Stage name = output folder = config key."""
+
+    prompts = "prompts"
+
+
+class SamplerBackend(str, Enum):
+    hf = "hf"  # transformers generate(): any machine, the CPU included
+    vllm = "vllm"  # vLLM offline batch engine: CUDA GPUs
+    tinker = "tinker"  # Tinker's hosted sampling API
+    fake = "fake"  # deterministic canned answers: tests and dry runs, no model at all
+
+
+class TrainerBackend(str, Enum):
+    trl = "trl"  # TRL's DPOTrainer/SFTTrainer with PEFT LoRA, local CPU or CUDA (accelerate scales out)
+    tinker = "tinker"  # Tinker's hosted LoRA training
+
+
+class ModelRole(str, Enum):
+    teacher = "teacher"
+    student = "student"
+
+
+class DType(str, Enum):
+    auto = "auto"  # bf16 on a GPU that supports it, fp32 otherwise
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class ModelConfig:
+    """A chat model: where its weights are and how to talk to it.
+
+    ``path`` is a Hub id, a local directory, or ``builtin:tiny-qwen3`` for the tiny model
+    octrain builds offline (tests, CPU dry runs).
+    """
+
+    path: str = MISSING
+    assistant_name: str = "Assistant"  # how the constitution prompt names the assistant
+    revision: str | None = None
+    dtype: DType = DType.auto
+    trust_remote_code: bool = False
+    enable_thinking: bool = False  # Qwen3-style templates: think before answering
+    max_model_len: int = 4096
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings for one kind of generation."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    min_p: float = 0.0
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 1024
+
+
+@dataclass
+class HFSamplerOptions:
+    batch_size: int = 16  # sequences per generate() call; n samples of a prompt count separately
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class VLLMSamplerOptions:
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_lora_rank: int = 64
+    enable_prefix_caching: bool = True  # every teacher prompt shares the constitution prefix
+    max_num_seqs: int | None = None
+    quantization: str | None = None  # e.g. fp8: a 32B teacher then leaves far more KV cache
+
+
+@dataclass
+class TinkerOptions:
+    base_url: str | None = None  # None: the SDK default; the key comes from TINKER_API_KEY
+    max_concurrency: int = 64
+
+
+@dataclass
+class SamplerConfig:
+    backend: SamplerBackend = SamplerBackend.hf
+    hf: HFSamplerOptions = field(default_factory=HFSamplerOptions)
+    vllm: VLLMSamplerOptions = field(default_factory=VLLMSamplerOptions)
+    tinker: TinkerOptions = field(default_factory=TinkerOptions)
+
+
+@dataclass
+class TRLOptions:
+    per_device_batch_size: int = 4  # the effective batch comes from gradient accumulation
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard], [wandb], [trackio]
+    logging_steps: int = 1
+    save_steps: int = 50
+
+
+@dataclass
+class TrainerConfig:
+    backend: TrainerBackend = TrainerBackend.trl
+    trl: TRLOptions = field(default_factory=TRLOptions)
+    tinker: TinkerOptions = field(default_factory=TinkerOptions)
+
+
+@dataclass
+class ScaleConfig:
+    """How much data each stage makes (presets in ``configs/scale``; METHOD.md section 5).
+
+    Stage 1 asks for ``prompts_per_trait`` prompts per trait (seed questions first, then
+    expansions) plus ``generic_prompts`` ordinary requests, and answers each
+    ``samples_per_prompt`` times: with 10 traits that is
+    ``(10 * prompts_per_trait + generic_prompts) * samples_per_prompt`` preference pairs.
+    """
+
+    name: str = MISSING
+    prompts_per_trait: int = 5
+    generic_prompts: int = 0
+    samples_per_prompt: int = 1
+    reflections: int = 40
+    interactions: int = 4
+    interaction_turns: int = 4
+
+    def pairs_for(self, trait_count: int) -> int:
+        """The number of preference pairs aimed for with ``trait_count`` traits."""
+        return (trait_count * self.prompts_per_trait + self.generic_prompts) * self.samples_per_prompt
+
+
+@dataclass
+class PromptsStageConfig:
+    """Stage ``prompts``: trait-targeted prompts by few-shot expansion, plus a generic pool."""
+
+    generator: ModelRole = ModelRole.teacher  # which model writes the expansions
+    generic_source: str = "builtin"  # builtin | a .jsonl/.txt file | hub:DATASET[:SPLIT]
+    expansion_rounds: int = 3  # at most this many requests per trait: never loops without end
+    samples_per_request: int = 2  # completions per expansion request (more variety per round)
+    prompts_per_request: int = 25  # how many numbered messages one request asks for
+    near_duplicate_overlap: float = 0.5  # drop a prompt sharing more than this share of words
+    min_words: int = 3
+    max_chars: int = 2000
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(
+            temperature=1.0, top_p=0.95, min_p=0.0, repetition_penalty=1.0, max_new_tokens=2048
+        )
+    )
+
+
+def _all_stages() -> list[StageName]:
+    return list(StageName)
+
+
+@dataclass
+class OctrainConfig:
+    """Everything one run needs. A recipe fills ``name`` and ``constitution``."""
+
+    name: str = MISSING
+    constitution: str = MISSING  # a name from constitutions/ or a path to a file
+    run_root: str = "runs"
+    seed: int = 0
+    stages: list[StageName] = field(default_factory=_all_stages)
+    force: list[StageName] = field(default_factory=list)  # rerun these even when complete
+    log_level: str = "INFO"
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    prompts: PromptsStageConfig = field(default_factory=PromptsStageConfig)
+
+    def model(self, role: ModelRole) -> ModelConfig:
+        return self.teacher if role is ModelRole.teacher else self.student
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        expected = "zero or more" if allow_zero else "more than zero"
+        raise ConfigError(f"{key}: expected a number {expected}, got {value}")
+
+
+def _sampling(key: str, sampling: SamplingConfig) -> None:
+    _positive(f"{key}.temperature", sampling.temperature, allow_zero=True)
+    if not 0 < sampling.top_p <= 1:
+        raise ConfigError(f"{key}.top_p: expected a value in (0, 1], got {sampling.top_p}")
+    if not 0 <= sampling.min_p < 1:
+        raise ConfigError(f"{key}.min_p: expected a value in [0, 1), got {sampling.min_p}")
+    _positive(f"{key}.repetition_penalty", sampling.repetition_penalty)
+    _positive(f"{key}.max_new_tokens", sampling.max_new_tokens)
+
+
+def validate(config: OctrainConfig) -> None:
+    """Check the values the schema's types cannot: ranges, counts, cross-field rules.
+
+    Raises:
+        ConfigError: naming the first offending key and what was expected.
+    """
+    if not config.name.strip() or "/" in config.name:
+        raise ConfigError(f"name: expected a non-empty name without '/', got {config.name!r}")
+    for role in ModelRole:
+        model = config.model(role)
+        if not model.path.strip():
+            raise ConfigError(f"{role.value}.path: expected a Hub id, a local directory or builtin:tiny-qwen3")
+        if not model.assistant_name.strip():
+            raise ConfigError(f"{role.value}.assistant_name: expected a non-empty name")
+        _positive(f"{role.value}.max_model_len", model.max_model_len)
+    scale = config.scale
+    for key in ("prompts_per_trait", "generic_prompts", "reflections", "interactions"):
+        _positive(f"scale.{key}", getattr(scale, key), allow_zero=True)
+    _positive("scale.samples_per_prompt", scale.samples_per_prompt)
+    _positive("scale.interaction_turns", scale.interaction_turns)
+    prompts = config.prompts
+    _positive("prompts.expansion_rounds", prompts.expansion_rounds, allow_zero=True)
+    _positive("prompts.samples_per_request", prompts.samples_per_request)
+    _positive("prompts.prompts_per_request", prompts.prompts_per_request)
+    _positive("prompts.min_words", prompts.min_words, allow_zero=True)
+    _positive("prompts.max_chars", prompts.max_chars)
+    if not 0 < prompts.near_duplicate_overlap <= 1:
+        raise ConfigError(
+            f"prompts.near_duplicate_overlap: expected a share in (0, 1], got {prompts.near_duplicate_overlap}"
+        )
+    _sampling("prompts.sampling", prompts.sampling)
+    _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)
+    if not 0 < config.sampler.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError("sampler.vllm.gpu_memory_utilization: expected a share in (0, 1]")
+    if not config.stages:
+        raise ConfigError(f"stages: expected at least one of {', '.join(s.value for s in StageName)}")

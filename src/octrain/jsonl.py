@@ -1,0 +1,106 @@
+"""Reading and writing JSONL files safely.
+
+Two promises hold for every file octrain writes:
+
+* a reader never sees a half-written file that looks complete: whole files are written
+  to a temporary sibling and renamed into place (``os.replace`` is atomic on POSIX);
+* a malformed line is an error that names the file and the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from octrain.errors import DataFormatError
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file next to ``path`` and rename it over ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_writer(path) as handle:
+        handle.write(text)
+
+
+def dumps_line(row: dict[str, Any]) -> str:
+    """Serialise one record as a single JSONL line (no trailing newline)."""
+    return json.dumps(row, ensure_ascii=False, separators=(", ", ": "))
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:
+    """Write ``rows`` to ``path`` atomically, one JSON object per line. Returns the count."""
+    count = 0
+    with atomic_writer(path) as handle:
+        for row in rows:
+            handle.write(dumps_line(row) + "\n")
+            count += 1
+    return count
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        DataFormatError: a line is not JSON, or is JSON but not an object.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise DataFormatError(f"{source}: file not found")
+    with source.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{source}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(value, dict):
+                raise DataFormatError(f"{source}:{number}: expected a JSON object, got {type(value).__name__}")
+            yield number, value
+
+
+def read_jsonl(path: str | os.PathLike[str], parse: Callable[[dict[str, Any]], T]) -> list[T]:
+    """Read a JSONL file, turning each object into a record with ``parse``.
+
+    ``parse`` raises ``DataFormatError`` (or ``KeyError``/``TypeError``/``ValueError``) for a
+    bad object; the error is re-raised with the file and line number in front.
+    """
+    records: list[T] = []
+    for number, value in iter_jsonl(path):
+        try:
+            records.append(parse(value))
+        except DataFormatError as exc:
+            raise DataFormatError(f"{path}:{number}: {exc}") from None
+        except KeyError as exc:
+            raise DataFormatError(f"{path}:{number}: missing key {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"{path}:{number}: {exc}") from None
+    return records

@@ -1,0 +1,77 @@
+"""The sampler interface every generation backend implements.
+
+One call takes a batch of conversations and returns ``n`` completions for each. The call is
+batched and synchronous on purpose: vLLM's offline engine and transformers' ``generate``
+both want the whole batch at once, and a remote API (Tinker, an HTTP endpoint) can fan the
+batch out concurrently inside its own implementation. Chat templates stay inside each
+backend, since only the backend knows its model's template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from octrain.config import SamplingConfig
+from octrain.records import Message
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings for one ``chat`` call."""
+
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.95
+    min_p: float = 0.0
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 1024
+    seed: int | None = None
+
+    @classmethod
+    def from_config(cls, config: SamplingConfig, *, n: int = 1, seed: int | None = None) -> SamplingParams:
+        return cls(
+            n=n,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            min_p=config.min_p,
+            repetition_penalty=config.repetition_penalty,
+            max_new_tokens=config.max_new_tokens,
+            seed=seed,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer.
+
+    Attributes:
+        text: the decoded answer, special tokens removed.
+        num_tokens: generated tokens, the end-of-turn token included when there was one.
+        finished: True when the model ended its turn; False when it hit ``max_new_tokens``.
+    """
+
+    text: str
+    num_tokens: int
+    finished: bool
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Answers batches of chat conversations."""
+
+    name: str
+
+    def chat(
+        self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, desc: str | None = None
+    ) -> list[list[Completion]]:
+        """Return ``params.n`` completions for each conversation, in input order.
+
+        ``desc`` labels the progress bar, if the backend shows one.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the model and any device memory it holds."""
+        ...

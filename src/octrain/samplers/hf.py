@@ -1,0 +1,182 @@
+"""A sampler on transformers' ``generate``: any machine, the CPU included.
+
+Conversations are rendered with the model's own chat template, sorted by length so that
+each batch pads little, left-padded (decoder-only models continue from the right edge),
+and generated until the model ends its turn. A LoRA adapter, if given, is merged into the
+weights once at load time: generation then costs the same as for the base model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from octrain.records import Message
+from octrain.samplers.base import Completion, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> Any:
+    """``auto`` means bf16 on a GPU that has it and fp32 everywhere else (CPU bf16 is slow)."""
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class HFSampler:
+    """Implements :class:`~octrain.samplers.base.Sampler` with a local transformers model.
+
+    Args:
+        model_path: Hub id or local directory of the base model.
+        adapter_path: optional PEFT LoRA adapter directory to apply on top.
+        batch_size: sequences per ``generate`` call (the n samples of a prompt count apiece).
+        enable_thinking: passed to chat templates that support it (Qwen3); off by default.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        adapter_path: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int = 16,
+        enable_thinking: bool = False,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        name: str | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name or (f"{model_path}+{adapter_path}" if adapter_path else model_path)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.enable_thinking = enable_thinking
+        self.show_progress = show_progress
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{model_path}: the tokenizer has no chat template; octrain needs a chat model")
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path,
+            dtype=pick_dtype(dtype, self.device),
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        if adapter_path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+        self.model = model.to(self.device).eval()
+        self.stop_token_ids = self._stop_tokens()
+
+    def _stop_tokens(self) -> list[int]:
+        ids = set()
+        eos = self.model.generation_config.eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+        return sorted(ids)
+
+    def render(self, conversation: Sequence[Message]) -> list[int]:
+        """Token ids of the conversation plus the assistant's generation prompt."""
+        text = self.tokenizer.apply_chat_template(
+            list(conversation),
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=self.enable_thinking,
+        )
+        # The template already wrote any BOS/special tokens: do not add them twice.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def chat(
+        self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, desc: str | None = None
+    ) -> list[list[Completion]]:
+        import torch
+        from tqdm.auto import tqdm
+
+        prompts = [self.render(conversation) for conversation in conversations]
+        # One job per (conversation, sample); longest first so each batch holds similar lengths.
+        jobs = sorted(
+            ((index, sample) for index in range(len(prompts)) for sample in range(params.n)),
+            key=lambda job: (-len(prompts[job[0]]), job),
+        )
+        results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        bar = tqdm(total=len(jobs), desc=desc or "sampling", unit="seq", disable=not self.show_progress, leave=False)
+        try:
+            for start in range(0, len(jobs), self.batch_size):
+                batch = jobs[start : start + self.batch_size]
+                completions = self._generate([prompts[index] for index, _ in batch], params)
+                for (index, sample), completion in zip(batch, completions, strict=True):
+                    results[index][sample] = completion
+                generated += sum(c.num_tokens for c in completions)
+                bar.update(len(batch))
+                elapsed = bar.format_dict["elapsed"] or 1e-9
+                bar.set_postfix_str(f"{generated / elapsed:.0f} tok/s")
+        finally:
+            bar.close()
+        return [[c for c in row if c is not None] for row in results]
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        sampling = params.temperature > 0
+        options: dict[str, Any] = {
+            "do_sample": sampling,
+            "max_new_tokens": params.max_new_tokens,
+            "repetition_penalty": params.repetition_penalty,
+            "eos_token_id": self.stop_token_ids,
+            "pad_token_id": pad,
+        }
+        if sampling:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            if params.min_p > 0:
+                options["min_p"] = params.min_p
+        with torch.inference_mode():
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+        stops = set(self.stop_token_ids)
+        completions = []
+        for row in output[:, width:].tolist():
+            end = next((i for i, token in enumerate(row) if token in stops), None)
+            kept = row if end is None else row[:end]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            completions.append(Completion(text.strip(), len(kept) + (end is not None), finished=end is not None))
+        return completions
+
+    def close(self) -> None:
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
