@@ -129,6 +129,7 @@ class HFSampler:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         bar = tqdm(total=len(jobs), desc=desc or "sampling", unit="seq", disable=not self.show_progress, leave=False)
+        generated = 0
         try:
             for start in range(0, len(jobs), self.batch_size):
                 batch = jobs[start : start + self.batch_size]
