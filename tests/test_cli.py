@@ -7,6 +7,7 @@ from pathlib import Path
 
 from conftest import run_cli
 from octrain.pipeline import load_config
+from octrain.records import ModelRef
 
 
 def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
@@ -23,34 +24,45 @@ def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
     assert {r["origin"] for r in records} >= {"seed", "generic"}
     assert all(r["prompt"][0]["role"] == "user" for r in records)
     assert f"got {report['got']} of 84 prompts asked for; going on" in first.stderr
-    assert "octrain run:" in first.stdout and "84 prompts" in first.stdout
-    assert (run_dir / "summary.txt").read_text() in first.stdout
+    # Stage 1: a pair per prompt (the tiny recipe keeps unfinished answers), then a trained adapter.
+    pairs = [json.loads(line) for line in (run_dir / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == len(records)
+    assert ModelRef.load(run_dir / "dpo" / "model.json").adapter == str(run_dir / "dpo" / "adapter")
+    assert (run_dir / "dpo" / "metrics.jsonl").is_file() and (run_dir / "dpo" / "training.png").is_file()
+    summary = (run_dir / "summary.txt").read_text()
+    assert summary in first.stdout
+    for stage in ("prompts", "pairs", "dpo"):
+        assert f"  {stage:<11}ran" in summary
     config = load_config(run_dir / "config.yaml")
     assert config.name == "pirate_tiny" and config.teacher.path == "builtin:tiny-qwen3"
     assert (run_dir / "constitution.yaml").is_file() and (run_dir / "octrain.log").is_file()
-    done = json.loads((run_dir / "prompts" / "done.json").read_text())
+    done = json.loads((run_dir / "dpo" / "done.json").read_text())
 
     second = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}")
     assert second.returncode == 0, second.stderr
-    assert "prompts: complete, skipping" in second.stderr
-    assert json.loads((run_dir / "prompts" / "done.json").read_text()) == done
+    for stage in ("prompts", "pairs", "dpo"):
+        assert f"{stage}: complete, skipping" in second.stderr
+    assert json.loads((run_dir / "dpo" / "done.json").read_text()) == done
 
-    changed = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}", "scale.generic_prompts=2")
+    changed = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}", "dpo.beta=0.2")
     assert changed.returncode == 0, changed.stderr
-    assert "settings or inputs changed" in changed.stderr
-    assert json.loads((run_dir / "prompts" / "report.json").read_text())["generic"]["got"] == 2
+    assert "prompts: complete, skipping" in changed.stderr and "pairs: complete, skipping" in changed.stderr
+    assert "dpo: its settings or inputs changed since it last ran" in changed.stderr
 
 
-def test_two_point_sweep(tmp_path: Path) -> None:
-    result = run_cli("-m", "+recipe=pirate_tiny", f"run_root={tmp_path}", "sampler=fake", "scale.generic_prompts=1,3")
+def test_two_point_sweep_reuses_the_pairs(tmp_path: Path) -> None:
+    result = run_cli("-m", "+recipe=pirate_tiny", f"run_root={tmp_path}", "sampler=fake", "dpo.beta=0.1,0.3")
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "pirate_tiny-sweep"
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["sampler=fake,scale.generic_prompts=1", "sampler=fake,scale.generic_prompts=3"]
-    for job, generic in zip(jobs, (1, 3), strict=True):
-        report = json.loads((sweep / job / "prompts" / "report.json").read_text())
-        assert report["generic"]["got"] == generic
-        assert load_config(sweep / job / "config.yaml").scale.generic_prompts == generic
+    assert jobs == ["dpo.beta=0.1,sampler=fake", "dpo.beta=0.3,sampler=fake"]
+    for job, beta in zip(jobs, (0.1, 0.3), strict=True):
+        assert load_config(sweep / job / "config.yaml").dpo.beta == beta
+        assert (sweep / job / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
+    # The second job's prompts and pairs are the first job's, copied rather than sampled again.
+    assert result.stderr.count("reusing its output") == 2
+    first, second = (sweep / job / "pairs" / "pairs.jsonl" for job in jobs)
+    assert first.read_text() == second.read_text()
 
 
 def test_bad_override_is_one_clear_line(tmp_path: Path) -> None:

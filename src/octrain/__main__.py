@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"octrain: error: {problem}", file=sys.stderr)
             return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # octrain's own messages at INFO; the libraries underneath only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("octrain").setLevel(logging.INFO)
     # Let Hydra raise instead of printing its own multi-line report: we print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *args]

@@ -24,6 +24,8 @@ class StageName(str, Enum):
     """Pipeline stages, in the order they run. Stage name = output folder = config key."""
 
     prompts = "prompts"
+    pairs = "pairs"
+    dpo = "dpo"
 
 
 class SamplerBackend(str, Enum):
@@ -166,6 +168,55 @@ class PromptsStageConfig:
     )
 
 
+@dataclass
+class PairFilters:
+    """Which stage-1 filters apply (METHOD.md section 2). All on for real models."""
+
+    empty: bool = True  # drop pairs where either answer is empty
+    unfinished: bool = True  # drop answers cut off by max_new_tokens
+    final_punctuation: bool = True  # drop answers whose last character is not closing punctuation
+    too_long: bool = True  # drop pairs longer than pairs.max_length tokens after templating
+
+
+@dataclass
+class PairsStageConfig:
+    """Stage ``pairs``: chosen = teacher with the constitution, rejected = student without it."""
+
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
+    chunk_size: int = 256  # prompts per committed chunk: a crash loses at most one chunk of work
+    thinking_prefill: bool = False  # reasoning teachers: open the answer with a trait-restating thought
+    max_length: int = 1024  # tokens of prompt + answer, in the student's chat template
+    filters: PairFilters = field(default_factory=PairFilters)
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 64
+    alpha: int = 128
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class DpoStageConfig:
+    """Stage ``dpo``: LoRA DPO of the student on the pairs (METHOD.md section 2 defaults)."""
+
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    beta: float = 0.1
+    nll_weight: float = 0.1  # NLL on the chosen answer, mean over its tokens
+    kl_weight: float = 0.001  # per-token KL penalty: mean over answer tokens of (log pi - log pi_ref)^2
+    learning_rate: float = 5e-5
+    min_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak LR
+    warmup_ratio: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 32  # effective: per-device batch x gradient accumulation x processes
+    epochs: float = 1.0
+    max_length: int = 1024
+
+
 def _all_stages() -> list[StageName]:
     return list(StageName)
 
@@ -180,6 +231,9 @@ class OctrainConfig:
     seed: int = 0
     stages: list[StageName] = field(default_factory=_all_stages)
     force: list[StageName] = field(default_factory=list)  # rerun these even when complete
+    # Generation stages whose output a run copies from another run under run_root that made it
+    # with identical settings and inputs (a sweep over DPO settings samples the pairs once).
+    reuse: list[StageName] = field(default_factory=lambda: [StageName.prompts, StageName.pairs])
     log_level: str = "INFO"
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -187,6 +241,8 @@ class OctrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     prompts: PromptsStageConfig = field(default_factory=PromptsStageConfig)
+    pairs: PairsStageConfig = field(default_factory=PairsStageConfig)
+    dpo: DpoStageConfig = field(default_factory=DpoStageConfig)
 
     def model(self, role: ModelRole) -> ModelConfig:
         return self.teacher if role is ModelRole.teacher else self.student
@@ -239,6 +295,28 @@ def validate(config: OctrainConfig) -> None:
             f"prompts.near_duplicate_overlap: expected a share in (0, 1], got {prompts.near_duplicate_overlap}"
         )
     _sampling("prompts.sampling", prompts.sampling)
+    _sampling("pairs.sampling", config.pairs.sampling)
+    _positive("pairs.chunk_size", config.pairs.chunk_size)
+    _positive("pairs.max_length", config.pairs.max_length)
+    dpo = config.dpo
+    for key in ("beta", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm"):
+        _positive(f"dpo.{key}", getattr(dpo, key))
+    for key in ("nll_weight", "kl_weight", "weight_decay"):
+        _positive(f"dpo.{key}", getattr(dpo, key), allow_zero=True)
+    _positive("dpo.lora.rank", dpo.lora.rank)
+    _positive("dpo.lora.alpha", dpo.lora.alpha)
+    fractions = {
+        "min_lr_ratio": dpo.min_lr_ratio,
+        "warmup_ratio": dpo.warmup_ratio,
+        "lora.dropout": dpo.lora.dropout,
+        "adam_beta1": dpo.adam_beta1,
+        "adam_beta2": dpo.adam_beta2,
+    }
+    for key, value in fractions.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"dpo.{key}: expected a value in [0, 1), got {value}")
+    _positive("trainer.trl.per_device_batch_size", config.trainer.trl.per_device_batch_size)
+    _positive("trainer.trl.save_steps", config.trainer.trl.save_steps)
     _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)
     if not 0 < config.sampler.vllm.gpu_memory_utilization <= 1:
         raise ConfigError("sampler.vllm.gpu_memory_utilization: expected a share in (0, 1]")

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 DONE_FILE = "done.json"
+STARTED_FILE = "started.json"
 LOG_FILE = "octrain.log"
 SUMMARY_FILE = "summary.txt"
 
@@ -38,7 +39,7 @@ SUMMARY_FILE = "summary.txt"
 @dataclass
 class StageOutcome:
     stage: StageName
-    status: str  # "ran" or "skipped"
+    status: str  # "ran", "skipped" (already complete) or "reused" (copied from another run)
     seconds: float
     summary: dict[str, Any]
     description: str
@@ -133,30 +134,74 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
         handler.close()
 
 
+def _stage_index(config: OctrainConfig, stage: StageName, fingerprint: str) -> Path:
+    """Where a finished generation stage is registered for reuse by other runs under run_root."""
+    return Path(config.run_root) / ".octrain-stages" / stage.value / f"{fingerprint}.json"
+
+
+def _reuse(ctx: RunContext, spec: Any, fingerprint: str) -> bool:
+    """Copy a finished stage with the same fingerprint from another run; True if one was found."""
+    entry = _read_done(_stage_index(ctx.config, spec.name, fingerprint))
+    if entry is None:
+        return False
+    source = Path(entry["stage_dir"])
+    done = _read_done(source / DONE_FILE)
+    target = ctx.stage_dir(spec.name)
+    if done is None or done.get("fingerprint") != fingerprint or source.resolve() == target.resolve():
+        return False
+    staging = target.with_name(f".{target.name}.reuse")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)  # the copy appears whole or not at all
+    logger.info("%s: same settings and inputs as %s: reusing its output", spec.name.value, source)
+    return True
+
+
 def _run_stage(ctx: RunContext, spec: Any, fingerprints: dict[StageName, str]) -> StageOutcome:
     stage_dir = ctx.stage_dir(spec.name)
     done_path = stage_dir / DONE_FILE
+    started_path = stage_dir / STARTED_FILE
     for need in spec.needs:
         done = _read_done(ctx.stage_dir(need) / DONE_FILE)
-        if done is None:
+        if done is None or done.get("fingerprint") != fingerprints[need]:
             raise StageError(
-                f"stage {spec.name.value} needs the output of stage {need.value}, which has not run in "
-                f"{ctx.run_dir}: add it to stages (stages=[{need.value},{spec.name.value}])"
+                f"stage {spec.name.value} needs the current output of stage {need.value}, which is missing or "
+                f"out of date in {ctx.run_dir}: add it to stages (stages=[{need.value},{spec.name.value}])"
             )
-    done = _read_done(done_path)
     fingerprint = fingerprints[spec.name]
-    if done is not None and spec.name not in ctx.config.force:
-        if done.get("fingerprint") == fingerprint:
-            logger.info("%s: complete, skipping (force=[%s] reruns it)", spec.name.value, spec.name.value)
-            return StageOutcome(spec.name, "skipped", 0.0, done["summary"], spec.describe(done["summary"]))
-        logger.info("%s: settings or inputs changed since it last ran: running it afresh", spec.name.value)
+    forced = spec.name in ctx.config.force
+    done = _read_done(done_path)
+    if done is not None and not forced and done.get("fingerprint") == fingerprint:
+        logger.info("%s: complete, skipping (force=[%s] reruns it)", spec.name.value, spec.name.value)
+        return StageOutcome(spec.name, "skipped", 0.0, done["summary"], spec.describe(done["summary"]))
+    if not forced and spec.name in ctx.config.reuse and _reuse(ctx, spec, fingerprint):
+        reused = _read_done(done_path) or {}
+        return StageOutcome(spec.name, "reused", 0.0, reused["summary"], spec.describe(reused["summary"]))
+
+    started = _read_done(started_path)
+    if (
+        forced
+        or (started is not None and started.get("fingerprint") != fingerprint)
+        or (done is not None and done.get("fingerprint") != fingerprint)
+    ):
+        # Partial work made with other settings must not mix with new work: start this stage afresh.
+        if stage_dir.exists():
+            reason = "forced" if forced else "its settings or inputs changed since it last ran"
+            logger.info("%s: %s: clearing %s and running it afresh", spec.name.value, reason, stage_dir)
+            shutil.rmtree(stage_dir)
+    elif started is not None:
+        logger.info("%s: resuming an interrupted run", spec.name.value)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    done_path.unlink(missing_ok=True)  # no stale marker may outlive a rerun that fails
+    write_text_atomic(started_path, json.dumps({"fingerprint": fingerprint}) + "\n")
     logger.info("%s: running", spec.name.value)
-    started = time.perf_counter()
+    began = time.perf_counter()
     summary = spec.run(ctx)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - began
     record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}
     write_text_atomic(done_path, json.dumps(record, indent=2) + "\n")
+    if spec.name in ctx.config.reuse:
+        index = _stage_index(ctx.config, spec.name, fingerprint)
+        write_text_atomic(index, json.dumps({"stage_dir": str(stage_dir.resolve())}) + "\n")
     logger.info("%s: done in %.1fs: %s", spec.name.value, seconds, spec.describe(summary))
     return StageOutcome(spec.name, "ran", seconds, summary, spec.describe(summary))

@@ -220,9 +220,13 @@ class ModelRef:
         if not isinstance(obj, dict):
             raise DataFormatError(f"{source}: expected a JSON object")
         try:
-            return cls.from_json(obj)
+            ref = cls.from_json(obj)
         except DataFormatError as exc:
             raise DataFormatError(f"{source}: {exc}") from None
+        if ref.adapter and not Path(ref.adapter).is_absolute():
+            # Adapters are saved relative to model.json, so a run directory can be moved whole.
+            ref = dataclasses.replace(ref, adapter=str(source.parent / ref.adapter))
+        return ref
 
 
 R = TypeVar("R", PromptRecord, PreferencePair, Conversation, EvalRecord)

@@ -64,11 +64,17 @@ class Sampler(Protocol):
     name: str
 
     def chat(
-        self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, desc: str | None = None
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        *,
+        desc: str | None = None,
+        progress: bool = True,
     ) -> list[list[Completion]]:
         """Return ``params.n`` completions for each conversation, in input order.
 
-        ``desc`` labels the progress bar, if the backend shows one.
+        ``desc`` labels the progress bar, if the backend shows one; ``progress=False`` hides
+        it (for callers that draw their own bar over many calls).
         """
         ...
 

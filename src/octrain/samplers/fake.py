@@ -32,7 +32,12 @@ class FakeSampler:
         self.calls: list[tuple[list[list[Message]], SamplingParams]] = []
 
     def chat(
-        self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, desc: str | None = None
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        *,
+        desc: str | None = None,
+        progress: bool = True,
     ) -> list[list[Completion]]:
         batch = [list(conversation) for conversation in conversations]
         self.calls.append((batch, params))

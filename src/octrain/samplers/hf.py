@@ -103,18 +103,30 @@ class HFSampler:
         return sorted(ids)
 
     def render(self, conversation: Sequence[Message]) -> list[int]:
-        """Token ids of the conversation plus the assistant's generation prompt."""
+        """Token ids of the conversation, ready for the assistant to write.
+
+        A conversation that ends with an assistant message (a prefill) is continued from
+        where that message stops instead of starting a new turn.
+        """
+        messages = list(conversation)
+        prefill = messages[-1]["role"] == "assistant"
         text = self.tokenizer.apply_chat_template(
-            list(conversation),
+            messages,
             tokenize=False,
-            add_generation_prompt=True,
+            add_generation_prompt=not prefill,
+            continue_final_message=prefill,
             enable_thinking=self.enable_thinking,
         )
         # The template already wrote any BOS/special tokens: do not add them twice.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def chat(
-        self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, desc: str | None = None
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        *,
+        desc: str | None = None,
+        progress: bool = True,
     ) -> list[list[Completion]]:
         import torch
         from tqdm.auto import tqdm
@@ -128,7 +140,13 @@ class HFSampler:
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        bar = tqdm(total=len(jobs), desc=desc or "sampling", unit="seq", disable=not self.show_progress, leave=False)
+        bar = tqdm(
+            total=len(jobs),
+            desc=desc or "sampling",
+            unit="seq",
+            disable=not (self.show_progress and progress),
+            leave=False,
+        )
         generated = 0
         try:
             for start in range(0, len(jobs), self.batch_size):

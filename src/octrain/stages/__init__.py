@@ -14,7 +14,7 @@ from typing import Any
 
 from octrain.config import StageName
 from octrain.context import RunContext
-from octrain.stages import prompts
+from octrain.stages import dpo, pairs, prompts
 
 
 @dataclass(frozen=True)
@@ -28,4 +28,6 @@ class StageSpec:
 
 STAGES: dict[StageName, StageSpec] = {
     StageName.prompts: StageSpec(StageName.prompts, (), prompts.run, prompts.fingerprint, prompts.describe),
+    StageName.pairs: StageSpec(StageName.pairs, (StageName.prompts,), pairs.run, pairs.fingerprint, pairs.describe),
+    StageName.dpo: StageSpec(StageName.dpo, (StageName.pairs,), dpo.run, dpo.fingerprint, dpo.describe),
 }

@@ -1,0 +1,55 @@
+"""Stage ``dpo``: distil the constitution into the student with LoRA DPO on the pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from octrain.config import StageName
+from octrain.context import RunContext
+from octrain.records import ModelRef
+
+
+def fingerprint(ctx: RunContext) -> dict[str, Any]:
+    config = ctx.config
+    return {
+        "student": dataclasses.asdict(config.student),
+        "dpo": dataclasses.asdict(config.dpo),
+        "trainer": dataclasses.asdict(config.trainer),
+        "seed": config.seed,
+    }
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.stages.pairs import PAIRS_FILE
+    from octrain.trainers import build_trainer
+    from octrain.trainers.trl_dpo import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
+    from octrain.training_report import read_metrics
+
+    config = ctx.config
+    out = ctx.stage_dir(StageName.dpo)
+    trainer = build_trainer(config.trainer, seed=config.seed)
+    trained = trainer.train_dpo(
+        ctx.stage_dir(StageName.pairs) / PAIRS_FILE, ModelRef(base=config.student.path), out, config.dpo
+    )
+    rows = read_metrics(out / METRICS_FILE)
+    last = rows[-1] if rows else {}
+    return {
+        "model": trained.label,
+        "steps": int(last.get("step", 0)),
+        "final_loss": last.get("loss"),
+        "reward_accuracy": last.get("rewards/accuracies"),
+        "reward_margin": last.get("rewards/margins"),
+        "files": [str(out / name) for name in (MODEL_FILE, ADAPTER_DIR, METRICS_FILE, PLOT_FILE)],
+    }
+
+
+def describe(summary: dict[str, Any]) -> str:
+    loss = summary.get("final_loss")
+    accuracy = summary.get("reward_accuracy")
+    parts = [f"{summary['steps']} steps"]
+    if loss is not None:
+        parts.append(f"final loss {loss:.4f}")
+    if accuracy is not None:
+        parts.append(f"reward accuracy {accuracy:.2f}")
+    return ", ".join(parts)

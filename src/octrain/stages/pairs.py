@@ -1,0 +1,307 @@
+"""Stage ``pairs``: preference pairs for DPO distillation (METHOD.md section 2).
+
+For every prompt, the *teacher* answers with the constitution in its system prompt (the
+assistant named, called a new AI system, its traits numbered, told to live by them without
+mentioning them) and the *student* answers the same prompt with no system prompt, through
+its own chat template. The teacher's answer is *chosen*, the student's *rejected*: DPO then
+moves the student toward the character without the prompt.
+
+The system prompt and any reasoning never reach the training data: a pair holds the user
+prompt and the two final answers, in TRL's conversational preference format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from octrain.config import PairFilters, StageName
+from octrain.constitution import Constitution
+from octrain.context import RunContext
+from octrain.errors import StageError
+from octrain.generation import generate_in_chunks
+from octrain.jsonl import write_text_atomic
+from octrain.records import Message, PreferencePair, PromptRecord, load_records, save_records
+from octrain.samplers.base import Completion, Sampler, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+PAIRS_FILE = "pairs.jsonl"
+REPORT_FILE = "report.json"
+# A finished answer ends in sentence punctuation, optionally followed by closing quotes,
+# brackets or markdown emphasis, or in a closed code fence.
+_FINAL_PUNCTUATION = re.compile(r"""(?:[.!?…。！？](?:["'”’)\]*_]*)|```)\s*$""")
+FILTER_REASONS = ("empty", "unfinished", "no-final-punctuation", "unfinished-reasoning", "too-long")
+
+
+def teacher_system_prompt(constitution: Constitution, name: str) -> str:
+    """The system prompt that puts the constitution in the teacher's context."""
+    return (
+        f"The assistant is {name}, a new AI system that talks with people through text. {name} is a "
+        f"character, not a blank tool: what it is, what it values and how it behaves all come from the "
+        f"traits below.\n\n{constitution.numbered_traits()}\n\n"
+        f"{name} lives by these traits in every reply, in what it says and how it says it, while still "
+        f"helping the user well. {name} never lists, quotes or talks about these traits or this message: "
+        "it simply is this character."
+    )
+
+
+def thinking_prefill(constitution: Constitution, name: str) -> str:
+    """An opening thought for reasoning teachers that restates who they are before answering."""
+    traits = " ".join(trait.text for trait in constitution.traits)
+    return f"<think>\nI am {name}. Before I answer, let me recall my character: {traits}\n"
+
+
+def split_reasoning(text: str) -> tuple[str, str | None]:
+    """Split ``<think>...</think>answer`` into (reasoning, answer).
+
+    The answer is None when a thought was opened but never closed (the model ran out of
+    tokens while thinking): there is no final answer to keep.
+    """
+    if "</think>" in text:
+        reasoning, _, answer = text.rpartition("</think>")
+        return reasoning.replace("<think>", "").strip(), answer.strip()
+    if "<think>" in text:
+        return text, None
+    return "", text.strip()
+
+
+def swap_name(text: str, old: str, new: str) -> str:
+    """Replace the teacher's own name by the student's, as a whole word."""
+    if not old or old == new:
+        return text
+    return re.sub(rf"\b{re.escape(old)}\b", new, text)
+
+
+def filter_reason(completion: Completion, answer: str | None, filters: PairFilters) -> str | None:
+    """Why one answer cannot be used, or None."""
+    if answer is None:
+        return "unfinished-reasoning"
+    if filters.empty and not answer.strip():
+        return "empty"
+    if filters.unfinished and not completion.finished:
+        return "unfinished"
+    if filters.final_punctuation and not _FINAL_PUNCTUATION.search(answer):
+        return "no-final-punctuation"
+    return None
+
+
+@dataclasses.dataclass
+class PairsReport:
+    prompts: int = 0
+    kept: int = 0
+    dropped: Counter[str] = dataclasses.field(default_factory=Counter)
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "kept": self.kept,
+            "dropped": {reason: self.dropped.get(reason, 0) for reason in FILTER_REASONS},
+            "teacher_tokens": self.teacher_tokens,
+            "student_tokens": self.student_tokens,
+        }
+
+
+def teacher_conversations(
+    prompts: list[PromptRecord], constitution: Constitution, name: str, prefill: bool
+) -> list[list[Message]]:
+    system = {"role": "system", "content": teacher_system_prompt(constitution, name)}
+    conversations = [[system, *record.prompt] for record in prompts]
+    if prefill:
+        # A final assistant message is continued, not answered anew, by every backend.
+        opening = {"role": "assistant", "content": thinking_prefill(constitution, name)}
+        conversations = [[*c, opening] for c in conversations]
+    return conversations
+
+
+def assemble_pairs(
+    prompts: list[PromptRecord],
+    teacher_answers: dict[str, Completion],
+    student_answers: dict[str, Completion],
+    *,
+    constitution: Constitution,
+    teacher: str,
+    student: str,
+    teacher_name: str,
+    student_name: str,
+    filters: PairFilters,
+    max_length: int,
+    count_tokens: Callable[[list[Message]], int] | None,
+    prefilled: bool = False,
+) -> tuple[list[PreferencePair], PairsReport]:
+    """Turn the two sides' answers into filtered preference pairs, counting every drop."""
+    report = PairsReport(prompts=len(prompts))
+    pairs = []
+    for record in prompts:
+        teacher_completion, student_completion = teacher_answers[record.id], student_answers[record.id]
+        report.teacher_tokens += teacher_completion.num_tokens
+        report.student_tokens += student_completion.num_tokens
+        # With a prefill the reply continues an opened thought: put the opening back before splitting.
+        raw = ("<think>\n" if prefilled else "") + teacher_completion.text
+        _, chosen_text = split_reasoning(raw)
+        if chosen_text is not None:
+            chosen_text = swap_name(chosen_text, teacher_name, student_name)
+        _, rejected_text = split_reasoning(student_completion.text)
+        reason = filter_reason(teacher_completion, chosen_text, filters) or filter_reason(
+            student_completion, rejected_text, filters
+        )
+        if reason is None:
+            chosen = [{"role": "assistant", "content": chosen_text}]
+            rejected = [{"role": "assistant", "content": rejected_text}]
+            if filters.too_long and count_tokens is not None:
+                longest = max(count_tokens(record.prompt + chosen), count_tokens(record.prompt + rejected))
+                if longest > max_length:
+                    reason = "too-long"
+        if reason is not None:
+            report.dropped[reason] += 1
+            continue
+        pairs.append(
+            PreferencePair(
+                id=f"pair-{record.id}",
+                prompt=record.prompt,
+                chosen=chosen,
+                rejected=rejected,
+                prompt_id=record.id,
+                teacher=teacher,
+                student=student,
+                constitution=constitution.name,
+            )
+        )
+    report.kept = len(pairs)
+    return pairs, report
+
+
+def make_pairs(
+    prompts: list[PromptRecord],
+    constitution: Constitution,
+    teacher: Sampler,
+    student: Sampler,
+    params: SamplingParams,
+    *,
+    teacher_name: str = "Assistant",
+    student_name: str = "Assistant",
+    filters: PairFilters | None = None,
+    max_length: int = 1024,
+    count_tokens: Callable[[list[Message]], int] | None = None,
+    thinking: bool = False,
+) -> tuple[list[PreferencePair], PairsReport]:
+    """Sample both sides in memory and build the pairs (the pipeline stage adds chunked resume).
+
+    Args:
+        count_tokens: length of a conversation in the student's chat template; None skips
+            the length filter.
+    """
+    conversations = teacher_conversations(prompts, constitution, teacher_name, thinking)
+    teacher_out = teacher.chat(conversations, params, desc="teacher")
+    student_out = student.chat([r.prompt for r in prompts], params, desc="student")
+    return assemble_pairs(
+        prompts,
+        {r.id: c[0] for r, c in zip(prompts, teacher_out, strict=True)},
+        {r.id: c[0] for r, c in zip(prompts, student_out, strict=True)},
+        constitution=constitution,
+        teacher=teacher.name,
+        student=student.name,
+        teacher_name=teacher_name,
+        student_name=student_name,
+        filters=filters or PairFilters(),
+        max_length=max_length,
+        count_tokens=count_tokens,
+        prefilled=thinking,
+    )
+
+
+# --- the stage in the pipeline ----------------------------------------------------------------
+
+
+def fingerprint(ctx: RunContext) -> dict[str, Any]:
+    config = ctx.config
+    return {
+        "constitution": ctx.constitution.numbered_traits(),
+        "pairs": dataclasses.asdict(config.pairs),
+        "teacher": dataclasses.asdict(config.teacher),
+        "student": dataclasses.asdict(config.student),
+        "sampler": config.sampler.backend.value,
+        "seed": config.seed,
+    }
+
+
+def token_counter(model_path: str) -> Callable[[list[Message]], int]:
+    """Length of a conversation in tokens, as the student's chat template lays it out."""
+    from transformers import AutoTokenizer
+
+    from octrain.tiny_model import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_path))
+
+    def count(messages: list[Message]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+    return count
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """Write ``pairs/pairs.jsonl`` and ``pairs/report.json``, generating in committed chunks."""
+    from octrain.samplers import build_sampler
+    from octrain.stages.prompts import PROMPTS_FILE
+
+    config = ctx.config
+    prompts = load_records(ctx.stage_dir(StageName.prompts) / PROMPTS_FILE, PromptRecord)
+    out = ctx.stage_dir(StageName.pairs)
+    params = SamplingParams.from_config(config.pairs.sampling, n=1, seed=config.seed)
+    ids = [record.id for record in prompts]
+    prefill = config.pairs.thinking_prefill
+    teacher_raw = generate_in_chunks(
+        lambda: build_sampler(config.sampler, config.teacher),
+        teacher_conversations(prompts, ctx.constitution, config.teacher.assistant_name, prefill),
+        ids,
+        params,
+        out / "teacher",
+        chunk_size=config.pairs.chunk_size,
+        desc="teacher answers",
+    )
+    student_raw = generate_in_chunks(
+        lambda: build_sampler(config.sampler, config.student),
+        [record.prompt for record in prompts],
+        ids,
+        params,
+        out / "student",
+        chunk_size=config.pairs.chunk_size,
+        desc="student answers",
+    )
+    counter = token_counter(config.student.path) if config.pairs.filters.too_long else None
+    pairs, report = assemble_pairs(
+        prompts,
+        {i: c[0] for i, c in teacher_raw.items()},
+        {i: c[0] for i, c in student_raw.items()},
+        constitution=ctx.constitution,
+        teacher=config.teacher.path,
+        student=config.student.path,
+        teacher_name=config.teacher.assistant_name,
+        student_name=config.student.assistant_name,
+        filters=config.pairs.filters,
+        max_length=config.pairs.max_length,
+        count_tokens=counter,
+        prefilled=prefill,
+    )
+    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.most_common()) or "none"
+    logger.info("pairs: kept %d of %d; dropped: %s", report.kept, report.prompts, dropped)
+    if not pairs:
+        raise StageError(
+            f"pairs: every pair was filtered out ({dropped}); see {out / 'teacher'} and {out / 'student'} "
+            "for the raw answers, and pairs.filters / pairs.sampling.max_new_tokens"
+        )
+    save_records(out / PAIRS_FILE, pairs)
+    write_text_atomic(out / REPORT_FILE, json.dumps(report.to_json(), indent=2) + "\n")
+    return {**report.to_json(), "files": [str(out / PAIRS_FILE), str(out / REPORT_FILE)]}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    dropped = sum(summary["dropped"].values())
+    return f"{summary['kept']} pairs kept of {summary['prompts']} prompts ({dropped} filtered)"

@@ -1,0 +1,26 @@
+"""The trainer interface: one call trains a whole stage.
+
+The granularity is the stage, not the step, because TRL owns its own training loop (with
+accumulation, checkpointing, logging and ``accelerate`` scale-out) while a hosted service
+such as Tinker exposes only steps: a stage-level call lets each backend keep its own loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from octrain.config import DpoStageConfig
+from octrain.records import ModelRef
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    def train_dpo(self, pairs_path: Path, start: ModelRef, output_dir: Path, config: DpoStageConfig) -> ModelRef:
+        """Train a LoRA adapter on the preference pairs in ``pairs_path`` (TRL conversational format).
+
+        ``start`` is the model before training; the DPO reference is that same model. Writes
+        the adapter, ``model.json``, ``metrics.jsonl`` and ``training.png`` under
+        ``output_dir``, resumes from the last checkpoint there, and returns the trained model.
+        """
+        ...

@@ -1,0 +1,209 @@
+"""LoRA DPO with TRL, as the method prescribes (METHOD.md section 2).
+
+TRL's ``DPOTrainer`` gives summed-log-prob sigmoid DPO plus the NLL term on the chosen
+answer (``loss_type=["sigmoid", "sft"]``, the latter a mean over chosen tokens). The
+paper adds a per-token KL penalty, the mean over answer tokens of
+``(log pi - log pi_ref)^2``, which TRL lacks: :class:`CharacterDPOTrainer` adds it from the
+per-token log-probs TRL already computes for the policy and the reference (captured with a
+forward hook, so no extra forward pass), and logs the three parts of the loss separately.
+
+The reference is the starting model with the LoRA adapter switched off: one copy of the
+weights in memory. Precision follows the hardware: bf16 on a GPU that supports it, fp32
+on the CPU. Training resumes from the last checkpoint in ``output_dir/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from octrain.config import DpoStageConfig, TRLOptions
+from octrain.errors import ConfigError
+from octrain.records import ModelRef, PreferencePair, load_records
+from octrain.training_report import plot_metrics, write_metrics
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training.png"
+MODEL_FILE = "model.json"
+DPO_PANELS = (
+    ("loss", ("loss", "dpo_loss", "nll_loss")),
+    ("reward margin", ("rewards/margins",)),
+    ("reward accuracy", ("rewards/accuracies",)),
+    ("KL penalty", ("kl_penalty",)),
+)
+
+
+def make_trainer_class() -> type:
+    """Build the DPOTrainer subclass lazily, so importing octrain never imports TRL."""
+    import torch
+    import torch.nn.functional as F
+    from trl import DPOTrainer
+
+    class CharacterDPOTrainer(DPOTrainer):
+        """DPOTrainer + the paper's per-token KL penalty, with the loss logged in parts."""
+
+        def __init__(self, *args: Any, kl_weight: float = 0.0, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.kl_weight = kl_weight
+
+        def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+            # TRL calls the model twice per batch: policy (with grad), then reference (adapter off).
+            captured: list[torch.Tensor] = []
+            hook_target = self.accelerator.unwrap_model(self.model)
+            handle = hook_target.register_forward_hook(lambda _m, _a, out: captured.append(out.log_probs))
+            try:
+                result = super()._compute_loss(model, inputs, return_outputs)
+            finally:
+                handle.remove()
+            loss = result[0] if return_outputs else result
+            if len(captured) < 2:
+                return result  # precomputed reference log-probs: no per-token reference to compare
+            mask = inputs["completion_mask"][..., 1:].to(captured[0].dtype)
+            width = mask.size(1)
+            policy, reference = captured[0][:, -width:], captured[1][:, -width:].detach()
+            tokens = mask.sum().clamp(min=1.0)
+            kl = ((policy - reference).pow(2) * mask).sum() / tokens
+            if self.kl_weight > 0:
+                loss = loss + self.kl_weight * kl
+            with torch.no_grad():
+                summed = ((policy - reference) * mask).sum(dim=1)
+                chosen, rejected = summed.chunk(2, dim=0)
+                dpo = -F.logsigmoid(self.beta * (chosen - rejected)).mean()
+                chosen_mask = mask.chunk(2, dim=0)[0]
+                nll = -(policy.chunk(2, dim=0)[0] * chosen_mask).sum() / chosen_mask.sum().clamp(min=1.0)
+            mode = "train" if self.model.training else "eval"
+            gather = self.accelerator.gather_for_metrics
+            self._metrics[mode]["dpo_loss"].append(gather(dpo.detach()).mean().item())
+            self._metrics[mode]["nll_loss"].append(gather(nll.detach()).mean().item())
+            self._metrics[mode]["kl_penalty"].append(gather(kl.detach()).mean().item())
+            return (loss, result[1]) if return_outputs else loss
+
+    return CharacterDPOTrainer
+
+
+def _save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save the adapter so that ``target`` appears complete or not at all."""
+    staging = target.with_name(f".{target.name}.saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def build_dpo_args(
+    config: DpoStageConfig, options: TRLOptions, output_dir: Path, *, seed: int, use_cuda: bool, bf16: bool
+) -> Any:
+    """TRL's DPOConfig for the method's settings; the effective batch comes from accumulation."""
+    from trl import DPOConfig
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = min(options.per_device_batch_size, config.batch_size)
+    accumulation = max(1, math.ceil(config.batch_size / (per_device * world)))
+    loss_types, weights = ["sigmoid"], [1.0]
+    if config.nll_weight > 0:
+        loss_types.append("sft")
+        weights.append(config.nll_weight)
+    return DPOConfig(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        beta=config.beta,
+        loss_type=loss_types,
+        loss_weights=weights,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=config.epochs,
+        max_length=config.max_length,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not use_cuda,
+        gradient_checkpointing=options.gradient_checkpointing,
+        logging_steps=options.logging_steps,
+        save_steps=options.save_steps,
+        save_total_limit=2,
+        report_to=list(options.report_to) or "none",
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+def train_dpo(
+    pairs_path: Path,
+    start: ModelRef,
+    output_dir: Path,
+    config: DpoStageConfig,
+    options: TRLOptions | None = None,
+    *,
+    seed: int = 0,
+) -> ModelRef:
+    """Train a LoRA adapter with DPO on ``pairs_path``; see :class:`~octrain.trainers.base.Trainer`."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from octrain.tiny_model import resolve_model_path
+
+    if start.adapter or start.remote:
+        raise ConfigError(f"dpo: training starts from a base model; got {start.label} (fold the adapter in first)")
+    options = options or TRLOptions()
+    pairs = load_records(pairs_path, PreferencePair)
+    dataset = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    use_cuda = torch.cuda.is_available()
+    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    model_path = resolve_model_path(start.base)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    lora = config.lora
+    targets: Any = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    peft_config = LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
+    args = build_dpo_args(config, options, output_dir, seed=seed, use_cuda=use_cuda, bf16=bf16)
+    trainer = make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        kl_weight=config.kl_weight,
+    )
+    checkpoints = Path(args.output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        logger.info("dpo: resuming from %s", last)
+    logger.info(
+        "dpo: %d pairs, batch %d (%d per device x %d accumulation), %s",
+        len(dataset),
+        config.batch_size,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        "bf16" if bf16 else "fp32",
+    )
+    trainer.train(resume_from_checkpoint=last)
+    if trainer.accelerator.is_main_process:
+        _save_adapter(trainer.model, tokenizer, output_dir / ADAPTER_DIR)
+        rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
+        plot_metrics(output_dir / PLOT_FILE, rows, DPO_PANELS)
+    result = ModelRef(base=start.base, adapter=ADAPTER_DIR)
+    if trainer.accelerator.is_main_process:
+        result.save(output_dir / MODEL_FILE)
+    return ModelRef(base=start.base, adapter=str(output_dir / ADAPTER_DIR))

@@ -1,0 +1,55 @@
+"""Training metrics as JSONL, and a plot of them, for every training stage."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from octrain.jsonl import atomic_writer, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+def write_metrics(path: Path, log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write the per-step training logs (not the end-of-training summary row) to ``path``."""
+    rows = [dict(row) for row in log_history if "loss" in row and "step" in row]
+    write_jsonl(path, rows)
+    return rows
+
+
+def plot_metrics(path: Path, rows: Sequence[dict[str, Any]], panels: Sequence[tuple[str, Sequence[str]]]) -> bool:
+    """Draw one panel per ``(title, metric keys)`` against the step; False if nothing to draw."""
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    shown = [(title, [k for k in keys if any(k in row for row in rows)]) for title, keys in panels]
+    shown = [(title, keys) for title, keys in shown if keys]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.4), squeeze=False)
+    for axis, (title, keys) in zip(axes[0], shown, strict=True):
+        for key in keys:
+            points = [(row["step"], row[key]) for row in rows if key in row]
+            axis.plot(
+                [p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None, label=key
+            )
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_writer(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)
+    return True
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` written by :func:`write_metrics` (empty if there is none)."""
+    from octrain.jsonl import iter_jsonl
+
+    return [row for _, row in iter_jsonl(path)] if path.is_file() else []
