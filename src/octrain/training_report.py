@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from octrain.jsonl import atomic_writer, write_jsonl
+from octrain.jsonl import atomic_writer, write_jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 
 def write_metrics(path: Path, log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Write the per-step training logs (not the end-of-training summary row) to ``path``."""
+    """Write the per-step training logs to ``path`` and the end-of-training row (runtime, samples/s,
+    mean loss) to ``train_summary.json`` beside it. Returns the per-step rows."""
     rows = [dict(row) for row in log_history if "loss" in row and "step" in row]
     write_jsonl(path, rows)
+    summary = next((row for row in reversed(log_history) if "train_runtime" in row), None)
+    if summary is not None:
+        write_text_atomic(path.with_name("train_summary.json"), json.dumps(summary, indent=2) + "\n")
     return rows
 
 
