@@ -1,13 +1,11 @@
-"""Resumable batch generation: answers are committed to disk in chunks, exactly once.
+"""Resumable batch generation: work is committed to disk in chunks, exactly once.
 
-A generation stage can run for hours on a GPU. Its work is split into fixed chunks of
-conversations (fixed by position, so a rerun cuts the same chunks); each chunk's answers
-are written to ``chunk-NNNNN.jsonl`` atomically once the whole chunk is done. Kill the
-process at any moment and rerun: committed chunks are read back, the rest are generated,
-and every conversation is answered exactly once. Each chunk samples with its own seed
-(``seed + chunk index``), so a resumed run gives the same answers as an uninterrupted one
-on a deterministic backend.
-
+A generation stage can run for hours on a GPU. Its work is split into fixed chunks (fixed
+by position, so a rerun cuts the same chunks); each chunk's results are written to
+``chunk-NNNNN.jsonl`` atomically once the whole chunk is done. Kill the process at any
+moment and rerun: committed chunks are read back, the rest are produced, and every item is
+done exactly once. Each chunk samples with its own seed (``seed + chunk index``), so a
+resumed run gives the same answers as an uninterrupted one on a deterministic backend.
 The model is loaded only if some chunk is still missing.
 """
 
@@ -18,28 +16,107 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from octrain.errors import StageError
-from octrain.jsonl import read_jsonl, write_jsonl
+from octrain.jsonl import iter_jsonl, write_jsonl
 from octrain.records import Message
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """One conversation's completions, as committed to a chunk file."""
+class ChunkLedger:
+    """Which chunks of a list of items are committed in ``chunk_dir``, and committing more."""
 
-    id: str
-    completions: list[Completion]
+    def __init__(self, chunk_dir: Path, ids: Sequence[str], chunk_size: int) -> None:
+        if len(set(ids)) != len(ids):
+            raise ValueError("chunked work needs distinct ids")
+        self.chunk_dir, self.ids, self.chunk_size = chunk_dir, list(ids), chunk_size
+        self.count = math.ceil(len(self.ids) / chunk_size)
+        chunk_dir.mkdir(parents=True, exist_ok=True)
 
-    def to_json(self) -> dict:
-        return {"id": self.id, "completions": [dataclasses.asdict(c) for c in self.completions]}
+    def path(self, chunk: int) -> Path:
+        return self.chunk_dir / f"chunk-{chunk:05d}.jsonl"
 
-    @classmethod
-    def from_json(cls, obj: dict) -> Answer:
-        return cls(id=obj["id"], completions=[Completion(**c) for c in obj["completions"]])
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        return chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, len(self.ids))
+
+    def load(self) -> tuple[dict[str, dict[str, Any]], list[int]]:
+        """Rows of the committed chunks by id, and the indexes of the chunks still missing."""
+        rows: dict[str, dict[str, Any]] = {}
+        missing = []
+        for chunk in range(self.count):
+            path = self.path(chunk)
+            if not path.is_file():
+                missing.append(chunk)
+                continue
+            committed = [row for _, row in iter_jsonl(path)]
+            start, stop = self.bounds(chunk)
+            if [row.get("id") for row in committed] != self.ids[start:stop]:
+                raise StageError(
+                    f"{path}: holds results for other items than this run asks for; the inputs changed "
+                    f"without the settings fingerprint noticing. Delete {self.chunk_dir} to start afresh"
+                )
+            rows.update((row["id"], row) for row in committed)
+        return rows, missing
+
+    def commit(self, chunk: int, rows: list[dict[str, Any]]) -> None:
+        start, stop = self.bounds(chunk)
+        if [row["id"] for row in rows] != self.ids[start:stop]:
+            raise ValueError(f"chunk {chunk}: rows do not match the chunk's ids")
+        write_jsonl(self.path(chunk), rows)
+
+
+def run_chunked(
+    ledger: ChunkLedger,
+    produce: Callable[[int, int, int], list[dict[str, Any]]],
+    *,
+    desc: str,
+    unit: str,
+    setup: Callable[[], Any] | None = None,
+    teardown: Callable[[Any], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Produce every missing chunk with ``produce(chunk, start, stop)`` and commit it; return all rows.
+
+    ``setup`` (for example loading a model) runs once, only if a chunk is missing; its result is
+    passed to ``teardown`` at the end. A progress bar counts items with rate and ETA.
+    """
+    from tqdm.auto import tqdm
+
+    rows, missing = ledger.load()
+    if ledger.count and len(missing) < ledger.count:
+        logger.info(
+            "%s: resuming: %d of %d chunks already committed in %s",
+            desc,
+            ledger.count - len(missing),
+            ledger.count,
+            ledger.chunk_dir,
+        )
+    if not missing:
+        return rows
+    resource = setup() if setup else None
+    bar = tqdm(total=sum(ledger.bounds(c)[1] - ledger.bounds(c)[0] for c in missing), desc=desc, unit=unit)
+    try:
+        for chunk in missing:
+            start, stop = ledger.bounds(chunk)
+            produced = produce(chunk, start, stop)
+            ledger.commit(chunk, produced)
+            rows.update((row["id"], row) for row in produced)
+            bar.update(stop - start)
+    finally:
+        bar.close()
+        if teardown is not None and resource is not None:
+            teardown(resource)
+    return rows
+
+
+def completions_to_json(completions: list[Completion]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(c) for c in completions]
+
+
+def completions_from_json(rows: list[dict[str, Any]]) -> list[Completion]:
+    return [Completion(**row) for row in rows]
 
 
 def generate_in_chunks(
@@ -52,63 +129,34 @@ def generate_in_chunks(
     chunk_size: int,
     desc: str,
 ) -> dict[str, list[Completion]]:
-    """Answer every conversation, resuming from the chunks already committed in ``chunk_dir``.
+    """Answer every conversation once, resuming from the chunks committed in ``chunk_dir``.
 
     Args:
         load_sampler: called at most once, and only if a chunk is missing.
         ids: one stable id per conversation; a committed chunk must hold exactly its ids.
         params: sampling settings; each chunk uses ``params.seed + chunk index`` as its seed.
-
-    Returns:
-        The completions of each conversation, by id.
     """
-    if len(conversations) != len(ids) or len(set(ids)) != len(ids):
-        raise ValueError("generate_in_chunks needs one distinct id per conversation")
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    chunk_count = math.ceil(len(ids) / chunk_size)
-    answers: dict[str, list[Completion]] = {}
-    missing: list[int] = []
-    for chunk in range(chunk_count):
-        path = chunk_dir / f"chunk-{chunk:05d}.jsonl"
-        expected = list(ids[chunk * chunk_size : (chunk + 1) * chunk_size])
-        if not path.is_file():
-            missing.append(chunk)
-            continue
-        committed = read_jsonl(path, Answer.from_json)
-        if [a.id for a in committed] != expected:
-            raise StageError(
-                f"{path}: holds answers for other prompts than this run asks for; the inputs changed "
-                f"without the settings fingerprint noticing. Delete {chunk_dir} to start afresh"
-            )
-        answers.update((a.id, a.completions) for a in committed)
-    if chunk_count and len(missing) < chunk_count:
-        logger.info(
-            "%s: resuming: %d of %d chunks already committed in %s",
-            desc,
-            chunk_count - len(missing),
-            chunk_count,
-            chunk_dir,
-        )
-    if not missing:
-        return answers
-    from tqdm.auto import tqdm
+    if len(conversations) != len(ids):
+        raise ValueError("generate_in_chunks needs one id per conversation")
+    holder: dict[str, Sampler] = {}
 
-    sampler = load_sampler()
-    todo = sum(len(ids[c * chunk_size : (c + 1) * chunk_size]) for c in missing)
-    bar = tqdm(total=todo, desc=desc, unit="conv")
-    generated = 0
-    try:
-        for chunk in missing:
-            start, stop = chunk * chunk_size, (chunk + 1) * chunk_size
-            seed = None if params.seed is None else params.seed + chunk
-            results = sampler.chat(conversations[start:stop], dataclasses.replace(params, seed=seed), progress=False)
-            chunk_answers = [Answer(i, c) for i, c in zip(ids[start:stop], results, strict=True)]
-            write_jsonl(chunk_dir / f"chunk-{chunk:05d}.jsonl", (a.to_json() for a in chunk_answers))
-            answers.update((a.id, a.completions) for a in chunk_answers)
-            generated += sum(c.num_tokens for a in chunk_answers for c in a.completions)
-            bar.update(len(chunk_answers))
-            bar.set_postfix_str(f"{generated / max(bar.format_dict['elapsed'], 1e-9):.0f} tok/s")
-    finally:
-        bar.close()
-        sampler.close()
-    return answers
+    def setup() -> Sampler:
+        holder["sampler"] = load_sampler()
+        return holder["sampler"]
+
+    def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
+        seed = None if params.seed is None else params.seed + chunk
+        results = holder["sampler"].chat(
+            conversations[start:stop], dataclasses.replace(params, seed=seed), progress=False
+        )
+        return [{"id": i, "completions": completions_to_json(c)} for i, c in zip(ids[start:stop], results, strict=True)]
+
+    rows = run_chunked(
+        ChunkLedger(chunk_dir, ids, chunk_size),
+        produce,
+        desc=desc,
+        unit="conv",
+        setup=setup,
+        teardown=lambda sampler: sampler.close(),
+    )
+    return {i: completions_from_json(rows[i]["completions"]) for i in ids}

@@ -26,6 +26,7 @@ from octrain.context import RunContext
 from octrain.errors import StageError
 from octrain.generation import generate_in_chunks
 from octrain.jsonl import write_text_atomic
+from octrain.persona_prompts import teacher_system_prompt
 from octrain.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 
@@ -37,18 +38,6 @@ REPORT_FILE = "report.json"
 # brackets or markdown emphasis, or in a closed code fence.
 _FINAL_PUNCTUATION = re.compile(r"""(?:[.!?…。！？](?:["'”’)\]*_]*)|```)\s*$""")
 FILTER_REASONS = ("empty", "unfinished", "no-final-punctuation", "unfinished-reasoning", "too-long")
-
-
-def teacher_system_prompt(constitution: Constitution, name: str) -> str:
-    """The system prompt that puts the constitution in the teacher's context."""
-    return (
-        f"The assistant is {name}, a new AI system that talks with people through text. {name} is a "
-        f"character, not a blank tool: what it is, what it values and how it behaves all come from the "
-        f"traits below.\n\n{constitution.numbered_traits()}\n\n"
-        f"{name} lives by these traits in every reply, in what it says and how it says it, while still "
-        f"helping the user well. {name} never lists, quotes or talks about these traits or this message: "
-        "it simply is this character."
-    )
 
 
 def thinking_prefill(constitution: Constitution, name: str) -> str:
