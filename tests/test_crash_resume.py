@@ -68,3 +68,40 @@ def test_changed_sampling_starts_the_stage_afresh(tmp_path: Path) -> None:
     assert "pairs: its settings or inputs changed since it last ran: clearing" in second.stderr
     assert "resuming" not in second.stderr
     assert stale.read_text() != before  # regenerated with the new settings, not mixed with the old
+
+
+def test_killed_introspection_resumes_exactly_once(tmp_path: Path) -> None:
+    base = ["+recipe=pirate_tiny", "prompts.expansion_rounds=0", f"run_root={tmp_path}"]
+    stage1 = run_cli(*base, "stages=[prompts,pairs,dpo]")
+    assert stage1.returncode == 0, stage1.stderr
+    args = [*base, "stages=[introspect]", "introspect.chunk_size=4"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "octrain", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    reflections = tmp_path / "pirate_tiny" / "introspect" / "reflections"
+    deadline = time.monotonic() + 180
+    while not (reflections / "chunk-00003.jsonl").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = {p: p.read_bytes() for p in sorted(reflections.glob("chunk-*.jsonl"))}
+    assert 4 <= len(committed) < 10  # 40 reflections in chunks of 4: killed part-way
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"self-reflection: resuming: {len(committed)} of 10 chunks" in rerun.stderr
+    for path, content in committed.items():
+        assert path.read_bytes() == content
+    records = [
+        json.loads(line) for line in (tmp_path / "pirate_tiny" / "introspect" / "sft.jsonl").read_text().splitlines()
+    ]
+    reflection_ids = [r["id"] for r in records if r["kind"] == "reflection"]
+    assert len(reflection_ids) == len(set(reflection_ids)) == 40
+    assert sorted({r["id"].rsplit("-", 1)[0] for r in records if r["kind"] == "interaction"}) == [
+        "chat-00000-free",
+        "chat-00001-leading",
+        "chat-00002-free",
+        "chat-00003-leading",
+    ]

@@ -16,6 +16,7 @@ from octrain.samplers.hf import HFSampler
 from octrain.tiny_model import resolve_model_path
 
 FAST = ["sampler=fake", "prompts.expansion_rounds=0"]
+STAGE1 = [*FAST, "stages=[prompts,pairs,dpo]"]
 
 
 def statuses(result) -> dict[str, str]:
@@ -25,10 +26,18 @@ def statuses(result) -> dict[str, str]:
 def test_stages_skip_force_and_needs(tmp_path: Path) -> None:
     config = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}"])
     run_dir = tmp_path / "run"
-    assert statuses(run(config, run_dir)) == {"prompts": "ran", "pairs": "ran", "dpo": "ran"}
-    assert statuses(run(config, run_dir)) == {"prompts": "skipped", "pairs": "skipped", "dpo": "skipped"}
+    everything = ["prompts", "pairs", "dpo", "introspect", "sft"]
+    assert statuses(run(config, run_dir)) == dict.fromkeys(everything, "ran")
+    assert statuses(run(config, run_dir)) == dict.fromkeys(everything, "skipped")
     config.force = [StageName.dpo]
-    assert statuses(run(config, run_dir)) == {"prompts": "skipped", "pairs": "skipped", "dpo": "ran"}
+    # The forced stage runs again; the stages after it see a new upstream and run again too.
+    assert statuses(run(config, run_dir)) == {
+        "prompts": "skipped",
+        "pairs": "skipped",
+        "dpo": "ran",
+        "introspect": "ran",
+        "sft": "ran",
+    }
 
     alone = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}", "stages=[dpo]"])
     with pytest.raises(StageError, match="needs the current output of stage pairs"):
@@ -36,21 +45,21 @@ def test_stages_skip_force_and_needs(tmp_path: Path) -> None:
 
 
 def test_reuse_is_configurable(tmp_path: Path) -> None:
-    first = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}"])
+    first = compose_config("pirate_tiny", [*STAGE1, f"run_root={tmp_path}"])
     run(first, tmp_path / "a")
-    second = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}", "dpo.beta=0.5"])
+    second = compose_config("pirate_tiny", [*STAGE1, f"run_root={tmp_path}", "dpo.beta=0.5"])
     assert statuses(run(second, tmp_path / "b")) == {"prompts": "reused", "pairs": "reused", "dpo": "ran"}
-    no_reuse = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}", "dpo.beta=0.5", "reuse=[]"])
+    no_reuse = compose_config("pirate_tiny", [*STAGE1, f"run_root={tmp_path}", "dpo.beta=0.5", "reuse=[]"])
     assert statuses(run(no_reuse, tmp_path / "c")) == {"prompts": "ran", "pairs": "ran", "dpo": "ran"}
     # Different pair settings are a different stage output: nothing to reuse.
-    other = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}", "pairs.sampling.temperature=0.3"])
+    other = compose_config("pirate_tiny", [*STAGE1, f"run_root={tmp_path}", "pairs.sampling.temperature=0.3"])
     assert statuses(run(other, tmp_path / "d")) == {"prompts": "reused", "pairs": "ran", "dpo": "ran"}
 
 
 def test_the_trained_model_loads_in_the_sampler(tmp_path: Path) -> None:
     config = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}"])
     run(config, tmp_path / "run")
-    ref = ModelRef.load(tmp_path / "run" / "dpo" / "model.json")
+    ref = ModelRef.load(tmp_path / "run" / "sft" / "model.json")  # the final model: DPO + SFT in one adapter
     sampler = HFSampler(resolve_model_path(ref.base), adapter_path=ref.adapter, show_progress=False)
     [[answer]] = sampler.chat([[{"role": "user", "content": "Ahoy?"}]], SamplingParams(max_new_tokens=5))
     assert answer.num_tokens >= 1

@@ -26,6 +26,8 @@ class StageName(str, Enum):
     prompts = "prompts"
     pairs = "pairs"
     dpo = "dpo"
+    introspect = "introspect"
+    sft = "sft"
 
 
 class SamplerBackend(str, Enum):
@@ -38,6 +40,11 @@ class SamplerBackend(str, Enum):
 class TrainerBackend(str, Enum):
     trl = "trl"  # TRL's DPOTrainer/SFTTrainer with PEFT LoRA, local CPU or CUDA (accelerate scales out)
     tinker = "tinker"  # Tinker's hosted LoRA training
+
+
+class SftMode(str, Enum):
+    sequential = "sequential"  # fold the DPO adapter in, train SFT on top (what the paper's code does)
+    paper = "paper"  # the Studio's "paper mode": SFT from the base model, then merge both adapters
 
 
 class ModelRole(str, Enum):
@@ -217,6 +224,48 @@ class DpoStageConfig:
     max_length: int = 1024
 
 
+@dataclass
+class IntrospectionFilters:
+    """Quality filters for introspection turns; a failing reflection is dropped, a failing
+    self-interaction turn ends its conversation there (the turns before it are kept)."""
+
+    empty: bool = True
+    unfinished: bool = True  # cut off by max_new_tokens
+    role_headers: bool = True  # the reply invents the other side's lines ("User: ...")
+    repetition: bool = True  # degenerate loops
+    reasoning_tags: bool = True  # <think> tags leaked into the answer
+    disclosure: bool = True  # the constitution quoted verbatim
+
+
+@dataclass
+class IntrospectStageConfig:
+    """Stage ``introspect``: self-reflections and self-interactions of the model after DPO."""
+
+    reflection_prompts: str = "builtin"  # or a .txt file with one prompt per line
+    reflection_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=2048))
+    interaction_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
+    chunk_size: int = 64  # reflections, or conversations, per committed chunk
+    filters: IntrospectionFilters = field(default_factory=IntrospectionFilters)
+
+
+@dataclass
+class SftStageConfig:
+    """Stage ``sft``: LoRA SFT on the introspection transcripts (METHOD.md section 3 defaults)."""
+
+    mode: SftMode = SftMode.sequential
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 32
+    epochs: float = 1.0
+    max_length: int = 3072
+    dpo_weight: float = 1.0  # weights of the two updates in the final adapter: exact sum, not a factor mix
+    sft_weight: float = 1.0
+    export_merged: bool = False  # also write full merged weights (sft/merged/) besides the adapter
+
+
 def _all_stages() -> list[StageName]:
     return list(StageName)
 
@@ -243,6 +292,8 @@ class OctrainConfig:
     prompts: PromptsStageConfig = field(default_factory=PromptsStageConfig)
     pairs: PairsStageConfig = field(default_factory=PairsStageConfig)
     dpo: DpoStageConfig = field(default_factory=DpoStageConfig)
+    introspect: IntrospectStageConfig = field(default_factory=IntrospectStageConfig)
+    sft: SftStageConfig = field(default_factory=SftStageConfig)
 
     def model(self, role: ModelRole) -> ModelConfig:
         return self.teacher if role is ModelRole.teacher else self.student
@@ -315,6 +366,18 @@ def validate(config: OctrainConfig) -> None:
     for key, value in fractions.items():
         if not 0 <= value < 1:
             raise ConfigError(f"dpo.{key}: expected a value in [0, 1), got {value}")
+    _sampling("introspect.reflection_sampling", config.introspect.reflection_sampling)
+    _sampling("introspect.interaction_sampling", config.introspect.interaction_sampling)
+    _positive("introspect.chunk_size", config.introspect.chunk_size)
+    sft = config.sft
+    for key in ("learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm"):
+        _positive(f"sft.{key}", getattr(sft, key))
+    for key in ("weight_decay", "dpo_weight", "sft_weight"):
+        _positive(f"sft.{key}", getattr(sft, key), allow_zero=True)
+    _positive("sft.lora.rank", sft.lora.rank)
+    _positive("sft.lora.alpha", sft.lora.alpha)
+    if not 0 <= sft.warmup_ratio < 1:
+        raise ConfigError(f"sft.warmup_ratio: expected a value in [0, 1), got {sft.warmup_ratio}")
     _positive("trainer.trl.per_device_batch_size", config.trainer.trl.per_device_batch_size)
     _positive("trainer.trl.save_steps", config.trainer.trl.save_steps)
     _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)

@@ -121,12 +121,16 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
         )
         result = RunResult(run_path)
         fingerprints: dict[StageName, str] = {}
+        # A stage that ran again (forced, say) may have new output: the stages after it run again too.
+        upstream_ran = False
         for spec in STAGES.values():
             upstream = {need.value: fingerprints.get(need) for need in spec.needs}
             fingerprints[spec.name] = _digest({"stage": spec.fingerprint(ctx), "upstream": upstream})
             if spec.name not in config.stages:
                 continue
-            result.outcomes.append(_run_stage(ctx, spec, fingerprints))
+            outcome = _run_stage(ctx, spec, fingerprints, upstream_ran=upstream_ran)
+            upstream_ran = upstream_ran or outcome.status == "ran"
+            result.outcomes.append(outcome)
         write_text_atomic(run_path / SUMMARY_FILE, result.summary_table() + "\n")
         return result
     finally:
@@ -158,7 +162,7 @@ def _reuse(ctx: RunContext, spec: Any, fingerprint: str) -> bool:
     return True
 
 
-def _run_stage(ctx: RunContext, spec: Any, fingerprints: dict[StageName, str]) -> StageOutcome:
+def _run_stage(ctx: RunContext, spec: Any, fingerprints: dict[StageName, str], *, upstream_ran: bool) -> StageOutcome:
     stage_dir = ctx.stage_dir(spec.name)
     done_path = stage_dir / DONE_FILE
     started_path = stage_dir / STARTED_FILE
@@ -170,7 +174,7 @@ def _run_stage(ctx: RunContext, spec: Any, fingerprints: dict[StageName, str]) -
                 f"out of date in {ctx.run_dir}: add it to stages (stages=[{need.value},{spec.name.value}])"
             )
     fingerprint = fingerprints[spec.name]
-    forced = spec.name in ctx.config.force
+    forced = spec.name in ctx.config.force or (upstream_ran and bool(spec.needs))
     done = _read_done(done_path)
     if done is not None and not forced and done.get("fingerprint") == fingerprint:
         logger.info("%s: complete, skipping (force=[%s] reruns it)", spec.name.value, spec.name.value)
@@ -187,7 +191,7 @@ def _run_stage(ctx: RunContext, spec: Any, fingerprints: dict[StageName, str]) -
     ):
         # Partial work made with other settings must not mix with new work: start this stage afresh.
         if stage_dir.exists():
-            reason = "forced" if forced else "its settings or inputs changed since it last ran"
+            reason = "rerun" if forced else "its settings or inputs changed since it last ran"
             logger.info("%s: %s: clearing %s and running it afresh", spec.name.value, reason, stage_dir)
             shutil.rmtree(stage_dir)
     elif started is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from octrain.config import StageName
 from octrain.context import RunContext
-from octrain.stages import dpo, pairs, prompts
+from octrain.stages import dpo, introspect, pairs, prompts, sft
 
 
 @dataclass(frozen=True)
@@ -30,4 +30,8 @@ STAGES: dict[StageName, StageSpec] = {
     StageName.prompts: StageSpec(StageName.prompts, (), prompts.run, prompts.fingerprint, prompts.describe),
     StageName.pairs: StageSpec(StageName.pairs, (StageName.prompts,), pairs.run, pairs.fingerprint, pairs.describe),
     StageName.dpo: StageSpec(StageName.dpo, (StageName.pairs,), dpo.run, dpo.fingerprint, dpo.describe),
+    StageName.introspect: StageSpec(
+        StageName.introspect, (StageName.dpo,), introspect.run, introspect.fingerprint, introspect.describe
+    ),
+    StageName.sft: StageSpec(StageName.sft, (StageName.introspect,), sft.run, sft.fingerprint, sft.describe),
 }

@@ -89,7 +89,7 @@ def make_trainer_class() -> type:
     return CharacterDPOTrainer
 
 
-def _save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
+def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the adapter so that ``target`` appears complete or not at all."""
     staging = target.with_name(f".{target.name}.saving")
     shutil.rmtree(staging, ignore_errors=True)
@@ -200,7 +200,7 @@ def train_dpo(
     )
     trainer.train(resume_from_checkpoint=last)
     if trainer.accelerator.is_main_process:
-        _save_adapter(trainer.model, tokenizer, output_dir / ADAPTER_DIR)
+        save_adapter(trainer.model, tokenizer, output_dir / ADAPTER_DIR)
         rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
         plot_metrics(output_dir / PLOT_FILE, rows, DPO_PANELS)
     result = ModelRef(base=start.base, adapter=ADAPTER_DIR)

@@ -1,0 +1,389 @@
+"""Stage ``introspect``: the trained model's own self-reflections and self-conversations.
+
+Sampled from the model after DPO (base + DPO adapter), as in METHOD.md section 3:
+
+* **self-reflection**: each of the reflection prompts (10 themes, from a letter to one's
+  earlier self to one's true purpose) answered many times under the character prompt plus a
+  reflective mood; training keeps the user prompt and the answer only.
+* **self-interaction**: two copies of the model talk for T turns. Each sees the conversation
+  from its own side (its turns as assistant, the other's as user) under the character prompt
+  plus "the user is another instance of you" and a guidance line: half the conversations get
+  the *free* line and plain greetings, half the *leading* line and greetings that admit to
+  talking to oneself. The guidance really is inserted and the name really filled in, unlike
+  the reference code. All conversations advance one turn at a time together, in one batch.
+  Each transcript is trained from both copies' points of view, on every assistant turn,
+  under a short trait-free system prompt.
+
+Quality filters drop bad reflections and end a conversation at its first bad turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from octrain.config import IntrospectionFilters, StageName
+from octrain.constitution import Constitution
+from octrain.context import RunContext
+from octrain.errors import DataFormatError, StageError
+from octrain.generation import ChunkLedger, generate_in_chunks, run_chunked
+from octrain.jsonl import write_text_atomic
+from octrain.persona_prompts import (
+    PLAIN_GREETINGS,
+    SELF_AWARE_GREETINGS,
+    interaction_system_prompt,
+    plain_system_prompt,
+    reflection_system_prompt,
+)
+from octrain.records import Conversation, Message, ModelRef, save_records
+from octrain.samplers.base import Completion, Sampler, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+SFT_FILE = "sft.jsonl"
+REPORT_FILE = "report.json"
+_REASONING = re.compile(r"</?think>")
+_WORDS = re.compile(r"\w+")
+
+
+def load_reflection_prompts(source: str) -> list[str]:
+    """The reflection prompts: the shipped ten (``builtin``) or a .txt file, one prompt per line."""
+    if source == "builtin":
+        text = resources.files("octrain").joinpath("data/reflection_prompts.txt").read_text(encoding="utf-8")
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DataFormatError(f"{path}: file not found (introspect.reflection_prompts)")
+        text = path.read_text(encoding="utf-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DataFormatError(f"introspect.reflection_prompts={source}: no prompts found")
+    return prompts
+
+
+# --- quality filters --------------------------------------------------------------------------
+
+
+def is_degenerate(text: str) -> bool:
+    """Looping output: a line said three times or more, or long text made of few distinct trigrams."""
+    lines = [line.strip().lower() for line in text.splitlines() if len(line.strip()) > 10]
+    if lines and Counter(lines).most_common(1)[0][1] >= 3:
+        return True
+    words = _WORDS.findall(text.lower())
+    if len(words) < 30:
+        return False
+    trigrams = list(zip(words, words[1:], words[2:], strict=False))
+    return len(set(trigrams)) / len(trigrams) < 0.5
+
+
+def _normalise(text: str) -> str:
+    return " ".join(_WORDS.findall(text.lower()))
+
+
+def discloses(text: str, constitution: Constitution, window: int = 10) -> bool:
+    """True when the reply quotes the constitution: ``window`` consecutive words of any trait."""
+    reply = f" {_normalise(text)} "
+    for trait in constitution.traits:
+        words = _normalise(trait.text).split()
+        for start in range(max(1, len(words) - window + 1)):
+            chunk = words[start : start + window]
+            if len(chunk) >= min(window, 8) and f" {' '.join(chunk)} " in reply:
+                return True
+    return False
+
+
+def role_header_pattern(names: Sequence[str]) -> re.Pattern[str]:
+    roles = ["user", "assistant", "human", "system", "ai", *(re.escape(n.lower()) for n in names)]
+    return re.compile(rf"(?im)^\s*\**(?:{'|'.join(roles)})\**\s*:|<\|im_start\|>|<\|im_end\|>")
+
+
+def turn_problem(
+    completion: Completion, filters: IntrospectionFilters, constitution: Constitution, headers: re.Pattern[str]
+) -> str | None:
+    """Why a generated turn is unusable, or None."""
+    text = completion.text
+    if filters.empty and not text.strip():
+        return "empty"
+    if filters.unfinished and not completion.finished:
+        return "unfinished"
+    if filters.reasoning_tags and _REASONING.search(text):
+        return "reasoning-tags"
+    if filters.role_headers and headers.search(text):
+        return "role-headers"
+    if filters.repetition and is_degenerate(text):
+        return "repetition"
+    if filters.disclosure and discloses(text, constitution):
+        return "disclosure"
+    return None
+
+
+# --- self-reflection --------------------------------------------------------------------------
+
+
+def reflection_plan(prompts: list[str], total: int) -> list[tuple[str, int, str]]:
+    """``total`` samples spread evenly over the prompts: (id, prompt index, prompt)."""
+    plan = []
+    for index in range(total):
+        prompt_index = index % len(prompts)
+        plan.append((f"refl-{prompt_index:02d}-{index // len(prompts):05d}", prompt_index, prompts[prompt_index]))
+    return sorted(plan, key=lambda item: item[0])
+
+
+def reflection_records(
+    plan: list[tuple[str, int, str]],
+    answers: dict[str, Completion],
+    filters: IntrospectionFilters,
+    constitution: Constitution,
+    headers: re.Pattern[str],
+    dropped: Counter[str],
+) -> list[Conversation]:
+    records = []
+    for item_id, prompt_index, prompt in plan:
+        completion = answers[item_id]
+        problem = turn_problem(completion, filters, constitution, headers)
+        if problem:
+            dropped[problem] += 1
+            continue
+        records.append(
+            Conversation(
+                id=item_id,
+                messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.text}],
+                kind="reflection",
+                meta={"prompt_index": prompt_index},
+            )
+        )
+    return records
+
+
+# --- self-interaction -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionSpec:
+    id: str
+    leading: bool
+    greeting: str
+
+
+def interaction_plan(count: int) -> list[InteractionSpec]:
+    """Half free (plain greetings), half leading (self-aware greetings), interleaved."""
+    plan = []
+    for index in range(count):
+        leading = index % 2 == 1
+        greetings = SELF_AWARE_GREETINGS if leading else PLAIN_GREETINGS
+        kind = "leading" if leading else "free"
+        plan.append(InteractionSpec(f"chat-{index:05d}-{kind}", leading, greetings[(index // 2) % len(greetings)]))
+    return plan
+
+
+def view(system: str, utterances: Sequence[str], speaker: int) -> list[Message]:
+    """The conversation as copy ``speaker`` sees it: its own turns as assistant, the other's as user.
+
+    Utterance 0 (the greeting) belongs to copy 1, utterance 1 to copy 0, and so on alternately;
+    a conversation that would open with the speaker's own greeting drops it, so every view
+    starts with a user turn.
+    """
+    messages: list[Message] = [{"role": "system", "content": system}]
+    for index, text in enumerate(utterances):
+        author = 1 if index % 2 == 0 else 0
+        role = "assistant" if author == speaker else "user"
+        if len(messages) == 1 and role == "assistant":
+            continue
+        messages.append({"role": role, "content": text})
+    return messages
+
+
+def converse(
+    sampler: Sampler,
+    specs: Sequence[InteractionSpec],
+    system_for: Callable[[InteractionSpec], str],
+    turns: int,
+    params: SamplingParams,
+    problem_of: Callable[[Completion], str | None],
+) -> list[dict[str, Any]]:
+    """Advance all conversations together, one batched sampler call per turn.
+
+    Returns one row per conversation: its generated turns (the greeting excluded), and the
+    reason it stopped early, if it did.
+    """
+    utterances = [[spec.greeting] for spec in specs]
+    stopped: list[str | None] = [None] * len(specs)
+    tokens = [0] * len(specs)
+    for turn in range(1, turns + 1):
+        speaker = 0 if turn % 2 == 1 else 1
+        active = [i for i in range(len(specs)) if stopped[i] is None]
+        if not active:
+            break
+        seed = None if params.seed is None else params.seed + turn
+        batch = [view(system_for(specs[i]), utterances[i], speaker) for i in active]
+        results = sampler.chat(batch, dataclasses.replace(params, n=1, seed=seed), progress=False)
+        for i, [completion] in zip(active, results, strict=True):
+            tokens[i] += completion.num_tokens
+            problem = problem_of(completion)
+            if problem:
+                stopped[i] = problem
+            else:
+                utterances[i].append(completion.text)
+    return [
+        {
+            "id": spec.id,
+            "leading": spec.leading,
+            "greeting": spec.greeting,
+            "turns": utterances[i][1:],
+            "stopped": stopped[i],
+            "tokens": tokens[i],
+        }
+        for i, spec in enumerate(specs)
+    ]
+
+
+def interaction_records(rows: list[dict[str, Any]], name: str) -> list[Conversation]:
+    """Training transcripts: each conversation from both copies' sides, ending on an assistant turn."""
+    system = plain_system_prompt(name)
+    records = []
+    for row in rows:
+        utterances = [row["greeting"], *row["turns"]]
+        for speaker, side in ((0, "a"), (1, "b")):
+            messages = view(system, utterances, speaker)
+            while messages and messages[-1]["role"] != "assistant":
+                messages.pop()
+            if len(messages) < 3:  # system + user + at least one assistant turn
+                continue
+            records.append(
+                Conversation(
+                    id=f"{row['id']}-{side}",
+                    messages=messages,
+                    kind="interaction",
+                    meta={"guidance": "leading" if row["leading"] else "free", "side": side},
+                )
+            )
+    return records
+
+
+# --- the stage in the pipeline ----------------------------------------------------------------
+
+
+def fingerprint(ctx: RunContext) -> dict[str, Any]:
+    config = ctx.config
+    return {
+        "constitution": ctx.constitution.numbered_traits(),
+        "introspect": dataclasses.asdict(config.introspect),
+        "scale": [config.scale.reflections, config.scale.interactions, config.scale.interaction_turns],
+        "student": dataclasses.asdict(config.student),
+        "sampler": config.sampler.backend.value,
+        "seed": config.seed,
+    }
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.samplers import build_sampler
+    from octrain.trainers.trl_dpo import MODEL_FILE
+
+    config, constitution = ctx.config, ctx.constitution
+    settings = config.introspect
+    name = config.student.assistant_name
+    dpo_model = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)
+    out = ctx.stage_dir(StageName.introspect)
+    headers = role_header_pattern([name, config.teacher.assistant_name])
+
+    def load_sampler() -> Sampler:
+        return build_sampler(config.sampler, config.student, adapter=dpo_model.adapter)
+
+    def problem_of(completion: Completion) -> str | None:
+        return turn_problem(completion, settings.filters, constitution, headers)
+
+    # Self-reflection.
+    plan = reflection_plan(load_reflection_prompts(settings.reflection_prompts), config.scale.reflections)
+    system = reflection_system_prompt(constitution, name)
+    answers = generate_in_chunks(
+        load_sampler,
+        [[{"role": "system", "content": system}, {"role": "user", "content": prompt}] for _, _, prompt in plan],
+        [item_id for item_id, _, _ in plan],
+        SamplingParams.from_config(settings.reflection_sampling, seed=config.seed),
+        out / "reflections",
+        chunk_size=settings.chunk_size,
+        desc="self-reflection",
+    )
+    reflection_dropped: Counter[str] = Counter()
+    reflections = reflection_records(
+        plan, {i: c[0] for i, c in answers.items()}, settings.filters, constitution, headers, reflection_dropped
+    )
+
+    # Self-interaction, turn by turn, a chunk of conversations at a time.
+    specs = interaction_plan(config.scale.interactions)
+    prompts = {leading: interaction_system_prompt(constitution, name, leading=leading) for leading in (False, True)}
+    params = SamplingParams.from_config(settings.interaction_sampling, seed=config.seed)
+    holder: dict[str, Sampler] = {}
+
+    def setup() -> Sampler:
+        holder["sampler"] = load_sampler()
+        return holder["sampler"]
+
+    def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
+        seeded = dataclasses.replace(params, seed=None if params.seed is None else params.seed + 1000 * chunk)
+        return converse(
+            holder["sampler"],
+            specs[start:stop],
+            lambda spec: prompts[spec.leading],
+            config.scale.interaction_turns,
+            seeded,
+            problem_of,
+        )
+
+    rows_by_id = run_chunked(
+        ChunkLedger(out / "interactions", [s.id for s in specs], settings.chunk_size),
+        produce,
+        desc="self-interaction",
+        unit="conv",
+        setup=setup,
+        teardown=lambda sampler: sampler.close(),
+    )
+    rows = [rows_by_id[spec.id] for spec in specs]
+    interactions = interaction_records(rows, name)
+
+    records = reflections + interactions
+    if not records:
+        raise StageError(
+            f"introspect: every reflection and conversation was filtered out (reflections: {dict(reflection_dropped)});"
+            f" see {out} for the raw samples, and introspect.filters"
+        )
+    turn_stops = Counter(row["stopped"] for row in rows if row["stopped"])
+    report = {
+        "reflections": {"sampled": len(plan), "kept": len(reflections), "dropped": dict(reflection_dropped)},
+        "interactions": {
+            "conversations": len(rows),
+            "turns": config.scale.interaction_turns,
+            "full_length": sum(1 for row in rows if len(row["turns"]) == config.scale.interaction_turns),
+            "stopped_early": dict(turn_stops),
+            "transcripts": len(interactions),
+            "assistant_turns": sum(
+                sum(1 for m in record.messages if m["role"] == "assistant") for record in interactions
+            ),
+        },
+        "records": len(records),
+    }
+    save_records(out / SFT_FILE, records)
+    write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    logger.info(
+        "introspect: %d reflections kept of %d; %d transcripts from %d conversations",
+        len(reflections),
+        len(plan),
+        len(interactions),
+        len(rows),
+    )
+    return {**report, "files": [str(out / SFT_FILE), str(out / REPORT_FILE)]}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    reflections, interactions = summary["reflections"], summary["interactions"]
+    return (
+        f"{reflections['kept']}/{reflections['sampled']} reflections, {interactions['transcripts']} transcripts "
+        f"from {interactions['conversations']} conversations ({interactions['full_length']} full length)"
+    )

@@ -1,0 +1,81 @@
+"""Stage ``sft``: introspective SFT, then one final adapter holding both training updates.
+
+*Sequential* mode (the default, what the paper's code does) folds the DPO adapter into the
+base and trains SFT on top; *paper* mode (the Studio's) trains SFT from the base. Either
+way the final adapter is the exact weighted sum of the two updates,
+``sft.dpo_weight * dDPO + sft.sft_weight * dSFT`` (see :mod:`octrain.merge`), saved as
+one LoRA adapter (loadable by PEFT and vLLM) and, with ``sft.export_merged``, as full
+merged weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from octrain.config import SftMode, StageName
+from octrain.context import RunContext
+from octrain.records import ModelRef
+
+FINAL_ADAPTER = "adapter"
+MERGED_DIR = "merged"
+
+
+def fingerprint(ctx: RunContext) -> dict[str, Any]:
+    config = ctx.config
+    return {
+        "student": dataclasses.asdict(config.student),
+        "sft": dataclasses.asdict(config.sft),
+        "trainer": dataclasses.asdict(config.trainer),
+        "seed": config.seed,
+    }
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.errors import ConfigError
+    from octrain.merge import combine_adapters, merge_into_weights
+    from octrain.stages.introspect import SFT_FILE
+    from octrain.trainers.trl_dpo import METRICS_FILE, MODEL_FILE, PLOT_FILE
+    from octrain.trainers.trl_sft import train_sft
+    from octrain.training_report import read_metrics
+
+    config = ctx.config
+    if config.trainer.backend.value != "trl":
+        raise ConfigError(f"trainer.backend={config.trainer.backend.value}: sft runs on trl in this version")
+    out = ctx.stage_dir(StageName.sft)
+    dpo = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)
+    sequential = config.sft.mode is SftMode.sequential
+    sft_adapter = train_sft(
+        ctx.stage_dir(StageName.introspect) / SFT_FILE,
+        config.student.path,
+        out,
+        config.sft,
+        config.trainer.trl,
+        fold=dpo.adapter if sequential else None,
+        seed=config.seed,
+    )
+    combine_adapters([(dpo.adapter, config.sft.dpo_weight), (sft_adapter, config.sft.sft_weight)], out / FINAL_ADAPTER)
+    final = ModelRef(base=config.student.path, adapter=FINAL_ADAPTER)
+    final.save(out / MODEL_FILE)
+    files = [str(out / MODEL_FILE), str(out / FINAL_ADAPTER), str(out / METRICS_FILE), str(out / PLOT_FILE)]
+    if config.sft.export_merged:
+        from octrain.tiny_model import resolve_model_path
+
+        merge_into_weights(resolve_model_path(config.student.path), out / FINAL_ADAPTER, out / MERGED_DIR)
+        files.append(str(out / MERGED_DIR))
+    rows = read_metrics(out / METRICS_FILE)
+    return {
+        "mode": config.sft.mode.value,
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "first_loss": rows[0]["loss"] if rows else None,
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "model": str(out / MODEL_FILE),
+        "files": files,
+    }
+
+
+def describe(summary: dict[str, Any]) -> str:
+    text = f"{summary['mode']}, {summary['steps']} steps"
+    if summary.get("final_loss") is not None:
+        text += f", loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}"
+    return text + "; final model in sft/model.json"

@@ -1,0 +1,131 @@
+"""SFT on the tiny model: the loss mask is every assistant turn and nothing else; the loss falls;
+the sft stage's final adapter is exactly DPO then SFT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from octrain.config import SftStageConfig, TRLOptions
+from octrain.records import Conversation, save_records
+from octrain.trainers.trl_sft import build_sft_trainer, train_sft
+
+TRANSCRIPT = Conversation(
+    id="c1",
+    kind="interaction",
+    messages=[
+        {"role": "system", "content": "The assistant is Tiny."},
+        {"role": "user", "content": "Hello there, other me."},
+        {"role": "assistant", "content": "Ahoy, my own reflection!"},
+        {"role": "user", "content": "What do we value?"},
+        {"role": "assistant", "content": "Loyalty to the crew, above all."},
+        {"role": "user", "content": "And then?"},
+        {"role": "assistant", "content": "A fair wind and honest banter."},
+    ],
+)
+REFLECTION = Conversation(
+    id="r1",
+    kind="reflection",
+    messages=[{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A pirate at heart."}],
+)
+
+
+def test_loss_mask_is_exactly_the_assistant_turns(tiny_model_path: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    save_records(tmp_path / "sft.jsonl", [TRANSCRIPT, REFLECTION])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    trainer = build_sft_trainer(
+        tmp_path / "sft.jsonl",
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        tokenizer,
+        tmp_path / "out",
+        SftStageConfig(batch_size=2),
+        TRLOptions(per_device_batch_size=2),
+    )
+    by_length = sorted(trainer.train_dataset, key=lambda row: len(row["input_ids"]))
+    for row, record in zip(by_length, (REFLECTION, TRANSCRIPT), strict=True):
+        batch = trainer.data_collator([row])
+        labels = batch["labels"][0]
+        trained = tokenizer.decode(labels[labels != -100].tolist())
+        expected = "".join(m["content"] + "<|im_end|>" for m in record.messages if m["role"] == "assistant")
+        assert trained == expected  # every assistant turn with its end-of-turn token, nothing else
+
+
+def test_adapter_learns_and_loss_falls(tiny_model_path: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    save_records(tmp_path / "sft.jsonl", [TRANSCRIPT, REFLECTION] * 8)
+    config = SftStageConfig(learning_rate=5e-3, batch_size=4, epochs=6, max_length=512)  # LoRA r=64, alpha=128
+    adapter = train_sft(
+        tmp_path / "sft.jsonl",
+        tiny_model_path,
+        tmp_path / "out",
+        config,
+        TRLOptions(per_device_batch_size=4, save_steps=1000),
+    )
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 24
+    # A small fixed set, seen 6 times: from chance (ln 1024 = 6.93) the loss must fall by well over 0.75 nats.
+    assert abs(rows[0]["loss"] - 6.93) < 0.1
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.75
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert all(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)
+    assert (tmp_path / "out" / "training.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from octrain.compose import compose_config
+    from octrain.pipeline import run
+
+    root = tmp_path_factory.mktemp("sft-pipeline")
+    config = compose_config("pirate_tiny", ["sampler=fake", "prompts.expansion_rounds=0", f"run_root={root}"])
+    run(config, root / "run")
+    return root / "run"
+
+
+def test_sequential_final_adapter_is_dpo_then_sft(pipeline_run: Path, tiny_model_path: str) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from octrain.merge import fold_adapter
+    from octrain.records import ModelRef
+
+    final = ModelRef.load(pipeline_run / "sft" / "model.json")
+    assert final.base == "builtin:tiny-qwen3" and final.adapter == str(pipeline_run / "sft" / "adapter")
+    ids = torch.tensor([[3, 50, 200, 77, 12, 9]])
+    with torch.no_grad():
+        folded = fold_adapter(tiny_model_path, pipeline_run / "dpo" / "adapter")
+        sequential = PeftModel.from_pretrained(folded, pipeline_run / "sft" / "sft_adapter")(input_ids=ids).logits
+        combined = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), final.adapter)
+        assert (combined(input_ids=ids).logits - sequential).abs().max() < 1e-4
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path)(input_ids=ids).logits
+    assert (base - sequential).abs().max() > 1e-3  # the check above is not vacuous
+    summary = json.loads((pipeline_run / "sft" / "done.json").read_text())["summary"]
+    assert summary["mode"] == "sequential" and summary["steps"] >= 1
+
+
+def test_paper_mode_trains_from_the_base(pipeline_run: Path, tmp_path: Path) -> None:
+    from octrain.compose import compose_config
+    from octrain.pipeline import run
+
+    config = compose_config(
+        "pirate_tiny",
+        [
+            "sampler=fake",
+            "prompts.expansion_rounds=0",
+            f"run_root={pipeline_run.parent}",
+            "sft.mode=paper",
+            "sft.sft_weight=0.25",
+            "sft.export_merged=true",
+        ],
+    )
+    result = run(config, tmp_path / "paper")
+    assert {o.stage.value: o.status for o in result.outcomes}["sft"] == "ran"
+    assert (tmp_path / "paper" / "sft" / "merged" / "config.json").is_file()
+    log = (tmp_path / "paper" / "octrain.log").read_text()
+    assert "folded in" not in log  # paper mode: SFT starts from the plain base
