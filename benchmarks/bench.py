@@ -39,10 +39,21 @@ def pipeline_stage_times(workdir: Path) -> dict[str, Any]:
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr[-2000:])
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    run_dir = workdir / "pirate_tiny"
     stages = {}
-    for done in sorted((workdir / "pirate_tiny").glob("*/done.json")):
+    for done in sorted(run_dir.glob("*/done.json")):
         stages[done.parent.name] = json.loads(done.read_text())["seconds"]
-    return {"total_seconds": round(total, 2), "stage_seconds": stages, "peak_rss_mib": round(peak_mib)}
+    introspect = json.loads((run_dir / "introspect" / "report.json").read_text())["generated_tokens"]
+    sft_steps = [json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
+    sft_runtime = json.loads((run_dir / "sft" / "train_summary.json").read_text())["train_runtime"]
+    return {
+        "total_seconds": round(total, 2),
+        "stage_seconds": stages,
+        "peak_rss_mib": round(peak_mib),
+        # Sampling rate over the whole stage (model load included): reflections + self-interaction turns.
+        "introspection_tokens_per_s": round(sum(introspect.values()) / stages["introspect"]),
+        "sft_train_tokens_per_s": round(sft_steps[-1]["num_tokens"] / sft_runtime),
+    }
 
 
 def sampling_speed(repeats: int) -> dict[str, Any]:

@@ -368,6 +368,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
             ),
         },
         "records": len(records),
+        "generated_tokens": {
+            "reflections": sum(c[0].num_tokens for c in answers.values()),
+            "interactions": sum(row["tokens"] for row in rows),
+        },
     }
     save_records(out / SFT_FILE, records)
     write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
