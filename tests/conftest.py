@@ -38,3 +38,24 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.Co
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def kill_when_exists(command: list[str], path: Path, timeout: float = 180) -> None:
+    """Start ``command`` and SIGKILL it as soon as ``path`` exists (a real crash, mid-work).
+
+    Fails if the command ends on its own first or ``path`` never appears.
+    """
+    import signal
+    import time
+
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not path.exists():
+            assert process.poll() is None, f"{command} ended before {path} appeared"
+            assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()

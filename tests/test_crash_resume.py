@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import REPO, run_cli
+from conftest import kill_when_exists, run_cli
 
 # No prompt expansion (the tiny model writes none anyway): the test is about the pairs stage.
 ARGS = ["+recipe=pirate_tiny", "stages=[prompts,pairs]", "pairs.chunk_size=4", "prompts.expansion_rounds=0"]
@@ -22,17 +18,9 @@ def ids(path: Path) -> list[str]:
 
 def test_killed_pairs_stage_resumes_exactly_once(tmp_path: Path) -> None:
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
-    command = [sys.executable, "-m", "octrain", *ARGS, f"run_root={crashed}"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     student = crashed / "pirate_tiny" / "pairs" / "student"
-    deadline = time.monotonic() + 180
     # Kill it in the middle of the second model's generation: teacher chunks done, student partial.
-    while not (student / "chunk-00002.jsonl").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_exists([sys.executable, "-m", "octrain", *ARGS, f"run_root={crashed}"], student / "chunk-00002.jsonl")
     pairs_dir = crashed / "pirate_tiny" / "pairs"
     assert not (pairs_dir / "pairs.jsonl").exists() and not (pairs_dir / "done.json").exists()
     committed = {p: p.read_bytes() for p in sorted(pairs_dir.glob("*/chunk-*.jsonl"))}
@@ -75,17 +63,8 @@ def test_killed_introspection_resumes_exactly_once(tmp_path: Path) -> None:
     stage1 = run_cli(*base, "stages=[prompts,pairs,dpo]")
     assert stage1.returncode == 0, stage1.stderr
     args = [*base, "stages=[introspect]", "introspect.chunk_size=4"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "octrain", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     reflections = tmp_path / "pirate_tiny" / "introspect" / "reflections"
-    deadline = time.monotonic() + 180
-    while not (reflections / "chunk-00003.jsonl").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_exists([sys.executable, "-m", "octrain", *args], reflections / "chunk-00003.jsonl")
     committed = {p: p.read_bytes() for p in sorted(reflections.glob("chunk-*.jsonl"))}
     assert 4 <= len(committed) < 10  # 40 reflections in chunks of 4: killed part-way
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import kill_when_exists
 from octrain.config import DpoStageConfig, LoraSettings, TRLOptions
 from octrain.preference_accuracy import score_pairs
 from octrain.records import ModelRef, PreferencePair, save_records
@@ -125,14 +123,7 @@ train_dpo(directory / "pairs.jsonl", ModelRef(base=base), directory / "out", con
 def test_resume_after_a_killed_training_run(tiny_model_path: str, tmp_path: Path) -> None:
     save_records(tmp_path / "pairs.jsonl", style_pairs(0, 32))
     command = [sys.executable, "-c", RESUME_SCRIPT, str(tmp_path), tiny_model_path]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-20"
-    deadline = time.monotonic() + 120
-    while not (checkpoint / "trainer_state.json").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_exists(command, tmp_path / "out" / "checkpoints" / "checkpoint-20" / "trainer_state.json")
     assert not (tmp_path / "out" / "adapter").exists()  # killed before the end: no final adapter
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)

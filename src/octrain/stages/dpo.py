@@ -23,7 +23,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.stages.pairs import PAIRS_FILE
     from octrain.trainers import build_trainer
-    from octrain.trainers.trl_dpo import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
+    from octrain.trainers.trl_common import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
     from octrain.training_report import read_metrics
 
     config = ctx.config

@@ -284,7 +284,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.samplers import build_sampler
-    from octrain.trainers.trl_dpo import MODEL_FILE
+    from octrain.trainers.trl_common import MODEL_FILE
 
     config, constitution = ctx.config, ctx.constitution
     settings = config.introspect

@@ -35,7 +35,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.errors import ConfigError
     from octrain.merge import combine_adapters, merge_into_weights
     from octrain.stages.introspect import SFT_FILE
-    from octrain.trainers.trl_dpo import METRICS_FILE, MODEL_FILE, PLOT_FILE
+    from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
     from octrain.trainers.trl_sft import train_sft
     from octrain.training_report import read_metrics
 

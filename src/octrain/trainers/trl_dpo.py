@@ -15,24 +15,28 @@ on the CPU. Training resumes from the last checkpoint in ``output_dir/checkpoint
 from __future__ import annotations
 
 import logging
-import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from octrain.config import DpoStageConfig, TRLOptions
 from octrain.errors import ConfigError
 from octrain.records import ModelRef, PreferencePair, load_records
+from octrain.trainers.trl_common import (
+    ADAPTER_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    PLOT_FILE,
+    last_checkpoint,
+    load_tokenizer,
+    lora_config,
+    precision,
+    save_adapter,
+    shared_args,
+)
 from octrain.training_report import plot_metrics, write_metrics
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
-CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "training.png"
-MODEL_FILE = "model.json"
 DPO_PANELS = (
     ("loss", ("loss", "dpo_loss", "nll_loss")),
     ("reward margin", ("rewards/margins",)),
@@ -89,31 +93,15 @@ def make_trainer_class() -> type:
     return CharacterDPOTrainer
 
 
-def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save the adapter so that ``target`` appears complete or not at all."""
-    staging = target.with_name(f".{target.name}.saving")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
-def build_dpo_args(
-    config: DpoStageConfig, options: TRLOptions, output_dir: Path, *, seed: int, use_cuda: bool, bf16: bool
-) -> Any:
-    """TRL's DPOConfig for the method's settings; the effective batch comes from accumulation."""
+def build_dpo_args(config: DpoStageConfig, options: TRLOptions, output_dir: Path, *, seed: int) -> Any:
+    """TRL's DPOConfig for the method's settings."""
     from trl import DPOConfig
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_device = min(options.per_device_batch_size, config.batch_size)
-    accumulation = max(1, math.ceil(config.batch_size / (per_device * world)))
     loss_types, weights = ["sigmoid"], [1.0]
     if config.nll_weight > 0:
         loss_types.append("sft")
         weights.append(config.nll_weight)
     return DPOConfig(
-        output_dir=str(output_dir / CHECKPOINT_DIR),
         beta=config.beta,
         loss_type=loss_types,
         loss_weights=weights,
@@ -125,20 +113,9 @@ def build_dpo_args(
         adam_beta2=config.adam_beta2,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
         num_train_epochs=config.epochs,
         max_length=config.max_length,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not use_cuda,
-        gradient_checkpointing=options.gradient_checkpointing,
-        logging_steps=options.logging_steps,
-        save_steps=options.save_steps,
-        save_total_limit=2,
-        report_to=list(options.report_to) or "none",
-        seed=seed,
-        dataloader_num_workers=0,
+        **shared_args(options, output_dir, batch_size=config.batch_size, seed=seed),
     )
 
 
@@ -154,9 +131,7 @@ def train_dpo(
     """Train a LoRA adapter with DPO on ``pairs_path``; see :class:`~octrain.trainers.base.Trainer`."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import AutoModelForCausalLM
 
     from octrain.tiny_model import resolve_model_path
 
@@ -165,29 +140,20 @@ def train_dpo(
     options = options or TRLOptions()
     pairs = load_records(pairs_path, PreferencePair)
     dataset = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
-    use_cuda = torch.cuda.is_available()
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    _, bf16 = precision()
     model_path = resolve_model_path(start.base)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    lora = config.lora
-    targets: Any = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
-    peft_config = LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
-    )
-    args = build_dpo_args(config, options, output_dir, seed=seed, use_cuda=use_cuda, bf16=bf16)
+    args = build_dpo_args(config, options, output_dir, seed=seed)
     trainer = make_trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=lora_config(config.lora),
         kl_weight=config.kl_weight,
     )
-    checkpoints = Path(args.output_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_checkpoint(args.output_dir)
     if last:
         logger.info("dpo: resuming from %s", last)
     logger.info(

@@ -10,15 +10,22 @@ single turn per transcript.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 from octrain.config import SftStageConfig, TRLOptions
 from octrain.records import Conversation, load_records
-from octrain.trainers.trl_dpo import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, save_adapter
+from octrain.trainers.trl_common import (
+    METRICS_FILE,
+    PLOT_FILE,
+    last_checkpoint,
+    load_tokenizer,
+    lora_config,
+    precision,
+    save_adapter,
+    shared_args,
+)
 from octrain.training_report import plot_metrics, write_metrics
 
 logger = logging.getLogger(__name__)
@@ -41,49 +48,26 @@ def build_sft_trainer(
     seed: int = 0,
 ) -> Any:
     """TRL's SFTTrainer for ``model`` (already loaded, adapters folded) on the transcripts."""
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     records = load_records(conversations_path, Conversation)
     random.Random(seed).shuffle(records)  # reflections and conversations interleaved, reproducibly
     dataset = Dataset.from_list([{"messages": record.messages} for record in records])
-    use_cuda = torch.cuda.is_available()
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_device = min(options.per_device_batch_size, config.batch_size)
     args = SFTConfig(
-        output_dir=str(output_dir / CHECKPOINT_DIR),
         assistant_only_loss=True,
         max_length=config.max_length,
         packing=False,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=max(1, math.ceil(config.batch_size / (per_device * world))),
         num_train_epochs=config.epochs,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not use_cuda,
-        gradient_checkpointing=options.gradient_checkpointing,
-        logging_steps=options.logging_steps,
-        save_steps=options.save_steps,
-        save_total_limit=2,
-        report_to=list(options.report_to) or "none",
-        seed=seed,
-        dataloader_num_workers=0,
-    )
-    lora = config.lora
-    targets: Any = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
-    peft_config = LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
+        **shared_args(options, output_dir, batch_size=config.batch_size, seed=seed),
     )
     return SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(config.lora)
     )
 
 
@@ -105,18 +89,15 @@ def train_sft(
             adapter); the new adapter is then an update on top of it.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import AutoModelForCausalLM
 
     from octrain.merge import fold_adapter
     from octrain.tiny_model import resolve_model_path
 
     options = options or TRLOptions()
     base_path = resolve_model_path(base)
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _, bf16 = precision()
+    tokenizer = load_tokenizer(base_path)
     if fold:
         model = fold_adapter(base_path, fold)
         if bf16:
@@ -124,8 +105,7 @@ def train_sft(
     else:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     trainer = build_sft_trainer(conversations_path, model, tokenizer, output_dir, config, options, seed=seed)
-    checkpoints = Path(trainer.args.output_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_checkpoint(trainer.args.output_dir)
     if last:
         logger.info("sft: resuming from %s", last)
     logger.info(

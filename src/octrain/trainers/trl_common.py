@@ -1,0 +1,87 @@
+"""What the TRL trainers share: hardware precision, batch arithmetic, LoRA, checkpoints, saving."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from octrain.config import LoraSettings, TRLOptions
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training.png"
+MODEL_FILE = "model.json"
+
+
+def precision() -> tuple[bool, bool]:
+    """(use CUDA, use bf16): bf16 on a GPU that supports it, fp32 on the CPU and older GPUs."""
+    import torch
+
+    use_cuda = torch.cuda.is_available()
+    return use_cuda, use_cuda and torch.cuda.is_bf16_supported()
+
+
+def shared_args(options: TRLOptions, output_dir: Path, *, batch_size: int, seed: int) -> dict[str, Any]:
+    """TrainingArguments common to DPO and SFT. The effective batch is reached by accumulation:
+    per-device batch x accumulation steps x processes >= ``batch_size``."""
+    use_cuda, bf16 = precision()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = min(options.per_device_batch_size, batch_size)
+    return {
+        "output_dir": str(output_dir / CHECKPOINT_DIR),
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": max(1, math.ceil(batch_size / (per_device * world))),
+        "bf16": bf16,
+        "fp16": False,
+        "use_cpu": not use_cuda,
+        "gradient_checkpointing": options.gradient_checkpointing,
+        "logging_steps": options.logging_steps,
+        "save_steps": options.save_steps,
+        "save_total_limit": 2,
+        "report_to": list(options.report_to) or "none",
+        "seed": seed,
+        "dataloader_num_workers": 0,
+    }
+
+
+def lora_config(settings: LoraSettings) -> Any:
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if list(settings.target_modules) == ["all-linear"] else list(settings.target_modules)
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete checkpoint to resume from, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+
+
+def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save the adapter so that ``target`` appears complete or not at all."""
+    staging = target.with_name(f".{target.name}.saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
