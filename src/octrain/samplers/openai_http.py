@@ -1,0 +1,373 @@
+"""A sampler that talks to any OpenAI-compatible chat-completions endpoint over HTTP.
+
+OpenAI itself, vLLM's ``vllm serve``, llama.cpp's server, LiteLLM and most hosted inference
+providers speak the same ``POST {base_url}/chat/completions`` protocol, so one small client
+covers them all: a judge model behind an API, or a local server on a GPU box.
+
+Only the standard library is used (``urllib.request`` and a thread pool): the requests are
+plain JSON and the work is waiting on the network, which threads do well.
+
+The API key is read once from an environment variable and kept in a private attribute. It
+goes out in the ``Authorization`` header and nowhere else: error messages, log lines, the
+sampler's ``repr`` and its ``name`` are built without it, and any server text quoted in an
+error is scrubbed of it first, in case a proxy echoes the request back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import logging
+import math
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from octrain.errors import ConfigError, OctrainError
+from octrain.records import Message
+from octrain.samplers.base import Completion, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+# A server may ask for a long pause in Retry-After; past this many seconds we wait no longer, so one
+# unfriendly header cannot stall a whole run.
+MAX_RETRY_AFTER = 60.0
+# Quoting a little of an error body helps (it often says which field was wrong); quoting all of it
+# would bury the one-line message.
+_BODY_SNIPPET = 200
+
+
+class JudgeRequestError(OctrainError, RuntimeError):
+    """A chat-completions request failed for good: a non-retryable status, or retries used up."""
+
+
+class _Failure(Exception):
+    """One failed attempt, described without the key; ``retryable`` says whether to try again."""
+
+    def __init__(self, kind: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class OpenAIChatSampler:
+    """Implements :class:`~octrain.samplers.base.Sampler` against an OpenAI-compatible HTTP endpoint.
+
+    Each conversation becomes one request asking for ``params.n`` choices; conversations are
+    sent concurrently (at most ``max_concurrency`` in flight) and the answers come back in
+    input order.
+
+    Args:
+        base_url: the API root, such as ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``;
+            ``/chat/completions`` is appended.
+        model: the model name sent in every request.
+        api_key_env: the environment variable holding the API key, read now. Use ``""`` for a
+            local server that takes no key: then no ``Authorization`` header is sent.
+        timeout: seconds to wait for each HTTP request before counting it as a timeout.
+        max_retries: extra attempts after the first for timeouts, connection errors, HTTP 429
+            and 5xx. Other 4xx statuses fail at once, since repeating the same request cannot help.
+        backoff: the first retry's delay in seconds; each later retry waits twice as long,
+            unless the server's numeric ``Retry-After`` header asks for a (capped) wait.
+        max_concurrency: the most requests in flight at once.
+        name: the sampler's name in logs and reports; ``openai:MODEL`` by default.
+        extra_params: also send ``min_p`` and ``repetition_penalty``. They are not OpenAI fields
+            (OpenAI rejects them) but vLLM's server accepts them.
+
+    Raises:
+        ConfigError: the key's environment variable is unset or empty, or a setting is out of range.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        max_concurrency: int = 8,
+        name: str | None = None,
+        extra_params: bool = False,
+    ) -> None:
+        if not base_url.strip():
+            raise ConfigError("OpenAIChatSampler: base_url is empty")
+        if not model.strip():
+            raise ConfigError("OpenAIChatSampler: model is empty")
+        if timeout <= 0:
+            raise ConfigError(f"OpenAIChatSampler: timeout must be positive, got {timeout}")
+        if max_retries < 0:
+            raise ConfigError(f"OpenAIChatSampler: max_retries must be >= 0, got {max_retries}")
+        if backoff < 0:
+            raise ConfigError(f"OpenAIChatSampler: backoff must be >= 0, got {backoff}")
+        if max_concurrency < 1:
+            raise ConfigError(f"OpenAIChatSampler: max_concurrency must be >= 1, got {max_concurrency}")
+        self._api_key: str | None = None
+        if api_key_env:
+            key = os.environ.get(api_key_env, "").strip()
+            if not key:
+                raise ConfigError(
+                    f"environment variable {api_key_env} is not set: it must hold the API key for {base_url} "
+                    "(use api_key_env='' for a local server that needs no key)"
+                )
+            self._api_key = key
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_concurrency = max_concurrency
+        self.extra_params = extra_params
+        self.name = name or f"openai:{model}"
+        # Messages name the endpoint by this, never by a URL that might carry a key in it.
+        self._display_url = self._scrub(_without_userinfo(self.url))
+        self._where = f"{self._display_url} (model {model})"
+
+    def __repr__(self) -> str:
+        # Spelled out by hand so that no future attribute (the key above all) can slip into it.
+        return (
+            f"OpenAIChatSampler(url={self._display_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
+
+    # --- the Sampler interface ----------------------------------------------------------------
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        *,
+        desc: str | None = None,
+        progress: bool = True,
+    ) -> list[list[Completion]]:
+        """Return ``params.n`` completions for each conversation, in input order.
+
+        Raises:
+            JudgeRequestError: a request failed for good; the requests still waiting are cancelled.
+        """
+        from tqdm.auto import tqdm
+
+        batch = [list(conversation) for conversation in conversations]
+        if not batch:
+            return []
+        results: list[list[Completion] | None] = [None] * len(batch)
+        bar = tqdm(total=len(batch), desc=desc or self.name, unit="conv", disable=not progress, leave=False)
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batch)), thread_name_prefix="openai")
+        try:
+            futures: dict[Future[list[Completion]], int] = {
+                pool.submit(self._complete, conversation, params, stop): index
+                for index, conversation in enumerate(batch)
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    # result() re-raises a worker's error here, in the caller's thread.
+                    results[futures[future]] = future.result()
+                    bar.update(1)
+        finally:
+            stop.set()
+            # On an error, drop the queued requests rather than let them run (and retry) for nothing.
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        return [row for row in results if row is not None]
+
+    def close(self) -> None:
+        """Nothing to release: every request opens and closes its own connection."""
+
+    # --- one conversation -----------------------------------------------------------------------
+
+    def payload(self, conversation: Sequence[Message], params: SamplingParams, n: int | None = None) -> dict[str, Any]:
+        """The JSON body for one conversation (``n`` overrides ``params.n``)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in conversation],
+            "n": params.n if n is None else n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if self.extra_params:
+            body["min_p"] = params.min_p
+            body["repetition_penalty"] = params.repetition_penalty
+        return body
+
+    def _complete(
+        self, conversation: Sequence[Message], params: SamplingParams, stop: threading.Event
+    ) -> list[Completion]:
+        """``params.n`` completions for one conversation; ``stop`` set means the batch already failed."""
+        completions: list[Completion] = []
+        # Some OpenAI-compatible servers ignore n and always answer with one choice; ask again for
+        # the rest, at most n times in all, so the caller still gets the n samples it asked for.
+        for _ in range(params.n):
+            missing = params.n - len(completions)
+            if missing <= 0:
+                break
+            # A fixed seed would make every top-up request repeat the first answer; shift it.
+            seed = None if params.seed is None else params.seed + len(completions)
+            top_up = dataclasses.replace(params, seed=seed)
+            response = self._post(self.payload(conversation, top_up, n=missing), stop)
+            got = parse_completions(response, where=self._where)
+            if not got:
+                raise JudgeRequestError(f"{self._where}: the response holds no choices")
+            completions.extend(got[:missing])
+        return completions
+
+    def _post(self, body: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
+        """POST ``body`` with retries; the decoded JSON response."""
+        data = json.dumps(body).encode("utf-8")
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._attempt(data)
+            except _Failure as failure:
+                if not failure.retryable:
+                    raise JudgeRequestError(
+                        f"{self._where}: {failure.kind}; not retried (attempt {attempt} of {attempts})"
+                    ) from None
+                if attempt == attempts:
+                    raise JudgeRequestError(
+                        f"{self._where}: failed after {attempts} attempts; last error: {failure.kind}"
+                    ) from None
+                delay = self.backoff * 2 ** (attempt - 1)
+                if failure.retry_after is not None:
+                    delay = min(failure.retry_after, MAX_RETRY_AFTER)
+                logger.warning(
+                    "%s: attempt %d of %d failed (%s); retrying in %.2fs",
+                    self._where,
+                    attempt,
+                    attempts,
+                    failure.kind,
+                    delay,
+                )
+                # Waiting on the event rather than sleeping lets a failed batch call off its other retries.
+                if stop.wait(delay):
+                    raise JudgeRequestError(f"{self._where}: cancelled after another request failed") from None
+        raise AssertionError("unreachable: the loop above returns or raises")  # pragma: no cover
+
+    def _attempt(self, data: bytes) -> dict[str, Any]:
+        """One HTTP request; raises :class:`_Failure` describing what went wrong."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            status = error.code
+            snippet = self._scrub(_read_snippet(error))
+            kind = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+            retryable = status == 429 or 500 <= status < 600
+            raise _Failure(kind, retryable=retryable, retry_after=_retry_after(error.headers)) from None
+        except urllib.error.URLError as error:
+            # urlopen wraps connect-time failures, a connect timeout among them, in URLError.
+            if isinstance(error.reason, TimeoutError):
+                raise _Failure(f"timeout after {self.timeout:g}s", retryable=True) from None
+            raise _Failure(f"connection error: {self._scrub(str(error.reason))}", retryable=True) from None
+        except TimeoutError:
+            raise _Failure(f"timeout after {self.timeout:g}s", retryable=True) from None
+        except (OSError, http.client.HTTPException) as error:
+            # A dropped connection or a truncated reply: the network's fault, worth another try.
+            raise _Failure(f"connection error: {type(error).__name__}", retryable=True) from None
+        try:
+            decoded = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _Failure("the response is not JSON", retryable=False) from None
+        if not isinstance(decoded, dict):
+            raise _Failure("the response is not a JSON object", retryable=False)
+        return decoded
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the API key blanked out, should a server or proxy have echoed it."""
+        if self._api_key:
+            text = text.replace(self._api_key, "[redacted]")
+        return text
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without any ``user:password@`` part, which must not reach a message."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _read_snippet(error: urllib.error.HTTPError) -> str:
+    """The start of an error response's body on one line, or "" if it cannot be read."""
+    try:
+        body = error.read(_BODY_SNIPPET * 4).decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException):
+        return ""
+    # JSON error bodies usually carry the useful part under error.message.
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            body = str(parsed["error"].get("message", body))
+    except json.JSONDecodeError:
+        pass
+    line = " ".join(body.split())
+    return line if len(line) <= _BODY_SNIPPET else line[: _BODY_SNIPPET - 3] + "..."
+
+
+def _retry_after(headers: Any) -> float | None:
+    """The numeric ``Retry-After`` value in seconds; None when absent or an HTTP date."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if math.isnan(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def parse_completions(response: dict[str, Any], *, where: str = "chat-completions response") -> list[Completion]:
+    """The completions in a chat-completions response, in choice order.
+
+    ``finish_reason`` ``"length"`` means the token limit cut the answer (``finished=False``);
+    anything else, ``"stop"`` above all, counts as the model ending its turn. Token counts come
+    from ``usage.completion_tokens`` shared evenly over the choices (the API reports only the
+    total); without usage, whitespace-separated words stand in for tokens.
+
+    Raises:
+        JudgeRequestError: the response has no ``choices`` list or a choice has no message.
+    """
+    choices = response.get("choices")
+    if not isinstance(choices, list):
+        raise JudgeRequestError(f"{where}: the response has no 'choices' list")
+    if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
+        choices = sorted(choices, key=lambda c: c["index"])
+    texts: list[str] = []
+    finished: list[bool] = []
+    for position, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise JudgeRequestError(f"{where}: choices[{position}] has no 'message' object")
+        content = message.get("content")
+        # A null content (a refusal field or a tool call instead) is an empty answer, not a crash.
+        texts.append(content if isinstance(content, str) else "")
+        finished.append(choice.get("finish_reason") != "length")
+    usage = response.get("usage")
+    total = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if isinstance(total, int) and total >= 0 and texts:
+        share, extra = divmod(total, len(texts))
+        # The remainder goes to the first choices, so the counts still add up to the reported total.
+        counts = [share + (1 if i < extra else 0) for i in range(len(texts))]
+    else:
+        counts = [len(text.split()) for text in texts]
+    return [Completion(text, count, done) for text, count, done in zip(texts, counts, finished, strict=True)]
