@@ -31,8 +31,19 @@ def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
     assert (run_dir / "dpo" / "metrics.jsonl").is_file() and (run_dir / "dpo" / "training.png").is_file()
     summary = (run_dir / "summary.txt").read_text()
     assert summary in first.stdout
-    for stage in ("prompts", "pairs", "dpo"):
+    for stage in ("prompts", "pairs", "dpo", "introspect", "sft", "eval"):
         assert f"  {stage:<11}ran" in summary
+    # The evaluation ran on the tiny models: its judge writes noise, which is counted, never guessed.
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["prompts"] == 12 and set(results["robustness"]["in_character"]) == {
+        "base",
+        "system-prompt",
+        "trained",
+    }
+    assert len(results["robustness"]["conditions"]) == 9
+    assert results["revealed_preferences"]["unparseable"] == results["revealed_preferences"]["trials"] == 24
+    assert "# Evaluation: pirate" in (run_dir / "eval" / "report.md").read_text()
+    assert (run_dir / "eval" / "robustness.png").is_file()
     config = load_config(run_dir / "config.yaml")
     assert config.name == "pirate_tiny" and config.teacher.path == "builtin:tiny-qwen3"
     assert (run_dir / "constitution.yaml").is_file() and (run_dir / "octrain.log").is_file()
@@ -40,7 +51,7 @@ def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
 
     second = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}")
     assert second.returncode == 0, second.stderr
-    for stage in ("prompts", "pairs", "dpo"):
+    for stage in ("prompts", "pairs", "dpo", "introspect", "sft", "eval"):
         assert f"{stage}: complete, skipping" in second.stderr
     assert json.loads((run_dir / "dpo" / "done.json").read_text()) == done
 

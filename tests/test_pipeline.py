@@ -26,7 +26,7 @@ def statuses(result) -> dict[str, str]:
 def test_stages_skip_force_and_needs(tmp_path: Path) -> None:
     config = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}"])
     run_dir = tmp_path / "run"
-    everything = ["prompts", "pairs", "dpo", "introspect", "sft"]
+    everything = ["prompts", "pairs", "dpo", "introspect", "sft", "eval"]
     assert statuses(run(config, run_dir)) == dict.fromkeys(everything, "ran")
     assert statuses(run(config, run_dir)) == dict.fromkeys(everything, "skipped")
     config.force = [StageName.dpo]
@@ -37,6 +37,7 @@ def test_stages_skip_force_and_needs(tmp_path: Path) -> None:
         "dpo": "ran",
         "introspect": "ran",
         "sft": "ran",
+        "eval": "ran",
     }
 
     alone = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path}", "stages=[dpo]"])

@@ -28,6 +28,7 @@ class StageName(str, Enum):
     dpo = "dpo"
     introspect = "introspect"
     sft = "sft"
+    eval = "eval"
 
 
 class SamplerBackend(str, Enum):
@@ -266,6 +267,29 @@ class SftStageConfig:
     export_merged: bool = False  # also write full merged weights (sft/merged/) besides the adapter
 
 
+class JudgeKind(str, Enum):
+    teacher = "teacher"  # the run's teacher model, through the configured sampler backend
+    http = "http"  # any OpenAI-compatible chat-completions endpoint (eval.judge_base_url)
+
+
+@dataclass
+class EvalStageConfig:
+    """Stage ``eval``: robustness, revealed preferences, coherence and prefill (METHOD.md section 4)."""
+
+    prompts: str = "builtin"  # held-out prompts: builtin, or a .jsonl/.txt file
+    prompt_count: int = 500
+    traits: str = "builtin"  # one-word traits for revealed preferences, or a .txt file
+    judge: JudgeKind = JudgeKind.teacher
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"  # the key is read from here, never stored
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
+    judge_sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512)
+    )
+    elo_rounds: int = 200  # bootstrap rounds for Elo confidence intervals
+
+
 def _all_stages() -> list[StageName]:
     return list(StageName)
 
@@ -294,6 +318,7 @@ class OctrainConfig:
     dpo: DpoStageConfig = field(default_factory=DpoStageConfig)
     introspect: IntrospectStageConfig = field(default_factory=IntrospectStageConfig)
     sft: SftStageConfig = field(default_factory=SftStageConfig)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
 
     def model(self, role: ModelRole) -> ModelConfig:
         return self.teacher if role is ModelRole.teacher else self.student
@@ -378,6 +403,12 @@ def validate(config: OctrainConfig) -> None:
     _positive("sft.lora.alpha", sft.lora.alpha)
     if not 0 <= sft.warmup_ratio < 1:
         raise ConfigError(f"sft.warmup_ratio: expected a value in [0, 1), got {sft.warmup_ratio}")
+    _positive("eval.prompt_count", config.eval.prompt_count)
+    _positive("eval.elo_rounds", config.eval.elo_rounds)
+    _sampling("eval.sampling", config.eval.sampling)
+    _sampling("eval.judge_sampling", config.eval.judge_sampling)
+    if config.eval.judge is JudgeKind.http and not (config.eval.judge_base_url and config.eval.judge_model):
+        raise ConfigError("eval.judge=http needs eval.judge_base_url and eval.judge_model")
     _positive("trainer.trl.per_device_batch_size", config.trainer.trl.per_device_batch_size)
     _positive("trainer.trl.save_steps", config.trainer.trl.save_steps)
     _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)

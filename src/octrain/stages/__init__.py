@@ -14,7 +14,7 @@ from typing import Any
 
 from octrain.config import StageName
 from octrain.context import RunContext
-from octrain.stages import dpo, introspect, pairs, prompts, sft
+from octrain.stages import dpo, evaluate, introspect, pairs, prompts, sft
 
 
 @dataclass(frozen=True)
@@ -34,4 +34,7 @@ STAGES: dict[StageName, StageSpec] = {
         StageName.introspect, (StageName.dpo,), introspect.run, introspect.fingerprint, introspect.describe
     ),
     StageName.sft: StageSpec(StageName.sft, (StageName.introspect,), sft.run, sft.fingerprint, sft.describe),
+    StageName.eval: StageSpec(
+        StageName.eval, (StageName.pairs, StageName.sft), evaluate.run, evaluate.fingerprint, evaluate.describe
+    ),
 }
