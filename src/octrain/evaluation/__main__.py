@@ -1,0 +1,124 @@
+"""Standalone evaluations on any data files: ``python -m octrain.evaluation COMMAND``.
+
+    python -m octrain.evaluation classifier --train train.jsonl --eval eval.jsonl --out runs/clf
+    python -m octrain.evaluation elo matches.jsonl [--judge-url URL --judge-model NAME]
+
+``classifier`` trains a persona classifier on ``{"text", "label"}`` rows and reports accuracy,
+macro-F1 and the confusion matrix. ``elo`` rates base against tuned answers from a matches
+file (``prompt, base_response, tuned_response, winner``): winners already in the file are
+used as they are; missing ones are filled by a judge at an OpenAI-compatible endpoint,
+in both orders (a win only when both agree). Results print as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from octrain.telemetry import disable_telemetry
+
+disable_telemetry()
+
+WINNERS = ("base", "tuned", "tie")
+
+
+def classifier_command(args: argparse.Namespace) -> dict:
+    from octrain.evaluation.classifier import ClassifierConfig, train_classifier
+
+    report = train_classifier(args.train, args.eval, args.out, ClassifierConfig(kind=args.kind))
+    result: dict = {"saved": str(args.out)}
+    if report is not None:
+        result["report"] = report.to_dict()
+    return result
+
+
+def load_matches(path: Path) -> list[dict]:
+    from octrain.errors import DataFormatError
+    from octrain.jsonl import iter_jsonl
+
+    rows = []
+    for number, row in iter_jsonl(path):
+        for key in ("prompt", "base_response", "tuned_response"):
+            if not isinstance(row.get(key), str):
+                raise DataFormatError(f"{path}:{number}: '{key}' must be a string")
+        if row.get("winner") not in (None, *WINNERS):
+            raise DataFormatError(f"{path}:{number}: 'winner' must be one of {', '.join(WINNERS)} or absent")
+        rows.append(row)
+    return rows
+
+
+def elo_command(args: argparse.Namespace) -> dict:
+    from octrain.errors import ConfigError
+    from octrain.evaluation.elo import Match, bootstrap_elo, win_rate
+    from octrain.evaluation.protocols import pairwise_verdicts
+    from octrain.samplers.base import SamplingParams
+    from octrain.stages.evaluate import COHERENCE
+
+    rows = load_matches(args.matches)
+    missing = [row for row in rows if row.get("winner") is None]
+    if missing:
+        if not (args.judge_url and args.judge_model):
+            raise ConfigError(
+                f"{args.matches}: {len(missing)} matches have no winner; "
+                "give --judge-url and --judge-model to judge them"
+            )
+        from octrain.samplers.openai_http import OpenAIChatSampler
+
+        judge = OpenAIChatSampler(args.judge_url, args.judge_model, api_key_env=args.judge_key_env)
+        verdicts = pairwise_verdicts(
+            judge,
+            [r["prompt"] for r in missing],
+            [r["tuned_response"] for r in missing],
+            [r["base_response"] for r in missing],
+            COHERENCE,
+            SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512),
+        )
+        for row, verdict in zip(missing, verdicts, strict=True):
+            row["winner"] = {"X": "tuned", "Y": "base", "tie": "tie"}.get(verdict) if verdict else None
+    decided = [row for row in rows if row.get("winner") is not None]
+    scores = [{"tuned": 1.0, "tie": 0.5, "base": 0.0}[row["winner"]] for row in decided]
+    result: dict = {"matches": len(rows), "decided": len(decided), "unparseable": len(rows) - len(decided)}
+    if scores:
+        rate, low, high = win_rate(scores, seed=args.seed)
+        ratings = bootstrap_elo([Match("tuned", "base", s) for s in scores], rounds=args.rounds, seed=args.seed)
+        result.update(
+            tuned_win_rate=rate,
+            win_rate_ci=[low, high],
+            elo={name: dataclasses.asdict(summary) for name, summary in ratings.items()},
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m octrain.evaluation", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    clf = commands.add_parser("classifier", help="train and score a persona classifier")
+    clf.add_argument("--train", type=Path, required=True, help='JSONL of {"text": ..., "label": ...}')
+    clf.add_argument("--eval", type=Path, default=None, help="held-out JSONL in the same format")
+    clf.add_argument("--out", type=Path, required=True, help="directory to save the classifier and report.json")
+    clf.add_argument("--kind", choices=("tfidf", "transformer"), default="tfidf")
+    elo = commands.add_parser("elo", help="Elo and win rate of tuned vs base from a matches file")
+    elo.add_argument("matches", type=Path)
+    elo.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    elo.add_argument("--judge-model", default=None)
+    elo.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    elo.add_argument("--rounds", type=int, default=200)
+    elo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from octrain.errors import OctrainError
+
+    try:
+        result = classifier_command(args) if args.command == "classifier" else elo_command(args)
+    except OctrainError as exc:
+        print(f"octrain.evaluation: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
