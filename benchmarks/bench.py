@@ -56,6 +56,32 @@ def pipeline_stage_times(workdir: Path) -> dict[str, Any]:
     }
 
 
+def classifier_speed(pairs_path: Path, repeats: int) -> dict[str, Any]:
+    """The default persona classifier (TF-IDF + logistic regression): fit and scoring rates in texts/s."""
+    from octrain.evaluation.classifier import PersonaClassifier
+    from octrain.records import PreferencePair, load_records
+
+    pairs = load_records(pairs_path, PreferencePair)
+    texts = [p.chosen[0]["content"] for p in pairs] + [p.rejected[0]["content"] for p in pairs]
+    labels = ["pirate"] * len(pairs) + ["other"] * len(pairs)
+    PersonaClassifier().fit(texts, labels)  # warm-up: the first fit pays for importing scikit-learn
+    fit_seconds, score_seconds = [], []
+    to_score = texts * 50
+    for _ in range(repeats):
+        began = time.perf_counter()
+        classifier = PersonaClassifier().fit(texts, labels)
+        fit_seconds.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        classifier.predict_proba(to_score)
+        score_seconds.append(time.perf_counter() - began)
+    return {
+        "train_texts": len(texts),
+        "fit_texts_per_s": round(len(texts) / statistics.median(fit_seconds)),
+        "scored_texts": len(to_score),
+        "score_texts_per_s": round(len(to_score) / statistics.median(score_seconds)),
+    }
+
+
 def sampling_speed(repeats: int) -> dict[str, Any]:
     """Output tokens/s of the HF sampler: 32 conversations batched vs one request at a time."""
     from octrain.samplers import SamplingParams
@@ -186,6 +212,7 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "pirate_tiny": pipeline_stage_times(workdir / "runs"),
             "sampling": sampling_speed(args.repeats),
+            "classifier": classifier_speed(workdir / "runs" / "pirate_tiny" / "pairs" / "pairs.jsonl", args.repeats),
             "dpo": dpo_against_raw_trl(
                 workdir / "runs" / "pirate_tiny" / "pairs" / "pairs.jsonl", args.repeats, workdir
             ),

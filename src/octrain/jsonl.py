@@ -1,10 +1,10 @@
-"""Reading and writing JSONL files safely.
+"""Reading and writing files safely: JSONL records, whole files and whole directories.
 
-Two promises hold for every file octrain writes:
+Two promises hold for everything octrain writes:
 
-* a reader never sees a half-written file that looks complete: whole files are written
+* a reader never sees a half-written file or directory that looks complete: it is written
   to a temporary sibling and renamed into place (``os.replace`` is atomic on POSIX);
-* a malformed line is an error that names the file and the 1-based line number.
+* a malformed JSONL line is an error that names the file and the 1-based line number.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -42,6 +43,37 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty hidden sibling of ``target``; on success, move it into place as ``target``.
+
+    The sibling is on the same file system, so the final rename is atomic. An existing
+    ``target`` is first renamed aside (``rename`` cannot replace a non-empty directory) and
+    deleted only once the new one is in place. On error the staging directory is removed and
+    ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        if not (target.exists() or target.is_symlink()):
+            os.replace(staging, target)
+            return
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, retired / "previous")
+        try:
+            os.replace(staging, target)
+        except OSError:
+            os.replace(retired / "previous", target)  # put the old one back
+            retired.rmdir()
+            raise
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

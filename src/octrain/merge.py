@@ -29,19 +29,15 @@ so that ``import octrain.merge`` stays cheap for the CLI.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import numbers
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from octrain.errors import ConfigError
+from octrain.jsonl import atomic_directory
 
 if TYPE_CHECKING:
     import torch
@@ -183,7 +179,7 @@ def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path)
         (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
 
-    with _atomic_directory(Path(output_dir)) as staging:
+    with atomic_directory(Path(output_dir)) as staging:
         write(staging)
     return Path(output_dir)
 
@@ -240,7 +236,7 @@ def merge_into_weights(base_path: str, adapter_dir: str | Path, output_dir: Path
 
     model = fold_adapter(base_path, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(base_path))
-    with _atomic_directory(Path(output_dir)) as staging:
+    with atomic_directory(Path(output_dir)) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return Path(output_dir)
@@ -343,35 +339,3 @@ def _check_compatible(
 def _module_name(prefix: str) -> str:
     """The base model's module name for a tensor prefix (PEFT prepends ``base_model.model.``)."""
     return prefix.removeprefix("base_model.model.")
-
-
-@contextlib.contextmanager
-def _atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty staging directory next to ``target`` and move it into place on success.
-
-    The staging directory is a hidden sibling (same file system, so the final rename is
-    atomic). On any error it is removed and ``target`` is left as it was. If ``target``
-    already exists it is first renamed aside, then deleted once the new one is in place, so
-    there is never a moment where a half-written directory sits at ``target``.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield staging
-        if target.exists() or target.is_symlink():
-            # rename() cannot replace a non-empty directory, so retire the old one first.
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, retired / "previous")
-            try:
-                os.replace(staging, target)
-            except OSError:
-                # Put the old output back; if even that fails, keep it in `retired` rather than delete it.
-                os.replace(retired / "previous", target)
-                retired.rmdir()
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

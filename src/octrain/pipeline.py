@@ -24,7 +24,7 @@ from octrain.config import OctrainConfig, StageName, validate
 from octrain.constitution import Constitution, find_constitution, load_constitution
 from octrain.context import RunContext
 from octrain.errors import StageError
-from octrain.jsonl import write_text_atomic
+from octrain.jsonl import atomic_directory, write_text_atomic
 from octrain.paths import constitution_dirs
 
 logger = logging.getLogger(__name__)
@@ -153,11 +153,8 @@ def _reuse(ctx: RunContext, spec: Any, fingerprint: str) -> bool:
     target = ctx.stage_dir(spec.name)
     if done is None or done.get("fingerprint") != fingerprint or source.resolve() == target.resolve():
         return False
-    staging = target.with_name(f".{target.name}.reuse")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # the copy appears whole or not at all
+    with atomic_directory(target) as staging:  # the copy appears whole or not at all
+        shutil.copytree(source, staging, dirs_exist_ok=True)
     logger.info("%s: same settings and inputs as %s: reusing its output", spec.name.value, source)
     return True
 

@@ -21,12 +21,9 @@ never finds a half-saved classifier.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from octrain.errors import ConfigError, DataFormatError
-from octrain.jsonl import iter_jsonl, write_text_atomic
+from octrain.jsonl import atomic_directory, iter_jsonl, write_text_atomic
 
 KINDS = ("tfidf", "transformer")
 MANIFEST = "classifier.json"
@@ -324,7 +321,7 @@ class PersonaClassifier:
         target = Path(directory)
         if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / MANIFEST).is_file())):
             raise ConfigError(f"{target}: exists and is not a saved classifier; refusing to replace it")
-        with _atomic_directory(target) as staging:
+        with atomic_directory(target) as staging:
             if self.config.kind == "tfidf":
                 import joblib
 
@@ -402,36 +399,6 @@ def _shuffled_batches(size: int, batch_size: int, generator: Any) -> Iterator[An
     while True:
         order = torch.randperm(size, generator=generator)
         yield from order.split(batch_size)
-
-
-@contextlib.contextmanager
-def _atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty hidden sibling of ``target``; on success, move it to ``target``.
-
-    The sibling lives on the same file system, so the final rename is atomic. A previous
-    ``target`` is renamed out of the way first (``rename`` cannot overwrite a non-empty
-    directory) and deleted only once the new one is in place. On error the staging directory
-    is removed and ``target`` is as it was.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield staging
-        if not target.exists():
-            os.replace(staging, target)
-            return
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, retired / "previous")
-        try:
-            os.replace(staging, target)
-        except OSError:
-            os.replace(retired / "previous", target)  # put the old classifier back
-            retired.rmdir()
-            raise
-        shutil.rmtree(retired, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

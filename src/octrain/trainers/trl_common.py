@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from octrain.config import LoraSettings, TRLOptions
+from octrain.jsonl import atomic_directory
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
@@ -79,9 +79,6 @@ def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
 
 def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
     """Save the adapter so that ``target`` appears complete or not at all."""
-    staging = target.with_name(f".{target.name}.saving")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
