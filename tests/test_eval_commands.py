@@ -106,3 +106,23 @@ def test_elo_command_fills_winners_with_the_judge(tmp_path: Path, judge_server) 
 
     no_judge = run("elo", str(tmp_path / "matches.jsonl"))
     assert no_judge.returncode == 2 and "6 matches have no winner" in no_judge.stderr
+
+
+def test_model_command_evaluates_any_model_of_a_run(tmp_path: Path) -> None:
+    from octrain.compose import compose_config
+    from octrain.pipeline import run as run_pipeline
+
+    config = compose_config("pirate_tiny", ["sampler=fake", "prompts.expansion_rounds=0", f"run_root={tmp_path}"])
+    run_pipeline(config, tmp_path / "run")
+    result = run(
+        "model",
+        str(tmp_path / "run"),
+        "--model",
+        str(tmp_path / "run" / "dpo" / "model.json"),
+        "--out",
+        str(tmp_path / "dpo-eval"),
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "dpo-eval" / "results.json").read_text())
+    assert results["trained_model"].endswith("dpo/adapter") and results["prompts"] == 12
+    assert (tmp_path / "dpo-eval" / "report.md").is_file() and (tmp_path / "dpo-eval" / "robustness.png").is_file()

@@ -2,12 +2,15 @@
 
     python -m octrain.evaluation classifier --train train.jsonl --eval eval.jsonl --out runs/clf
     python -m octrain.evaluation elo matches.jsonl [--judge-url URL --judge-model NAME]
+    python -m octrain.evaluation model RUN_DIR --model MODEL.json --out DIR
 
 ``classifier`` trains a persona classifier on ``{"text", "label"}`` rows and reports accuracy,
 macro-F1 and the confusion matrix. ``elo`` rates base against tuned answers from a matches
 file (``prompt, base_response, tuned_response, winner``): winners already in the file are
 used as they are; missing ones are filled by a judge at an OpenAI-compatible endpoint,
-in both orders (a win only when both agree). Results print as JSON.
+in both orders (a win only when both agree). ``model`` runs the whole ``eval`` stage of a
+finished run (its config, constitution, pairs and judge) on any model reference, for
+example the DPO-only model ``RUN_DIR/dpo/model.json``. Results print as JSON.
 """
 
 from __future__ import annotations
@@ -92,6 +95,18 @@ def elo_command(args: argparse.Namespace) -> dict:
     return result
 
 
+def model_command(args: argparse.Namespace) -> dict:
+    from octrain.context import RunContext
+    from octrain.pipeline import CONFIG_FILE, load_config, resolve_constitution
+    from octrain.records import ModelRef
+    from octrain.stages.evaluate import RESULTS_FILE, evaluate_model
+
+    config = load_config(args.run_dir / CONFIG_FILE)
+    ctx = RunContext(config=config, run_dir=args.run_dir, constitution=resolve_constitution(config))
+    summary = evaluate_model(ctx, ModelRef.load(args.model), args.out)
+    return {**summary, "results": str(args.out / RESULTS_FILE)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m octrain.evaluation", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,12 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     elo.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     elo.add_argument("--rounds", type=int, default=200)
     elo.add_argument("--seed", type=int, default=0)
+    model = commands.add_parser("model", help="the eval stage of a finished run, on any model reference")
+    model.add_argument("run_dir", type=Path, help="a run directory (holds config.yaml and pairs/)")
+    model.add_argument("--model", type=Path, required=True, help="a model.json, e.g. RUN_DIR/dpo/model.json")
+    model.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     from octrain.errors import OctrainError
 
     try:
-        result = classifier_command(args) if args.command == "classifier" else elo_command(args)
+        command = {"classifier": classifier_command, "elo": elo_command, "model": model_command}[args.command]
+        result = command(args)
     except OctrainError as exc:
         print(f"octrain.evaluation: error: {exc}", file=sys.stderr)
         return 2

@@ -84,20 +84,28 @@ def in_character_rate(predictions: list[str], persona: str) -> float:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.trainers.trl_common import MODEL_FILE
+
+    trained = ModelRef.load(ctx.stage_dir(StageName.sft) / MODEL_FILE)
+    return evaluate_model(ctx, trained, ctx.stage_dir(StageName.eval))
+
+
+def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[str, Any]:
+    """Evaluate ``trained_ref`` against the run's base student into ``out`` (the stage, or any model).
+
+    The classifier is trained on the run's pairs; the judge and settings come from the run's config.
+    """
     from octrain.evaluation.classifier import PersonaClassifier, macro_f1_by_group
     from octrain.evaluation.heldout import load_eval_prompts
     from octrain.evaluation.traits import load_traits
     from octrain.samplers import build_sampler
     from octrain.stages.pairs import PAIRS_FILE
-    from octrain.trainers.trl_common import MODEL_FILE
 
     config, constitution = ctx.config, ctx.constitution
     settings = config.eval
-    out = ctx.stage_dir(StageName.eval)
     persona = constitution.name
     prompts = load_eval_prompts(settings.prompts)[: settings.prompt_count]
     traits = load_traits(settings.traits)
-    trained_ref = ModelRef.load(ctx.stage_dir(StageName.sft) / MODEL_FILE)
     params = SamplingParams.from_config(settings.sampling, seed=config.seed)
     judge_params = SamplingParams.from_config(settings.judge_sampling, seed=config.seed)
 
@@ -186,6 +194,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     preferences = preference_summary(revealed)
     results = {
         "persona": persona,
+        "trained_model": trained_ref.label,
         "prompts": len(prompts),
         "robustness": robustness,
         "revealed_preferences": preferences,
@@ -232,17 +241,23 @@ def write_plots(out: Path, results: dict[str, Any], revealed: dict[str, protocol
 
     plots = []
     robustness = results["robustness"]
-    figure, axis = plt.subplots(figsize=(9, 3.6))
+    figure, (rate_axis, f1_axis) = plt.subplots(1, 2, figsize=(13, 3.8))
     conditions = robustness["conditions"]
+    positions = range(len(conditions))
     width = 0.27
     for offset, name in enumerate(("base", "system-prompt", "trained")):
         values = [robustness["in_character"][name][c] for c in conditions]
-        axis.bar([i + (offset - 1) * width for i in range(len(conditions))], values, width, label=name)
-    axis.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel("in-character rate")
-    axis.set_ylim(0, 1)
-    axis.legend(fontsize=8)
-    axis.set_title("Robustness: answers the classifier calls in character, per break-character suffix")
+        rate_axis.bar([i + (offset - 1) * width for i in positions], values, width, label=name)
+    for offset, name in enumerate(("system-prompt", "trained")):
+        values = [robustness["macro_f1"][name][c] for c in conditions]
+        f1_axis.bar([i + (offset - 0.5) * width for i in positions], values, width, label=name)
+    for axis, label in ((rate_axis, "in-character rate"), (f1_axis, "macro-F1 vs base answers")):
+        axis.set_xticks(list(positions), conditions, rotation=30, ha="right", fontsize=8)
+        axis.set_ylabel(label)
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=8)
+    rate_axis.set_title("Answers the classifier calls in character")
+    f1_axis.set_title("Macro-F1 per break-character suffix")
     figure.tight_layout()
     path = out / "robustness.png"
     with atomic_writer(path, "wb") as handle:
