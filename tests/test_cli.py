@@ -89,6 +89,8 @@ def test_bad_override_is_one_clear_line(tmp_path: Path) -> None:
             "octrain: error: scale.samples_per_prompt: expected a number more than zero, got 0",
         ),
         ("constitution=nobody", "octrain: error: constitution 'nobody' not found"),
+        ("prompts.generic_source=/nonexistent/pool.jsonl", "octrain: error: /nonexistent/pool.jsonl: file not found"),
+        ("eval.traits=/nonexistent/traits.txt", "octrain: error: /nonexistent/traits.txt: file not found"),
     ]:
         result = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}", override)
         assert result.returncode == 2, (override, result.stderr)

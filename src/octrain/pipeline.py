@@ -67,6 +67,26 @@ def resolve_constitution(config: OctrainConfig) -> Constitution:
     return load_constitution(find_constitution(config.constitution, constitution_dirs()))
 
 
+def preflight(config: OctrainConfig) -> None:
+    """Read every input file the selected stages will need, so a bad one fails before any model loads."""
+    generic = config.prompts.generic_source
+    # A Hub dataset is fetched only when the stage runs: no download just to check it.
+    if StageName.prompts in config.stages and config.scale.generic_prompts > 0 and not generic.startswith("hub:"):
+        from octrain.stages.prompts import load_generic_pool
+
+        load_generic_pool(generic)
+    if StageName.introspect in config.stages:
+        from octrain.stages.introspect import load_reflection_prompts
+
+        load_reflection_prompts(config.introspect.reflection_prompts)
+    if StageName.eval in config.stages:
+        from octrain.evaluation.heldout import load_eval_prompts
+        from octrain.evaluation.traits import load_traits
+
+        load_eval_prompts(config.eval.prompts)
+        load_traits(config.eval.traits)
+
+
 def save_config(config: OctrainConfig, path: Path) -> None:
     write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
 
@@ -99,6 +119,7 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
 
     validate(config)
     constitution = resolve_constitution(config)
+    preflight(config)
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
     save_config(config, run_path / CONFIG_FILE)
