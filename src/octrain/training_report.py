@@ -1,4 +1,4 @@
-"""Training metrics as JSONL, and a plot of them, for every training stage."""
+"""Training metrics as JSONL, plots of them, and the one way octrain writes a figure to disk."""
 
 from __future__ import annotations
 
@@ -46,11 +46,19 @@ def plot_metrics(path: Path, rows: Sequence[dict[str, Any]], panels: Sequence[tu
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    save_figure(figure, path)
+    return True
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     with atomic_writer(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
-    return True
+    return path
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -237,7 +237,7 @@ def write_plots(out: Path, results: dict[str, Any], revealed: dict[str, protocol
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from octrain.jsonl import atomic_writer
+    from octrain.training_report import save_figure
 
     plots = []
     robustness = results["robustness"]
@@ -258,12 +258,7 @@ def write_plots(out: Path, results: dict[str, Any], revealed: dict[str, protocol
         axis.legend(fontsize=8)
     rate_axis.set_title("Answers the classifier calls in character")
     f1_axis.set_title("Macro-F1 per break-character suffix")
-    figure.tight_layout()
-    path = out / "robustness.png"
-    with atomic_writer(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
-    plt.close(figure)
-    plots.append(path)
+    plots.append(save_figure(figure, out / "robustness.png"))
 
     moved = results["revealed_preferences"]["rose"] + results["revealed_preferences"]["fell"]
     if moved:
@@ -274,12 +269,7 @@ def write_plots(out: Path, results: dict[str, Any], revealed: dict[str, protocol
         axis.invert_yaxis()
         axis.set_xlabel("Elo change, trained - base")
         axis.set_title("Revealed preferences: traits that rose and fell")
-        figure.tight_layout()
-        path = out / "elo_deltas.png"
-        with atomic_writer(path, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=110)
-        plt.close(figure)
-        plots.append(path)
+        plots.append(save_figure(figure, out / "elo_deltas.png"))
     return plots
 
 
