@@ -129,3 +129,33 @@ def test_paper_mode_trains_from_the_base(pipeline_run: Path, tmp_path: Path) -> 
     assert (tmp_path / "paper" / "sft" / "merged" / "config.json").is_file()
     log = (tmp_path / "paper" / "octrain.log").read_text()
     assert "folded in" not in log  # paper mode: SFT starts from the plain base
+
+
+SFT_SCRIPT = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO)
+from octrain.config import SftStageConfig, TRLOptions
+from octrain.trainers.trl_sft import train_sft
+directory, base = Path(sys.argv[1]), sys.argv[2]
+train_sft(directory / "sft.jsonl", base, directory / "out", SftStageConfig(batch_size=4, epochs=6, max_length=512),
+          TRLOptions(per_device_batch_size=4, save_steps=10))
+"""
+
+
+def test_resume_after_a_killed_sft_run(tiny_model_path: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import kill_when_exists
+
+    save_records(tmp_path / "sft.jsonl", [TRANSCRIPT, REFLECTION] * 8)
+    command = [sys.executable, "-c", SFT_SCRIPT, str(tmp_path), tiny_model_path]
+    kill_when_exists(command, tmp_path / "out" / "checkpoints" / "checkpoint-10" / "trainer_state.json")
+    assert not (tmp_path / "out" / "sft_adapter").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "sft: resuming from" in rerun.stderr and "| 1/24 [" not in rerun.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 25))
+    assert (tmp_path / "out" / "sft_adapter" / "adapter_model.safetensors").is_file()
