@@ -90,6 +90,8 @@ def test_bad_override_is_one_clear_line(tmp_path: Path) -> None:
         ),
         ("constitution=nobody", "octrain: error: constitution 'nobody' not found"),
         ("prompts.generic_source=/nonexistent/pool.jsonl", "octrain: error: /nonexistent/pool.jsonl: file not found"),
+        ("trainer=tinker", "octrain: error: trainer.backend=tinker: this backend is not in this version of octrain"),
+        ("sampler=tinker", "octrain: error: sampler.backend=tinker: this backend is not in this version of octrain"),
         ("eval.traits=/nonexistent/traits.txt", "octrain: error: /nonexistent/traits.txt: file not found"),
     ]:
         result = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}", override)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from octrain.config import OctrainConfig, StageName, validate
 from octrain.constitution import Constitution, find_constitution, load_constitution
 from octrain.context import RunContext
-from octrain.errors import StageError
+from octrain.errors import ConfigError, StageError
 from octrain.jsonl import atomic_directory, write_text_atomic
 from octrain.paths import constitution_dirs
 
@@ -68,7 +68,17 @@ def resolve_constitution(config: OctrainConfig) -> Constitution:
 
 
 def preflight(config: OctrainConfig) -> None:
-    """Read every input file the selected stages will need, so a bad one fails before any model loads."""
+    """Check the backends and read every input file the selected stages need, so that a problem
+    shows before any model loads."""
+    from octrain.samplers import check_backend
+
+    check_backend(config.sampler)
+    training = {StageName.dpo, StageName.sft} & set(config.stages)
+    if training and config.trainer.backend.value != "trl":
+        raise ConfigError(
+            f"trainer.backend={config.trainer.backend.value}: this backend is not in this version of octrain yet; "
+            "use trainer=trl"
+        )
     generic = config.prompts.generic_source
     # A Hub dataset is fetched only when the stage runs: no download just to check it.
     if StageName.prompts in config.stages and config.scale.generic_prompts > 0 and not generic.startswith("hub:"):
