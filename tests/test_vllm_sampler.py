@@ -1,0 +1,85 @@
+"""The vLLM sampler against the transformers sampler on the tiny model (needs vLLM: the `vllm` lane).
+
+Run with a vLLM install, e.g. the CPU build: ``make test-vllm``. vLLM's engine starts worker
+processes, so the comparison runs as a script in a subprocess, under a ``__main__`` guard.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed"),
+]
+
+SCRIPT = """
+import json, sys
+from octrain.samplers import SamplingParams
+from octrain.samplers.hf import HFSampler
+from octrain.samplers.vllm_engine import VLLMSampler
+
+if __name__ == "__main__":
+    model, adapter = sys.argv[1], sys.argv[2] or None
+    conversations = [
+        [{"role": "user", "content": "Tell me about the sea."}],
+        [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "Go on:"}, {"role": "assistant", "content": "Once upon a"}],
+    ]
+    greedy = SamplingParams(n=1, temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
+    sampled = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=0)
+    engine = VLLMSampler(model, adapter_path=adapter, gpu_memory_utilization=0.2, max_model_len=512,
+                         show_progress=False)
+    out = {
+        "vllm": [row[0].text for row in engine.chat(conversations, greedy)],
+        "vllm_n": [len(row) for row in engine.chat(conversations, sampled)],
+    }
+    engine.close()
+    hf = HFSampler(model, adapter_path=adapter, show_progress=False)
+    out["hf"] = [row[0].text for row in hf.chat(conversations, greedy)]
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def compare(model: str, adapter: str, tmp_path: Path) -> dict:
+    script = tmp_path / "compare.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), model, adapter], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_vllm_matches_transformers_greedy(tiny_model_path: str, tmp_path: Path) -> None:
+    result = compare(tiny_model_path, "", tmp_path)
+    assert result["vllm"] == result["hf"]  # same model, same template, same greedy tokens
+    assert result["vllm_n"] == [3, 3, 3]
+
+
+def test_vllm_serves_a_lora_adapter(tiny_model_path: str, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.3)
+    model.save_pretrained(tmp_path / "adapter")
+    result = compare(tiny_model_path, str(tmp_path / "adapter"), tmp_path)
+    assert result["vllm"] == result["hf"]  # vLLM's LoRA kernels agree with the merged adapter
