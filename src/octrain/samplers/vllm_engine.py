@@ -80,6 +80,12 @@ class VLLMSampler:
             options.update(enable_lora=True, max_lora_rank=max(max_lora_rank, adapter_rank(adapter_path)))
             self.lora_request = LoRARequest("octrain-adapter", 1, str(adapter_path))
         self.llm = LLM(**options)
+        import torch
+
+        # Per-request seeds make each chunk reproducible on GPUs. vLLM's CPU build crashes on a seeded
+        # request whose prompt is prefilled in chunks (its CPU random generators have no offset), so on
+        # the CPU the engine-wide seed above is the only one.
+        self.per_request_seeds = torch.cuda.is_available()
 
     def chat(
         self,
@@ -98,7 +104,7 @@ class VLLMSampler:
             min_p=params.min_p,
             repetition_penalty=params.repetition_penalty,
             max_tokens=params.max_new_tokens,
-            seed=params.seed,
+            seed=params.seed if self.per_request_seeds else None,
         )
         results: list[list[Completion] | None] = [None] * len(conversations)
         # vLLM applies add_generation_prompt / continue_final_message to a whole call: a conversation
