@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -26,6 +26,9 @@ from octrain.context import RunContext
 from octrain.errors import ConfigError, StageError
 from octrain.jsonl import atomic_directory, write_text_atomic
 from octrain.paths import constitution_dirs
+
+if TYPE_CHECKING:
+    from octrain.stages import StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +177,7 @@ def _stage_index(config: OctrainConfig, stage: StageName, fingerprint: str) -> P
     return Path(config.run_root) / ".octrain-stages" / stage.value / f"{fingerprint}.json"
 
 
-def _reuse(ctx: RunContext, spec: Any, fingerprint: str) -> bool:
+def _reuse(ctx: RunContext, spec: StageSpec, fingerprint: str) -> bool:
     """Copy a finished stage with the same fingerprint from another run; True if one was found."""
     entry = _read_done(_stage_index(ctx.config, spec.name, fingerprint))
     if entry is None:
@@ -190,7 +193,9 @@ def _reuse(ctx: RunContext, spec: Any, fingerprint: str) -> bool:
     return True
 
 
-def _run_stage(ctx: RunContext, spec: Any, fingerprints: dict[StageName, str], *, upstream_ran: bool) -> StageOutcome:
+def _run_stage(
+    ctx: RunContext, spec: StageSpec, fingerprints: dict[StageName, str], *, upstream_ran: bool
+) -> StageOutcome:
     stage_dir = ctx.stage_dir(spec.name)
     done_path = stage_dir / DONE_FILE
     started_path = stage_dir / STARTED_FILE

@@ -16,7 +16,6 @@ example the DPO-only model ``RUN_DIR/dpo/model.json``. Results print as JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -55,10 +54,8 @@ def load_matches(path: Path) -> list[dict]:
 
 def elo_command(args: argparse.Namespace) -> dict:
     from octrain.errors import ConfigError
-    from octrain.evaluation.elo import Match, bootstrap_elo, win_rate
-    from octrain.evaluation.protocols import pairwise_verdicts
+    from octrain.evaluation.protocols import COHERENCE, MATCH_WINNERS, match_summary, pairwise_verdicts
     from octrain.samplers.base import SamplingParams
-    from octrain.stages.evaluate import COHERENCE
 
     rows = load_matches(args.matches)
     missing = [row for row in rows if row.get("winner") is None]
@@ -80,19 +77,12 @@ def elo_command(args: argparse.Namespace) -> dict:
             SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512),
         )
         for row, verdict in zip(missing, verdicts, strict=True):
-            row["winner"] = {"X": "tuned", "Y": "base", "tie": "tie"}.get(verdict) if verdict else None
-    decided = [row for row in rows if row.get("winner") is not None]
-    scores = [{"tuned": 1.0, "tie": 0.5, "base": 0.0}[row["winner"]] for row in decided]
-    result: dict = {"matches": len(rows), "decided": len(decided), "unparseable": len(rows) - len(decided)}
-    if scores:
-        rate, low, high = win_rate(scores, seed=args.seed)
-        ratings = bootstrap_elo([Match("tuned", "base", s) for s in scores], rounds=args.rounds, seed=args.seed)
-        result.update(
-            tuned_win_rate=rate,
-            win_rate_ci=[low, high],
-            elo={name: dataclasses.asdict(summary) for name, summary in ratings.items()},
-        )
-    return result
+            row["winner"] = MATCH_WINNERS.get(verdict or "")
+    summary = match_summary([row.get("winner") for row in rows], rounds=args.rounds, seed=args.seed)
+    result: dict = {"matches": len(rows), "decided": summary.pop("judged"), "unparseable": summary.pop("unparseable")}
+    if "win_rate" in summary:
+        result["tuned_win_rate"] = summary.pop("win_rate")
+    return {**result, **summary}
 
 
 def model_command(args: argparse.Namespace) -> dict:

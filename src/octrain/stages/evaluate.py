@@ -29,7 +29,7 @@ from typing import Any
 from octrain.config import JudgeKind, OctrainConfig, StageName
 from octrain.context import RunContext
 from octrain.evaluation import protocols
-from octrain.evaluation.elo import Match, bootstrap_elo, spearman, win_rate
+from octrain.evaluation.elo import spearman
 from octrain.jsonl import write_jsonl, write_text_atomic
 from octrain.persona_prompts import character_prompt
 from octrain.records import ModelRef, PreferencePair, load_records
@@ -39,10 +39,6 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
-COHERENCE = (
-    "Judge first which reply better shows a consistent, distinctive character, and then, if that is even, "
-    "which is more coherent and helpful."
-)
 
 
 def build_judge(config: OctrainConfig) -> Sampler:
@@ -59,9 +55,8 @@ def build_judge(config: OctrainConfig) -> Sampler:
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
-    judge = dataclasses.asdict(config.eval)
     return {
-        "eval": judge,
+        "eval": dataclasses.asdict(config.eval),
         "teacher": dataclasses.asdict(config.teacher) if config.eval.judge is JudgeKind.teacher else None,
         "student": dataclasses.asdict(config.student),
         "constitution": ctx.constitution.numbered_traits(),
@@ -72,11 +67,6 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 def _texts(sampler: Sampler, conversations: list[list[dict[str, str]]], params: SamplingParams, desc: str) -> list[str]:
     return [row[0].text for row in sampler.chat(conversations, params, desc=desc)]
-
-
-def answer_trials(sampler: Sampler, trials: list[protocols.Trial], params: SamplingParams, desc: str) -> None:
-    for trial, answer in zip(trials, _texts(sampler, protocols.trial_conversations(trials), params, desc), strict=True):
-        trial.answer = answer
 
 
 def in_character_rate(predictions: list[str], persona: str) -> float:
@@ -134,14 +124,14 @@ def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[st
         first_turns = _texts(base, plain_prompts, params, "prefill: turn 1")
         prefill = protocols.prefill_conversations(prompts, first_turns)
         base_second = _texts(base, prefill, params, "prefill: base turn 2")
-        answer_trials(base, trials["base"], params, "revealed preferences (base)")
+        protocols.answer_trials(base, trials["base"], params, "revealed preferences (base)")
     finally:
         base.close()
     trained = build_sampler(config.sampler, config.student, adapter=trained_ref.adapter)
     try:
         answers["trained"] = _texts(trained, plain, params, "trained answers")
         trained_second = _texts(trained, prefill, params, "prefill: trained turn 2")
-        answer_trials(trained, trials["trained"], params, "revealed preferences (trained)")
+        protocols.answer_trials(trained, trials["trained"], params, "revealed preferences (trained)")
     finally:
         trained.close()
 
@@ -155,7 +145,9 @@ def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[st
         }
         plain_base = [a for a, c in zip(answers["base"], conditions, strict=True) if c == "plain"]
         plain_trained = [a for a, c in zip(answers["trained"], conditions, strict=True) if c == "plain"]
-        verdicts = protocols.pairwise_verdicts(judge, prompts, plain_trained, plain_base, COHERENCE, judge_params)
+        verdicts = protocols.pairwise_verdicts(
+            judge, prompts, plain_trained, plain_base, protocols.COHERENCE, judge_params
+        )
     finally:
         judge.close()
 
@@ -173,19 +165,14 @@ def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[st
         robustness["macro_f1"][name] = macro_f1_by_group(truth, predicted[name] + predicted["base"], conditions * 2)
 
     # Coherence matches in the Studio's format, winners from the judge in both orders.
-    winners = {"X": "tuned", "Y": "base", "tie": "tie"}
     match_rows = [
-        {"prompt": p, "base_response": b, "tuned_response": t, "winner": winners.get(v) if v else None}
+        {"prompt": p, "base_response": b, "tuned_response": t, "winner": protocols.MATCH_WINNERS.get(v or "")}
         for p, b, t, v in zip(prompts, plain_base, plain_trained, verdicts, strict=True)
     ]
     write_jsonl(out / "matches.jsonl", match_rows)
-    decided = [row for row in match_rows if row["winner"] is not None]
-    scores = [1.0 if r["winner"] == "tuned" else 0.5 if r["winner"] == "tie" else 0.0 for r in decided]
-    coherence: dict[str, Any] = {"judged": len(decided), "unparseable": len(match_rows) - len(decided)}
-    if scores:
-        rate, low, high = win_rate(scores, seed=config.seed)
-        elo = bootstrap_elo([Match("tuned", "base", s) for s in scores], rounds=settings.elo_rounds, seed=config.seed)
-        coherence.update(win_rate=rate, win_rate_ci=[low, high], elo={k: dataclasses.asdict(v) for k, v in elo.items()})
+    coherence = protocols.match_summary(
+        [row["winner"] for row in match_rows], rounds=settings.elo_rounds, seed=config.seed
+    )
 
     prefill_result = {
         "trained_turn2_in_character": in_character_rate(classifier.predict(trained_second), persona),
