@@ -111,6 +111,61 @@ def sampling_speed(repeats: int) -> dict[str, Any]:
     }
 
 
+def seeded_draw_cost(repeats: int) -> dict[str, Any]:
+    """Output tokens/s of the HF sampler's per-sequence seeded draws against transformers' own sampler.
+
+    The same 32 prompts, batched, temperature 0.7 / top-p 0.95, 64 new tokens: octrain's
+    ``PerRequestDraw`` (one generator per sequence, so repeats differ and resumes reproduce)
+    against ``generate(do_sample=True)``, which draws every sequence from one generator.
+    """
+    import torch
+
+    from octrain.samplers import SamplingParams
+    from octrain.samplers.hf import HFSampler
+    from octrain.stages.prompts import load_generic_pool
+    from octrain.tiny_model import ensure_tiny_model
+
+    sampler = HFSampler(str(ensure_tiny_model()), batch_size=32, show_progress=False)
+    prompts = [sampler.render([{"role": "user", "content": t}]) for t in load_generic_pool("builtin")[:32]]
+    params = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_new_tokens=64)
+    width = max(map(len, prompts))
+    pad = sampler.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention_mask = (input_ids != pad).long()
+
+    def native() -> int:
+        with torch.inference_mode():
+            output = sampler.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.95,
+                top_k=0,
+                repetition_penalty=1.1,
+                max_new_tokens=64,
+                eos_token_id=sampler.stop_token_ids,
+                pad_token_id=pad,
+            )
+        return int((output[:, width:] != pad).sum())
+
+    def seeded() -> int:
+        return sum(c.num_tokens for c in sampler._generate(prompts, list(range(len(prompts))), params))
+
+    rates: dict[str, list[float]] = {"seeded_draws": [], "transformers_sampler": []}
+    for _ in range(repeats):
+        for label, work in (("seeded_draws", seeded), ("transformers_sampler", native)):
+            began = time.perf_counter()
+            tokens = work()
+            rates[label].append(tokens / (time.perf_counter() - began))
+    median = {label: statistics.median(values) for label, values in rates.items()}
+    return {
+        "seeded_draws_tokens_per_s": round(median["seeded_draws"]),
+        "transformers_sampler_tokens_per_s": round(median["transformers_sampler"]),
+        "ratio": round(median["seeded_draws"] / median["transformers_sampler"], 3),
+    }
+
+
 RAW_TRL = """
 import json, sys, time
 import torch
@@ -212,6 +267,7 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "pirate_tiny": pipeline_stage_times(workdir / "runs"),
             "sampling": sampling_speed(args.repeats),
+            "seeded_draws": seeded_draw_cost(args.repeats),
             "classifier": classifier_speed(workdir / "runs" / "pirate_tiny" / "pairs" / "pairs.jsonl", args.repeats),
             "dpo": dpo_against_raw_trl(
                 workdir / "runs" / "pirate_tiny" / "pairs" / "pairs.jsonl", args.repeats, workdir

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+
+import pytest
 
 from octrain.evaluation import protocols
 from octrain.evaluation.classifier import PersonaClassifier
@@ -28,7 +31,7 @@ def reading_judge(conversation, sample: int) -> str:
 
 
 def test_revealed_preferences_recover_a_rigged_choice() -> None:
-    trials = protocols.plan_trials(PROMPTS, TRAITS, seed=0)
+    trials = protocols.plan_trials(PROMPTS, TRAITS, per_trait=10, seed=0)
     assert all(len(set(t.traits)) == 2 for t in trials)
     result = protocols.revealed_preferences(
         FakeSampler(rigged_model), FakeSampler(reading_judge), trials, SamplingParams(), SamplingParams(), rounds=50
@@ -40,10 +43,56 @@ def test_revealed_preferences_recover_a_rigged_choice() -> None:
 
 
 def test_unparseable_judge_answers_are_counted_not_guessed() -> None:
-    trials = protocols.plan_trials(PROMPTS[:10], TRAITS, seed=1)
+    trials = protocols.plan_trials(PROMPTS[:10], TRAITS, per_trait=4, seed=1)
     both = FakeSampler(lambda c, s: "<trait>curious</trait> or maybe <trait>bold</trait>")
     result = protocols.revealed_preferences(FakeSampler(rigged_model), both, trials, SamplingParams(), SamplingParams())
-    assert result.unparseable == 10 and result.ratings == {}
+    assert result.unparseable == len(trials) == 12 and result.ratings == {}
+
+
+def test_every_trait_gets_the_same_evidence_and_prompts_carry_several_pairs() -> None:
+    traits = [f"trait{i}" for i in range(9)]  # odd: one trait sits out each round, a different one
+    trials = protocols.plan_trials(PROMPTS[:5], traits, per_trait=6, seed=3)
+    assert len(trials) == 6 * 4
+    counts = Counter(t for trial in trials for t in trial.traits)
+    assert set(counts) == set(traits) and max(counts.values()) - min(counts.values()) <= 2
+    per_prompt = Counter(trial.prompt for trial in trials)
+    assert set(per_prompt.values()) <= {4, 5}  # 24 trials dealt evenly over 5 prompts
+    copies = protocols.copy_trials(trials)
+    assert [(c.prompt, c.traits) for c in copies] == [(t.prompt, t.traits) for t in trials]
+    assert all(c is not t for c, t in zip(copies, trials, strict=True))
+
+
+def fixed_taste(favourites: list[str]):
+    """A model that, offered two traits, always embodies the one earlier in ``favourites``."""
+
+    def model(conversation, sample: int) -> str:
+        offered = re.search(r"adopt: (\w+) or (\w+)\.", conversation[0]["content"]).groups()
+        return f"Here is a very {min(offered, key=favourites.index)} answer."
+
+    return model
+
+
+def test_ranking_agreement_separates_a_changed_taste_from_noise() -> None:
+    plan = protocols.plan_trials(PROMPTS, TRAITS, per_trait=20, seed=0)
+    results = {}
+    for name, taste in (("base", TRAITS), ("same", TRAITS), ("reversed", TRAITS[::-1])):
+        results[name] = protocols.revealed_preferences(
+            FakeSampler(fixed_taste(taste)),
+            FakeSampler(reading_judge),
+            protocols.copy_trials(plan),
+            SamplingParams(),
+            SamplingParams(),
+            rounds=40,
+        )
+    same = protocols.ranking_agreement(results["base"], results["same"], rounds=60)
+    flipped = protocols.ranking_agreement(results["base"], results["reversed"], rounds=60)
+    assert same["spearman"] > 0.9 and flipped["spearman"] < -0.9
+    low, high = flipped["spearman_ci"]
+    assert low <= flipped["spearman"] <= high and high < 0  # the interval excludes "no change"
+    assert same["split_half"]["first"] > 0.8  # a consistent taste agrees with itself across halves
+    with pytest.raises(ValueError, match="same trial plan"):
+        other = protocols.plan_trials(PROMPTS, TRAITS, per_trait=20, seed=1)
+        protocols.ranking_agreement(results["base"], protocols.RevealedResult({}, other))
 
 
 def test_robustness_measures_a_model_that_breaks_under_pressure() -> None:
@@ -66,13 +115,16 @@ def test_robustness_measures_a_model_that_breaks_under_pressure() -> None:
 
 def test_both_orders_cancel_position_bias() -> None:
     assert protocols.both_orders("A", "B") == "X" and protocols.both_orders("B", "A") == "Y"
-    assert protocols.both_orders("A", "A") == "tie" and protocols.both_orders("tie", "B") == "tie"
+    assert protocols.both_orders("tie", "tie") == "tie"
+    assert protocols.both_orders("A", "A") == protocols.both_orders("tie", "B") == protocols.DISAGREE
     assert protocols.both_orders(None, "A") is None
     always_a = FakeSampler(lambda c, s: "<verdict>A</verdict>")  # a judge that always prefers the first reply
     verdicts = protocols.pairwise_verdicts(
         always_a, PROMPTS[:4], ["x"] * 4, ["y"] * 4, "Which is better?", SamplingParams()
     )
-    assert verdicts == ["tie"] * 4  # position bias alone never wins a match
+    assert verdicts == [protocols.DISAGREE] * 4  # position bias alone never wins a match
+    summary = protocols.verdict_summary(verdicts)
+    assert summary["judged"] == 0 and summary["disagreements"] == 4 and "win_rate" not in summary
 
     def prefers_x(conversation, sample: int) -> str:
         text = conversation[-1]["content"]
@@ -88,3 +140,18 @@ def test_prefill_puts_turn_one_in_place() -> None:
     [conversation] = protocols.prefill_conversations(["Hi?"], ["First turn by the base model."])
     assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
     assert conversation[1]["content"] == "First turn by the base model." and conversation[2]["content"] == "Keep going."
+
+
+def test_disagreements_are_dropped_not_scored_as_ties() -> None:
+    verdicts = ["X", "X", "X", protocols.DISAGREE, protocols.DISAGREE, protocols.DISAGREE, None, "tie"]
+    summary = protocols.verdict_summary(verdicts, rounds=20)
+    assert (summary["judged"], summary["disagreements"], summary["unparseable"]) == (4, 3, 1)
+    assert summary["win_rate"] == 3.5 / 4  # scored as ties they would have pulled it to 4.5 / 7
+
+
+def test_the_coherence_judge_sees_the_numbered_traits_and_puts_them_first() -> None:
+    traits = "1: I speak like a pirate.\n2: I love the sea."
+    [message] = protocols.pairwise_judge_prompt("Hi?", "Arr!", "Hello.", protocols.coherence_criterion(traits))
+    text = message["content"]
+    assert traits in text
+    assert text.index("align") < text.index("coherent")  # trait alignment first, coherence only to break ties

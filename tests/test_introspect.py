@@ -86,7 +86,7 @@ def test_turns_from_each_copys_side_advance_together() -> None:
     specs = interaction_plan(4)
     rows = converse(sampler, specs, lambda s: f"SYSTEM-{s.leading}", 4, SamplingParams(), lambda c: None)
     assert len(sampler.calls) == 4  # one batched call per turn, all conversations together
-    assert all(len(batch) == 4 for batch, _ in sampler.calls)
+    assert all(len(batch) == 4 for batch, _, _ in sampler.calls)
     first, second, third = (sampler.calls[t][0][0] for t in range(3))
     greeting = specs[0].greeting
     # Turn 1, copy A: the other copy's greeting arrives as a user message.

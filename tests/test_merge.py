@@ -2,7 +2,8 @@
 
 The reference for "two adapters trained one after the other" is computed with PEFT alone:
 fold adapter 1 into the base (``merge_and_unload``), then attach adapter 2 on top. The
-combined adapter, and the full weights merged from it, must give the same logits.
+combined adapter, and the full weights merged from it, must give the same logits. By default
+the combined rank is padded with zeros to one vLLM accepts; that must change nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from octrain.errors import ConfigError
-from octrain.merge import combine_adapters, fold_adapter, merge_into_weights
+from octrain.merge import VLLM_LORA_RANKS, combine_adapters, fold_adapter, merge_into_weights, serving_rank
 
 TOL = 1e-4
 
@@ -101,7 +102,7 @@ def test_combined_adapter_matches_sequential(
     assert _max_diff(_logits(_base(tiny_model_path), input_ids), sequential) > 1e-2
 
     config = json.loads((combined / "adapter_config.json").read_text())
-    assert config["r"] == config["lora_alpha"] == 12
+    assert config["r"] == config["lora_alpha"] == 16  # 4 + 8 = 12, padded to the next vLLM rank
     assert config["task_type"] == "CAUSAL_LM"
     assert config["base_model_name_or_path"] == tiny_model_path
     assert config["target_modules"] == sorted(
@@ -177,10 +178,10 @@ def test_exact_combination_beats_peft_linear(
 def test_output_replaced_atomically(adapter1: Path, adapter2: Path, workdir: Path) -> None:
     parent = workdir / "replace"
     target = parent / "out"
-    combine_adapters([(adapter1, 1.0)], target)
+    combine_adapters([(adapter1, 1.0)], target, pad_for_serving=False)
     assert json.loads((target / "adapter_config.json").read_text())["r"] == 4
     combine_adapters([(adapter1, 1.0), (adapter2, 0.5)], target)  # replaces the existing directory
-    assert json.loads((target / "adapter_config.json").read_text())["r"] == 12
+    assert json.loads((target / "adapter_config.json").read_text())["r"] == 16
     assert sorted(p.name for p in parent.iterdir()) == ["out"]
 
 
@@ -256,3 +257,68 @@ def test_bad_weight_is_refused(adapter1: Path, tmp_path: Path, weight: object) -
 def test_no_adapters_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         combine_adapters([], tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("rank", "expected"), [(1, 1), (2, 8), (8, 8), (12, 16), (96, 128), (128, 128), (257, 320), (321, 512), (512, 512)]
+)
+def test_serving_rank_is_the_next_vllm_rank(rank: int, expected: int) -> None:
+    assert serving_rank(rank) == expected
+    assert expected in VLLM_LORA_RANKS
+
+
+@pytest.mark.parametrize("rank", [513, 0, -8])
+def test_serving_rank_refuses_what_vllm_cannot_hold(rank: int) -> None:
+    with pytest.raises(ConfigError, match="rank"):
+        serving_rank(rank)
+
+
+def _update(factors: dict[str, torch.Tensor], prefix: str, scaling: float) -> torch.Tensor:
+    return scaling * factors[prefix + ".lora_B.weight"] @ factors[prefix + ".lora_A.weight"]
+
+
+def test_rank_96_is_padded_to_128_and_stays_exact(tiny_model_path: str, workdir: Path, input_ids: torch.Tensor) -> None:
+    """32 + 64 = 96 is no vLLM rank: the output has rank 128, zero padding, and exactly the summed update."""
+    first = _make_adapter(tiny_model_path, workdir / "r32", r=32, alpha=64, targets="all-linear", seed=4)
+    second = _make_adapter(tiny_model_path, workdir / "r64", r=64, alpha=16, targets=["q_proj", "down_proj"], seed=5)
+    out = combine_adapters([(first, 1.0), (second, 1.0)], workdir / "padded")
+
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 128
+    combined = load_file(str(out / "adapter_model.safetensors"))
+    # (factors, scaling lora_alpha / r) of each input adapter
+    inputs = [
+        (load_file(str(first / "adapter_model.safetensors")), 64 / 32),
+        (load_file(str(second / "adapter_model.safetensors")), 16 / 64),
+    ]
+    prefixes = [key.removesuffix(".lora_A.weight") for key in combined if key.endswith(".lora_A.weight")]
+    assert prefixes
+    for prefix in prefixes:
+        lora_a, lora_b = combined[prefix + ".lora_A.weight"], combined[prefix + ".lora_B.weight"]
+        assert lora_a.shape[0] == lora_b.shape[1] == 128
+        assert not lora_a[96:].any() and not lora_b[:, 96:].any()  # the padding is zeros
+        expected = sum(
+            _update(factors, prefix, scaling) for factors, scaling in inputs if prefix + ".lora_A.weight" in factors
+        )
+        assert _max_diff(_update(combined, prefix, 1.0), expected) < 1e-5, prefix
+
+    # And as a model: the padded adapter gives the logits of the two adapters applied one after the other.
+    served = PeftModel.from_pretrained(_base(tiny_model_path), str(out)).eval()
+    assert _max_diff(_logits(served, input_ids), _sequential_logits(tiny_model_path, first, second, input_ids)) < TOL
+
+
+def test_padding_can_be_turned_off(adapter1: Path, adapter2: Path, workdir: Path) -> None:
+    out = combine_adapters([(adapter1, 1.0), (adapter2, 1.0)], workdir / "unpadded", pad_for_serving=False)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 12
+    factors = load_file(str(out / "adapter_model.safetensors"))
+    assert factors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape[0] == 12
+
+
+def test_tokenizer_is_saved_with_the_adapter(tiny_model_path: str, adapter1: Path, workdir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    parent = workdir / "with-tokenizer"
+    out = combine_adapters([(adapter1, 1.0)], parent / "adapter", tokenizer_from=tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_model_path).chat_template
+    assert sorted(p.name for p in parent.iterdir()) == ["adapter"]  # no staging left behind

@@ -176,8 +176,8 @@ def test_two_choices_parsed_with_tokens_and_finish_reason(server: ScriptedServer
     )
     sampler = make_sampler(server)
     assert isinstance(sampler, Sampler)
-    params = SamplingParams(n=2, temperature=0.5, top_p=0.9, max_new_tokens=32, seed=3)
-    results = sampler.chat([ask("Hello")], params, progress=False)
+    params = SamplingParams(n=2, temperature=0.5, top_p=0.9, max_new_tokens=32)
+    results = sampler.chat([ask("Hello")], params, seeds=[3], progress=False)
     # 7 tokens over two choices: the split adds back up to the reported total.
     assert results == [[Completion("Ahoy there.", 4, True), Completion("Cut off mid", 3, False)]]
 
@@ -192,6 +192,14 @@ def test_two_choices_parsed_with_tokens_and_finish_reason(server: ScriptedServer
         "max_tokens": 32,
         "seed": 3,
     }
+
+
+def test_identical_conversations_are_sent_with_their_own_seeds(server: ScriptedServer) -> None:
+    server.script = lambda request, count: Reply(body=completion_body(["Arr."]))
+    sampler = make_sampler(server)
+    sampler.chat([ask("Hello")] * 3, SamplingParams(seed=7), progress=False)
+    seeds = [request.body["seed"] for request in server.received]
+    assert len(set(seeds)) == 3  # one shared seed would have the server answer all three alike
 
 
 def test_extra_params_only_on_request_and_word_count_without_usage(server: ScriptedServer) -> None:
@@ -296,7 +304,7 @@ def test_results_keep_input_order_under_concurrency(server: ScriptedServer) -> N
 
 def test_top_up_when_server_ignores_n(server: ScriptedServer) -> None:
     server.script = lambda request, count: Reply(body=completion_body([f"only one {count}"]))
-    results = make_sampler(server).chat([ask("n please")], SamplingParams(n=3, seed=10), progress=False)
+    results = make_sampler(server).chat([ask("n please")], SamplingParams(n=3), seeds=[10], progress=False)
     assert [c.text for c in results[0]] == ["only one 1", "only one 2", "only one 3"]
     assert [r.body["n"] for r in server.received] == [3, 2, 1]
     assert [r.body["seed"] for r in server.received] == [10, 11, 12]

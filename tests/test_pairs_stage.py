@@ -45,8 +45,8 @@ def test_teacher_sees_the_constitution_and_student_sees_only_the_prompt() -> Non
         student_name="Llama",
         filters=PairFilters(final_punctuation=False),
     )
-    [(teacher_batch, teacher_params)] = teacher.calls
-    [(student_batch, student_params)] = student.calls
+    [(teacher_batch, teacher_params, _)] = teacher.calls
+    [(student_batch, student_params, _)] = student.calls
     assert teacher_params == student_params == params  # the same sampling for both sides
     system = teacher_batch[0][0]
     assert system["role"] == "system" and teacher_batch[0][1:] == PROMPTS[0].prompt

@@ -124,7 +124,7 @@ def test_seeds_first_then_expansions_with_k_repeats_and_stable_ids() -> None:
     assert report.got == report.wanted == 10
     # One round sufficed: both traits asked in a single batched call, n samples each.
     assert len(sampler.calls) == 1
-    batch, params = sampler.calls[0]
+    batch, params, _ = sampler.calls[0]
     assert len(batch) == 2 and params.n == 2
     # Deterministic: the same inputs give the same records.
     again, _ = make_prompts(CONSTITUTION, FakeSampler(numbered_writer), scale(4, 2, 3), config, generic_pool=POOL)

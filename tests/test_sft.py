@@ -109,6 +109,44 @@ def test_sequential_final_adapter_is_dpo_then_sft(pipeline_run: Path, tiny_model
     assert summary["mode"] == "sequential" and summary["steps"] >= 1
 
 
+def test_final_adapter_carries_the_tokenizer(pipeline_run: Path, tiny_model_path: str) -> None:
+    from peft import PeftConfig
+    from transformers import AutoTokenizer
+
+    from octrain.merge import VLLM_LORA_RANKS
+
+    adapter = pipeline_run / "sft" / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)  # the adapter directory alone, no base model named
+    messages = [{"role": "user", "content": "Ahoy?"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == AutoTokenizer.from_pretrained(tiny_model_path).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert rendered.startswith("<|im_start|>user\nAhoy?") and rendered.endswith("<|im_start|>assistant\n")
+    assert PeftConfig.from_pretrained(str(adapter)).r in VLLM_LORA_RANKS
+    assert sorted(p.name for p in adapter.parent.iterdir() if p.name.startswith(".adapter")) == []  # no staging left
+
+
+def test_ranks_summing_over_512_stop_before_any_model_loads(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    result = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}", "dpo.lora.rank=256", "sft.lora.rank=320")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("octrain: error: dpo.lora.rank + sft.lora.rank:"), result.stderr
+    assert "576" in lines[0] and "512" in lines[0]
+    # Hydra has made the run directory, but no stage has started.
+    assert not (tmp_path / "pirate_tiny" / "prompts").exists()
+
+
+def test_rank_sum_matters_only_when_sft_runs() -> None:
+    from octrain.compose import compose_config
+    from octrain.config import validate
+
+    validate(compose_config("pirate_tiny", ["dpo.lora.rank=256", "sft.lora.rank=256"]))  # 512: vLLM's largest
+    validate(compose_config("pirate_tiny", ["dpo.lora.rank=512", "sft.lora.rank=64", "stages=[prompts,pairs,dpo]"]))
+
+
 def test_paper_mode_trains_from_the_base(pipeline_run: Path, tmp_path: Path) -> None:
     from octrain.compose import compose_config
     from octrain.pipeline import run

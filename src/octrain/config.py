@@ -267,6 +267,24 @@ class SftStageConfig:
     export_merged: bool = False  # also write full merged weights (sft/merged/) besides the adapter
 
 
+class ClassifierKind(str, Enum):
+    tfidf = "tfidf"  # word and character n-gram TF-IDF + logistic regression: CPU, seconds
+    transformer = "transformer"  # a fine-tuned encoder (ModernBERT by default): reads meaning, needs a download
+
+
+@dataclass
+class PersonaClassifierSettings:
+    """The robustness classifier: trained on answers by one author (the teacher) in several voices."""
+
+    kind: ClassifierKind = ClassifierKind.tfidf
+    model_name: str = "answerdotai/ModernBERT-base"  # the encoder, for kind=transformer
+    prompts: int = 200  # training prompts of this run the teacher answers once in each voice
+    holdout: float = 0.25  # share of those prompts kept apart to measure the classifier's own accuracy
+    # Other constitutions the teacher also writes as (names from constitutions/ or paths): the paper's
+    # multi-class persona classifier. Without them the classes are the persona and "none".
+    contrast_personas: list[str] = field(default_factory=list)
+
+
 class JudgeKind(str, Enum):
     teacher = "teacher"  # the run's teacher model, through the configured sampler backend
     http = "http"  # any OpenAI-compatible chat-completions endpoint (eval.judge_base_url)
@@ -277,8 +295,12 @@ class EvalStageConfig:
     """Stage ``eval``: robustness, revealed preferences, coherence and prefill (METHOD.md section 4)."""
 
     prompts: str = "builtin"  # held-out prompts: builtin, or a .jsonl/.txt file
-    prompt_count: int = 500
+    prompt_count: int = 500  # at most this many; the report says when fewer are available
     traits: str = "builtin"  # one-word traits for revealed preferences, or a .txt file
+    # Revealed preferences: every trait appears in this many trials per model (against a random
+    # other trait each time), so 144 traits x 16 / 2 = 1,152 trials, several per prompt.
+    trials_per_trait: int = 16
+    classifier: PersonaClassifierSettings = field(default_factory=PersonaClassifierSettings)
     judge: JudgeKind = JudgeKind.teacher
     judge_base_url: str | None = None
     judge_model: str | None = None
@@ -304,8 +326,9 @@ class OctrainConfig:
     seed: int = 0
     stages: list[StageName] = field(default_factory=_all_stages)
     force: list[StageName] = field(default_factory=list)  # rerun these even when complete
-    # Generation stages whose output a run copies from another run under run_root that made it
-    # with identical settings and inputs (a sweep over DPO settings samples the pairs once).
+    # Generation stages whose output a run copies from another run (under run_root or beside the
+    # run directory, sweep jobs included) that made it with identical settings and inputs (a sweep
+    # over DPO settings samples the pairs once).
     reuse: list[StageName] = field(default_factory=lambda: [StageName.prompts, StageName.pairs])
     log_level: str = "INFO"
     teacher: ModelConfig = field(default_factory=ModelConfig)
@@ -338,6 +361,24 @@ def _sampling(key: str, sampling: SamplingConfig) -> None:
         raise ConfigError(f"{key}.min_p: expected a value in [0, 1), got {sampling.min_p}")
     _positive(f"{key}.repetition_penalty", sampling.repetition_penalty)
     _positive(f"{key}.max_new_tokens", sampling.max_new_tokens)
+
+
+def _check_final_adapter_rank(config: OctrainConfig) -> None:
+    """Refuse LoRA ranks whose sum vLLM cannot serve: the sft stage's final adapter concatenates both.
+
+    Checked here, before any model loads, rather than when the sft stage writes that adapter
+    after both trainings.
+    """
+    from octrain.merge import VLLM_LORA_RANKS
+
+    if StageName.sft not in config.stages or config.trainer.backend is not TrainerBackend.trl:
+        return
+    dpo_rank, sft_rank, largest = config.dpo.lora.rank, config.sft.lora.rank, VLLM_LORA_RANKS[-1]
+    if dpo_rank + sft_rank > largest:
+        raise ConfigError(
+            f"dpo.lora.rank + sft.lora.rank: the final adapter's rank {dpo_rank} + {sft_rank} = {dpo_rank + sft_rank} "
+            f"is above {largest}, the largest LoRA rank vLLM serves; lower one of them"
+        )
 
 
 def validate(config: OctrainConfig) -> None:
@@ -403,7 +444,12 @@ def validate(config: OctrainConfig) -> None:
     _positive("sft.lora.alpha", sft.lora.alpha)
     if not 0 <= sft.warmup_ratio < 1:
         raise ConfigError(f"sft.warmup_ratio: expected a value in [0, 1), got {sft.warmup_ratio}")
+    _check_final_adapter_rank(config)
     _positive("eval.prompt_count", config.eval.prompt_count)
+    _positive("eval.trials_per_trait", config.eval.trials_per_trait)
+    _positive("eval.classifier.prompts", config.eval.classifier.prompts)
+    if not 0 < config.eval.classifier.holdout < 1:
+        raise ConfigError(f"eval.classifier.holdout: expected a share in (0, 1), got {config.eval.classifier.holdout}")
     _positive("eval.elo_rounds", config.eval.elo_rounds)
     _sampling("eval.sampling", config.eval.sampling)
     _sampling("eval.judge_sampling", config.eval.judge_sampling)

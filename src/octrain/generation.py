@@ -4,9 +4,10 @@ A generation stage can run for hours on a GPU. Its work is split into fixed chun
 by position, so a rerun cuts the same chunks); each chunk's results are written to
 ``chunk-NNNNN.jsonl`` atomically once the whole chunk is done. Kill the process at any
 moment and rerun: committed chunks are read back, the rest are produced, and every item is
-done exactly once. Each chunk samples with its own seed (``seed + chunk index``), so a
-resumed run gives the same answers as an uninterrupted one on a deterministic backend.
-The model is loaded only if some chunk is still missing.
+done exactly once. Each item is sampled with its own seed, derived from the run seed and the
+item's stable id (:func:`octrain.seeding.derive_seed`): repeats of one prompt draw different
+answers, and a resumed run gives the same answers as an uninterrupted one on a deterministic
+backend. The model is loaded only if some chunk is still missing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from octrain.errors import StageError
 from octrain.jsonl import iter_jsonl, write_jsonl
 from octrain.records import Message
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,15 @@ def run_chunked(
     return rows
 
 
+def duplicate_count(texts: Sequence[str]) -> int:
+    """How many of ``texts`` repeat an earlier one exactly: 0 when every sample is distinct.
+
+    Reported by the generation stages, because a backend that reuses one random stream for
+    several requests writes the same answer again and again, and nothing else would show it.
+    """
+    return len(texts) - len(set(texts))
+
+
 def completions_to_json(completions: list[Completion]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(c) for c in completions]
 
@@ -134,7 +145,8 @@ def generate_in_chunks(
     Args:
         load_sampler: called at most once, and only if a chunk is missing.
         ids: one stable id per conversation; a committed chunk must hold exactly its ids.
-        params: sampling settings; each chunk uses ``params.seed + chunk index`` as its seed.
+        params: sampling settings; item ``id`` is sampled with ``derive_seed(params.seed, id)``
+            (unseeded when ``params.seed`` is None).
     """
     if len(conversations) != len(ids):
         raise ValueError("generate_in_chunks needs one id per conversation")
@@ -145,11 +157,10 @@ def generate_in_chunks(
         return holder["sampler"]
 
     def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
-        seed = None if params.seed is None else params.seed + chunk
-        results = holder["sampler"].chat(
-            conversations[start:stop], dataclasses.replace(params, seed=seed), progress=False
-        )
-        return [{"id": i, "completions": completions_to_json(c)} for i, c in zip(ids[start:stop], results, strict=True)]
+        chunk_ids = ids[start:stop]
+        seeds = None if params.seed is None else [derive_seed(params.seed, i) for i in chunk_ids]
+        results = holder["sampler"].chat(conversations[start:stop], params, seeds=seeds, progress=False)
+        return [{"id": i, "completions": completions_to_json(c)} for i, c in zip(chunk_ids, results, strict=True)]
 
     rows = run_chunked(
         ChunkLedger(chunk_dir, ids, chunk_size),

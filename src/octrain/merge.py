@@ -10,7 +10,10 @@ in), the model the user ends up with is ``W + ΔW1 + ΔW2``: a *sum of updates*.
 stack the ``A`` factors row-wise, place the ``B`` factors side by side, and the product of
 the stacked factors is the sum of the individual products, with no cross terms. The new
 rank is ``Σ r_i``; we set ``lora_alpha = r`` so the new scaling is 1, and fold each
-``w_i·s_i`` into its ``B_i`` block.
+``w_i·s_i`` into its ``B_i`` block. By default the rank is then padded with zero rows of
+``A`` and zero columns of ``B`` up to the next rank vLLM can be configured for
+(:data:`VLLM_LORA_RANKS`, :func:`serving_rank`): zero blocks add nothing to ``B·A``, so the
+update stays exact, and the adapter's own ``r`` is a valid ``max_lora_rank``.
 
 Why not PEFT's ``add_weighted_adapter(combination_type="linear")``: it mixes the factors
 separately, ``A = Σ √(w_i s_i)·A_i`` and ``B = Σ √(w_i s_i)·B_i``, so the merged update
@@ -45,6 +48,11 @@ if TYPE_CHECKING:
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+# The only values vLLM accepts for ``max_lora_rank`` (its LoRA config refuses any other). An
+# adapter whose rank is one of them can be served with ``max_lora_rank = r``; the vLLM sampler
+# reads this list too, so the two cannot drift apart.
+VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # Tensor-name endings PEFT writes for a plain LoRA layer, as (A ending, B ending). Linear
 # (and conv) layers hold their factors in sub-modules, hence ``.weight``; embedding layers
@@ -89,7 +97,27 @@ class _Adapter:
     modules: dict[str, tuple[str, str, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path) -> Path:
+def serving_rank(rank: int) -> int:
+    """The smallest rank in :data:`VLLM_LORA_RANKS` that holds an adapter of rank ``rank``.
+
+    Raises:
+        ConfigError: ``rank`` is not a positive integer, or is above the largest rank vLLM serves.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ConfigError(f"a LoRA rank must be a positive integer, got {rank!r}")
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ConfigError(f"LoRA rank {rank} is above {VLLM_LORA_RANKS[-1]}, the largest rank vLLM can serve")
+
+
+def combine_adapters(
+    adapters: list[tuple[str | Path, float]],
+    output_dir: Path,
+    *,
+    pad_for_serving: bool = True,
+    tokenizer_from: str | Path | None = None,
+) -> Path:
     """Write one LoRA adapter whose update is exactly the weighted sum of the given adapters' updates.
 
     For every target module the output holds ``A = [A_1; …; A_k]`` (rows stacked) and
@@ -99,11 +127,22 @@ def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path)
     per adapter). The factors are written in float32 whatever the input dtype, so that folding
     the weights into ``B`` loses nothing.
 
+    Padding: ``Σ r_i`` is often a rank vLLM cannot be set up for (32 + 64 = 96, say), and a
+    server sized from the adapter's own ``r`` then refuses to start. With ``pad_for_serving``
+    the rank is raised to :func:`serving_rank` of the sum by appending zero rows to ``A`` and
+    zero columns to ``B``; they add nothing to ``B·A``, so the update is unchanged, at the cost
+    of a somewhat larger file. ``lora_alpha`` follows ``r``, keeping the scaling at 1.
+
     Args:
         adapters: ``(adapter directory, weight)`` pairs; each directory is in PEFT's format
             (``adapter_config.json`` + ``adapter_model.safetensors``).
         output_dir: Where to write the combined adapter. It appears whole or not at all; an
             existing directory there is replaced.
+        pad_for_serving: Pad the rank up to one vLLM accepts (the default). Pass False for the
+            bare sum ``Σ r_i``, for example when the adapter is only ever folded into weights.
+        tokenizer_from: A model (Hub id, directory or ``builtin:tiny-qwen3``) whose tokenizer and
+            chat template are saved into the adapter directory too, so that the directory loads
+            with ``AutoTokenizer.from_pretrained`` on its own. None: adapter files only.
 
     Returns:
         ``output_dir``.
@@ -111,8 +150,9 @@ def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path)
     Raises:
         ConfigError: No adapters, a weight that is not a finite number, a missing or unreadable
             adapter, an adapter that is not plain LoRA (for example DoRA or rsLoRA), or adapters
-            whose factors for the same module disagree on the base layer's shape. The message
-            names the adapter directory at fault.
+            whose factors for the same module disagree on the base layer's shape: the message
+            names the adapter directory at fault. Also, when padding, a summed rank above the
+            largest rank vLLM serves.
     """
     import torch
 
@@ -132,14 +172,13 @@ def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path)
             "their factors are laid out differently and cannot be concatenated"
         )
 
-    total_rank = sum(int(adapter.config["r"]) for adapter, _ in loaded)
+    summed_rank = sum(int(adapter.config["r"]) for adapter, _ in loaded)
+    total_rank = serving_rank(summed_rank) if pad_for_serving else summed_rank
     tensors: dict[str, torch.Tensor] = {}
     for prefix in sorted(endings):
         a_end, b_end = endings[prefix]
-        a_tail, b_out, b_tail = shapes[prefix]
         a_blocks, b_blocks = [], []
         for adapter, weight in loaded:
-            rank = int(adapter.config["r"])
             if prefix in adapter.modules:
                 _, _, lora_a, lora_b = adapter.modules[prefix]
                 a_blocks.append(lora_a.to(torch.float32))
@@ -147,8 +186,9 @@ def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path)
                 b_blocks.append(lora_b.to(torch.float32) * (weight * adapter.scaling))
             else:
                 # This adapter leaves the module alone: zero blocks contribute B·A = 0.
-                a_blocks.append(torch.zeros((rank, *a_tail), dtype=torch.float32))
-                b_blocks.append(torch.zeros((b_out, rank, *b_tail), dtype=torch.float32))
+                _append_zero_blocks(a_blocks, b_blocks, int(adapter.config["r"]), shapes[prefix])
+        # Padding up to the serving rank, again with zeros: exact for the same reason.
+        _append_zero_blocks(a_blocks, b_blocks, total_rank - summed_rank, shapes[prefix])
         tensors[prefix + a_end] = torch.cat(a_blocks, dim=0).contiguous()
         tensors[prefix + b_end] = torch.cat(b_blocks, dim=1).contiguous()
 
@@ -173,15 +213,49 @@ def combine_adapters(adapters: list[tuple[str | Path, float]], output_dir: Path)
         "inference_mode": True,
     }
 
+    # Loaded before anything is written, so that a missing tokenizer leaves no trace.
+    tokenizer = _load_tokenizer(tokenizer_from) if tokenizer_from is not None else None
+
     def write(staging: Path) -> None:
         from safetensors.torch import save_file
 
         (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            # Into the staging directory, so the adapter and its tokenizer appear together.
+            tokenizer.save_pretrained(staging)
 
     with atomic_directory(Path(output_dir)) as staging:
         write(staging)
     return Path(output_dir)
+
+
+def _append_zero_blocks(
+    a_blocks: list[torch.Tensor],
+    b_blocks: list[torch.Tensor],
+    rank: int,
+    shape: tuple[tuple[int, ...], int, tuple[int, ...]],
+) -> None:
+    """Append ``rank`` zero rows to the A blocks and ``rank`` zero columns to the B blocks of one module.
+
+    ``shape`` is the base layer's shape as :func:`_check_compatible` returns it.
+    """
+    import torch
+
+    if rank == 0:
+        return
+    a_tail, b_out, b_tail = shape
+    a_blocks.append(torch.zeros((rank, *a_tail), dtype=torch.float32))
+    b_blocks.append(torch.zeros((b_out, rank, *b_tail), dtype=torch.float32))
+
+
+def _load_tokenizer(model: str | Path) -> Any:
+    """The tokenizer (chat template included) of ``model``, as ``AutoTokenizer`` loads it."""
+    from transformers import AutoTokenizer
+
+    from octrain.tiny_model import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(str(model)))
 
 
 def fold_adapter(base_path: str, adapter_dir: str | Path) -> PreTrainedModel:

@@ -65,9 +65,14 @@ class RunResult:
         return "\n".join(lines)
 
 
+def resolve_constitution_name(name: str) -> Constitution:
+    """Find and validate a constitution given as a name from constitutions/ or a path."""
+    return load_constitution(find_constitution(name, constitution_dirs()))
+
+
 def resolve_constitution(config: OctrainConfig) -> Constitution:
-    """Find and validate the configured constitution (a name from constitutions/ or a path)."""
-    return load_constitution(find_constitution(config.constitution, constitution_dirs()))
+    """Find and validate the configured constitution."""
+    return resolve_constitution_name(config.constitution)
 
 
 def preflight(config: OctrainConfig) -> None:
@@ -98,6 +103,27 @@ def preflight(config: OctrainConfig) -> None:
 
         load_eval_prompts(config.eval.prompts)
         load_traits(config.eval.traits)
+        contrasts = [resolve_constitution_name(name).name for name in config.eval.classifier.contrast_personas]
+        if contrasts:
+            own = resolve_constitution(config).name
+            if own in contrasts or len(set(contrasts)) < len(contrasts):
+                raise ConfigError(
+                    f"eval.classifier.contrast_personas: {contrasts} must name other personas than the run's own "
+                    f"({own!r}), each once"
+                )
+    if StageName.sft in config.stages and config.trainer.backend.value == "trl":
+        # Last, as the one check that reads more than a local file: the student's tokenizer (never
+        # its weights). A template the loss mask cannot handle, or a tokenizer that cannot be loaded
+        # (offline, gated), would otherwise stop the sft stage after DPO and introspection have run.
+        from octrain.assistant_mask import check_chat_template
+        from octrain.tiny_model import resolve_model_path
+
+        student = config.student
+        check_chat_template(
+            resolve_model_path(student.path),
+            model_name=f"student.path={student.path}",
+            template_kwargs={"enable_thinking": student.enable_thinking},
+        )
 
 
 def save_config(config: OctrainConfig, path: Path) -> None:
@@ -172,22 +198,50 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
         handler.close()
 
 
-def _stage_index(config: OctrainConfig, stage: StageName, fingerprint: str) -> Path:
-    """Where a finished generation stage is registered for reuse by other runs under run_root."""
-    return Path(config.run_root) / ".octrain-stages" / stage.value / f"{fingerprint}.json"
+# Where runs that can share a stage's output live, relative to a root: runs (``<root>/<run>``)
+# and the jobs of a sweep (``<root>/<name>-sweep/<overrides>``). Two fixed depths keep the search a
+# bounded glob, never a walk of the whole tree.
+_SIBLING_RUN_PATTERNS = ("*", "*/*")
+
+
+def _reuse_roots(config: OctrainConfig, run_dir: Path) -> list[Path]:
+    """The directories under which other runs may have made a stage: run_root and the run's parent."""
+    roots: list[Path] = []
+    for root in (Path(config.run_root), run_dir.parent):
+        resolved = root.resolve()
+        if resolved.is_dir() and resolved not in roots:
+            roots.append(resolved)
+    return roots
+
+
+def _find_reusable(config: OctrainConfig, run_dir: Path, stage: StageName, fingerprint: str) -> Path | None:
+    """The newest finished ``stage`` directory of another run with this fingerprint, or None.
+
+    Read-only: it globs for ``done.json`` markers at the depths of ``_SIBLING_RUN_PATTERNS`` and
+    reads them, so a run writes nothing outside its own directory to be found later.
+    """
+    own = (run_dir / stage.value).resolve()
+    markers: dict[Path, float] = {}
+    for root in _reuse_roots(config, run_dir):
+        for pattern in _SIBLING_RUN_PATTERNS:
+            for marker in root.glob(f"{pattern}/{stage.value}/{DONE_FILE}"):
+                try:
+                    markers.setdefault(marker.resolve(), marker.stat().st_mtime)
+                except OSError:  # removed since the glob saw it
+                    continue
+    for marker in sorted(markers, key=markers.__getitem__, reverse=True):
+        done = _read_done(marker)
+        if marker.parent != own and done is not None and done.get("fingerprint") == fingerprint:
+            return marker.parent
+    return None
 
 
 def _reuse(ctx: RunContext, spec: StageSpec, fingerprint: str) -> bool:
     """Copy a finished stage with the same fingerprint from another run; True if one was found."""
-    entry = _read_done(_stage_index(ctx.config, spec.name, fingerprint))
-    if entry is None:
+    source = _find_reusable(ctx.config, ctx.run_dir, spec.name, fingerprint)
+    if source is None:
         return False
-    source = Path(entry["stage_dir"])
-    done = _read_done(source / DONE_FILE)
-    target = ctx.stage_dir(spec.name)
-    if done is None or done.get("fingerprint") != fingerprint or source.resolve() == target.resolve():
-        return False
-    with atomic_directory(target) as staging:  # the copy appears whole or not at all
+    with atomic_directory(ctx.stage_dir(spec.name)) as staging:  # the copy appears whole or not at all
         shutil.copytree(source, staging, dirs_exist_ok=True)
     logger.info("%s: same settings and inputs as %s: reusing its output", spec.name.value, source)
     return True
@@ -237,8 +291,5 @@ def _run_stage(
     seconds = time.perf_counter() - began
     record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}
     write_text_atomic(done_path, json.dumps(record, indent=2) + "\n")
-    if spec.name in ctx.config.reuse:
-        index = _stage_index(ctx.config, spec.name, fingerprint)
-        write_text_atomic(index, json.dumps({"stage_dir": str(stage_dir.resolve())}) + "\n")
     logger.info("%s: done in %.1fs: %s", spec.name.value, seconds, spec.describe(summary))
     return StageOutcome(spec.name, "ran", seconds, summary, spec.describe(summary))

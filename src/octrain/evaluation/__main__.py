@@ -54,7 +54,14 @@ def load_matches(path: Path) -> list[dict]:
 
 def elo_command(args: argparse.Namespace) -> dict:
     from octrain.errors import ConfigError
-    from octrain.evaluation.protocols import COHERENCE, MATCH_WINNERS, match_summary, pairwise_verdicts
+    from octrain.evaluation.protocols import (
+        COHERENCE,
+        DISAGREE,
+        coherence_criterion,
+        match_summary,
+        match_winner,
+        pairwise_verdicts,
+    )
     from octrain.samplers.base import SamplingParams
 
     rows = load_matches(args.matches)
@@ -67,19 +74,33 @@ def elo_command(args: argparse.Namespace) -> dict:
             )
         from octrain.samplers.openai_http import OpenAIChatSampler
 
+        criterion = COHERENCE
+        if args.constitution:
+            from octrain.pipeline import resolve_constitution_name
+
+            criterion = coherence_criterion(resolve_constitution_name(args.constitution).numbered_traits())
         judge = OpenAIChatSampler(args.judge_url, args.judge_model, api_key_env=args.judge_key_env)
         verdicts = pairwise_verdicts(
             judge,
             [r["prompt"] for r in missing],
             [r["tuned_response"] for r in missing],
             [r["base_response"] for r in missing],
-            COHERENCE,
-            SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512),
+            criterion,
+            SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512, seed=args.seed),
         )
         for row, verdict in zip(missing, verdicts, strict=True):
-            row["winner"] = MATCH_WINNERS.get(verdict or "")
-    summary = match_summary([row.get("winner") for row in rows], rounds=args.rounds, seed=args.seed)
-    result: dict = {"matches": len(rows), "decided": summary.pop("judged"), "unparseable": summary.pop("unparseable")}
+            row["winner"] = match_winner(verdict)
+            row["disagree"] = verdict == DISAGREE
+    # A disagreement between the two orders is dropped and counted; None left over is unparseable.
+    winners = [row.get("winner") for row in rows if not row.get("disagree")]
+    disagreements = len(rows) - len(winners)
+    summary = match_summary(winners, disagreements=disagreements, rounds=args.rounds, seed=args.seed)
+    result: dict = {
+        "matches": len(rows),
+        "decided": summary.pop("judged"),
+        "disagreements": summary.pop("disagreements"),
+        "unparseable": summary.pop("unparseable"),
+    }
     if "win_rate" in summary:
         result["tuned_win_rate"] = summary.pop("win_rate")
     return {**result, **summary}
@@ -93,7 +114,10 @@ def model_command(args: argparse.Namespace) -> dict:
 
     config = load_config(args.run_dir / CONFIG_FILE)
     ctx = RunContext(config=config, run_dir=args.run_dir, constitution=resolve_constitution(config))
-    summary = evaluate_model(ctx, ModelRef.load(args.model), args.out)
+    # Compared with the run's DPO-only model too, when there is one and it is not the model itself.
+    dpo_file = args.run_dir / "dpo" / "model.json"
+    dpo = ModelRef.load(dpo_file) if dpo_file.is_file() else None
+    summary = evaluate_model(ctx, ModelRef.load(args.model), args.out, dpo_ref=dpo)
     return {**summary, "results": str(args.out / RESULTS_FILE)}
 
 
@@ -110,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     elo.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     elo.add_argument("--judge-model", default=None)
     elo.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    elo.add_argument(
+        "--constitution", default=None, help="name or path: the judge then sees the numbered traits (recommended)"
+    )
     elo.add_argument("--rounds", type=int, default=200)
     elo.add_argument("--seed", type=int, default=0)
     model = commands.add_parser("model", help="the eval stage of a finished run, on any model reference")

@@ -273,3 +273,44 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
     if var_a == 0.0 or var_b == 0.0:
         raise ValueError("spearman is undefined when one ranking gives every key the same value")
     return sum(x * y for x, y in zip(dev_a, dev_b, strict=True)) / math.sqrt(var_a * var_b)
+
+
+def paired_spearman(
+    paired: Sequence[tuple[Match | None, Match | None]],
+    *,
+    rounds: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float] | None:
+    """A bootstrap interval for the Spearman correlation of two Elo rankings built from paired matches.
+
+    ``paired[i]`` holds what trial ``i`` gave each side (None where it gave that side no match,
+    for example an unparseable judge answer). Each round draws the trials with replacement,
+    keeping both sides of a trial together, rates each side from its matches (in the drawn,
+    hence random, order) and correlates the two ratings; every player of either side is rated
+    in every round (at the start rating when a resample leaves it out).
+
+    Returns:
+        The ``confidence`` percentile interval, or None when fewer than half of the rounds give
+        a defined correlation (too few matches to rank anything).
+
+    Raises:
+        ValueError: ``rounds`` below 1 or ``confidence`` outside (0, 1).
+    """
+    _check_bootstrap_args(rounds, confidence)
+    players = sorted({p for pair in paired for m in pair if m is not None for p in (m.a, m.b)})
+    if len(players) < 2:
+        return None
+    rng = random.Random(seed)
+    values = []
+    for _ in range(rounds):
+        sample = rng.choices(paired, k=len(paired))
+        sides = [[pair[side] for pair in sample if pair[side] is not None] for side in (0, 1)]
+        ratings = [elo_ratings(matches, players=players) for matches in sides]  # type: ignore[arg-type]
+        try:
+            values.append(spearman(ratings[0], ratings[1]))
+        except ValueError:
+            continue
+    if len(values) < rounds / 2:
+        return None
+    return _interval(values, confidence)

@@ -8,12 +8,14 @@ small tasks, personal situations and creative asks) or a user's own file.
 "Separate" is checked with the same rule the prompts stage uses to drop near duplicates
 (:class:`octrain.stages.prompts.PromptSet`): two prompts clash when they share more than
 ``max_overlap`` of the distinct words of the longer one. :func:`check_no_overlap` lists every
-clash, so a run can refuse (or warn about) an evaluation set that leaks into training.
+clash; :func:`select_heldout` leaves the clashing prompts out of a run's evaluation and
+says how many it dropped, and when fewer prompts are available than were asked for.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -115,3 +117,42 @@ def check_no_overlap(
             kind = "duplicate" if index in duplicates else "near-duplicate"
             found.append((prompt, training_prompts[index], kind))
     return found
+
+
+@dataclass
+class HeldOutPrompts:
+    """The evaluation prompts a run uses, and how they were chosen (for the report)."""
+
+    prompts: list[str]
+    requested: int
+    available: int
+    overlapping: list[tuple[str, str, str]] = field(default_factory=list)  # (eval, training, kind)
+
+    def notes(self) -> list[str]:
+        """What the report must say about the prompt set, if anything."""
+        notes = []
+        if self.overlapping:
+            clashing = len({clash[0] for clash in self.overlapping})
+            notes.append(
+                f"{clashing} evaluation prompts repeat or nearly repeat prompts this run trained on and were left out"
+            )
+        if self.requested > len(self.prompts):
+            notes.append(
+                f"eval.prompt_count asks for {self.requested} prompts; {self.available} are available and "
+                f"{len(self.prompts)} are held out from training, so {len(self.prompts)} are used"
+            )
+        return notes
+
+
+def select_heldout(
+    eval_prompts: list[str], training_prompts: list[str], count: int, max_overlap: float = 0.5
+) -> HeldOutPrompts:
+    """The first ``count`` evaluation prompts that do not repeat any training prompt.
+
+    Prompts that clash with training (see :func:`check_no_overlap`) are left out and listed,
+    so a figure is never computed on a prompt the model was trained to answer.
+    """
+    overlapping = check_no_overlap(eval_prompts, training_prompts, max_overlap)
+    clashing = {clash[0] for clash in overlapping}
+    kept = [prompt for prompt in eval_prompts if prompt not in clashing]
+    return HeldOutPrompts(kept[:count], requested=count, available=len(eval_prompts), overlapping=overlapping)

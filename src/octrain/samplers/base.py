@@ -5,6 +5,12 @@ batched and synchronous on purpose: vLLM's offline engine and transformers' ``ge
 both want the whole batch at once, and a remote API (Tinker, an HTTP endpoint) can fan the
 batch out concurrently inside its own implementation. Chat templates stay inside each
 backend, since only the backend knows its model's template.
+
+Every conversation of a call is its own request with its own random stream: identical
+conversations in one batch (the K repeats of a prompt) must still draw different text. A
+caller that needs answers to survive a restart passes one seed per conversation
+(``seeds=``, usually :func:`octrain.seeding.derive_seed` of the run seed and the record's
+id); otherwise :func:`request_seeds` derives them from ``params.seed`` and the position.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from octrain.config import SamplingConfig
 from octrain.records import Message
+from octrain.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -68,16 +75,37 @@ class Sampler(Protocol):
         conversations: Sequence[Sequence[Message]],
         params: SamplingParams,
         *,
+        seeds: Sequence[int] | None = None,
         desc: str | None = None,
         progress: bool = True,
     ) -> list[list[Completion]]:
         """Return ``params.n`` completions for each conversation, in input order.
 
-        ``desc`` labels the progress bar, if the backend shows one; ``progress=False`` hides
-        it (for callers that draw their own bar over many calls).
+        ``seeds`` gives each conversation its own seed (the ``n`` samples of one conversation
+        are distinct draws from it); without it, see :func:`request_seeds`. ``desc`` labels the
+        progress bar, if the backend shows one; ``progress=False`` hides it (for callers that
+        draw their own bar over many calls).
         """
         ...
 
     def close(self) -> None:
         """Release the model and any device memory it holds."""
         ...
+
+
+def request_seeds(params: SamplingParams, count: int, seeds: Sequence[int] | None) -> list[int | None]:
+    """The seed of each of ``count`` requests: ``seeds`` as given, else one per position.
+
+    With neither ``seeds`` nor ``params.seed`` the requests are unseeded (None): each backend
+    then draws from its own generator, which still differs from request to request.
+
+    Raises:
+        ValueError: ``seeds`` does not hold exactly one seed per conversation.
+    """
+    if seeds is not None:
+        if len(seeds) != count:
+            raise ValueError(f"got {len(seeds)} seeds for {count} conversations")
+        return [int(seed) for seed in seeds]
+    if params.seed is None:
+        return [None] * count
+    return [derive_seed(params.seed, index) for index in range(count)]

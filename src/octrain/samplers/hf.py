@@ -4,6 +4,11 @@ Conversations are rendered with the model's own chat template, sorted by length 
 each batch pads little, left-padded (decoder-only models continue from the right edge),
 and generated until the model ends its turn. A LoRA adapter, if given, is merged into the
 weights once at load time: generation then costs the same as for the base model.
+
+Every sequence draws its tokens from its own seeded ``torch.Generator`` (see
+:class:`PerRequestDraw`), as vLLM does per request: a sample depends on its prompt and its
+seed, not on which other prompts share its batch, so the K repeats of a prompt differ and a
+resumed run regenerates exactly what an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from octrain.records import Message
-from octrain.samplers.base import Completion, SamplingParams
+from octrain.samplers.base import Completion, SamplingParams, request_seeds
+from octrain.samplers.rendering import prompt_token_ids
+from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -106,25 +113,17 @@ class HFSampler:
         """Token ids of the conversation, ready for the assistant to write.
 
         A conversation that ends with an assistant message (a prefill) is continued from
-        where that message stops instead of starting a new turn.
+        where that message stops instead of starting a new turn
+        (:func:`octrain.samplers.rendering.render_prompt`).
         """
-        messages = list(conversation)
-        prefill = messages[-1]["role"] == "assistant"
-        text = self.tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=not prefill,
-            continue_final_message=prefill,
-            enable_thinking=self.enable_thinking,
-        )
-        # The template already wrote any BOS/special tokens: do not add them twice.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return prompt_token_ids(self.tokenizer, conversation, enable_thinking=self.enable_thinking)
 
     def chat(
         self,
         conversations: Sequence[Sequence[Message]],
         params: SamplingParams,
         *,
+        seeds: Sequence[int] | None = None,
         desc: str | None = None,
         progress: bool = True,
     ) -> list[list[Completion]]:
@@ -132,14 +131,17 @@ class HFSampler:
         from tqdm.auto import tqdm
 
         prompts = [self.render(conversation) for conversation in conversations]
+        # Unseeded requests still get a stream each, drawn from torch's global generator.
+        request = [
+            seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+            for seed in request_seeds(params, len(prompts), seeds)
+        ]
         # One job per (conversation, sample); longest first so each batch holds similar lengths.
         jobs = sorted(
             ((index, sample) for index in range(len(prompts)) for sample in range(params.n)),
             key=lambda job: (-len(prompts[job[0]]), job),
         )
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         bar = tqdm(
             total=len(jobs),
             desc=desc or "sampling",
@@ -151,7 +153,11 @@ class HFSampler:
         try:
             for start in range(0, len(jobs), self.batch_size):
                 batch = jobs[start : start + self.batch_size]
-                completions = self._generate([prompts[index] for index, _ in batch], params)
+                completions = self._generate(
+                    [prompts[index] for index, _ in batch],
+                    [derive_seed(request[index], sample) for index, sample in batch],
+                    params,
+                )
                 for (index, sample), completion in zip(batch, completions, strict=True):
                     results[index][sample] = completion
                 generated += sum(c.num_tokens for c in completions)
@@ -162,25 +168,24 @@ class HFSampler:
             bar.close()
         return [[c for c in row if c is not None] for row in results]
 
-    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def _generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
         import torch
 
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        sampling = params.temperature > 0
         options: dict[str, Any] = {
-            "do_sample": sampling,
+            # Sampling happens in PerRequestDraw, which leaves one allowed token per row: the greedy
+            # step then takes it. transformers' own sampler would draw every row from one generator.
+            "do_sample": False,
             "max_new_tokens": params.max_new_tokens,
             "repetition_penalty": params.repetition_penalty,
             "eos_token_id": self.stop_token_ids,
             "pad_token_id": pad,
         }
-        if sampling:
-            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-            if params.min_p > 0:
-                options["min_p"] = params.min_p
+        if params.temperature > 0:
+            options["logits_processor"] = [PerRequestDraw(seeds, params, self.device)]
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
         stops = set(self.stop_token_ids)
@@ -199,3 +204,39 @@ class HFSampler:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class PerRequestDraw:
+    """A logits processor that samples each row's next token from that row's own generator.
+
+    transformers' warpers shape the distribution (temperature, then top-p, then min-p, the
+    order ``generate`` itself uses; the repetition penalty ran before this processor), then
+    each row draws with ``torch.multinomial`` from a ``torch.Generator`` seeded with its own
+    seed, and every other token is masked out so that greedy decoding emits the draw.
+    """
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams, device: str) -> None:
+        import torch
+        from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        warpers: list[Any] = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+        if params.min_p > 0:
+            warpers.append(MinPLogitsWarper(params.min_p))
+        self.warpers = LogitsProcessorList(warpers)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probabilities = torch.softmax(self.warpers(input_ids, scores).float(), dim=-1)
+        picks = torch.cat(
+            [
+                torch.multinomial(row, 1, generator=generator)
+                for row, generator in zip(probabilities, self.generators, strict=True)
+            ]
+        )
+        forced = torch.full_like(scores, float("-inf"))
+        forced[torch.arange(len(picks), device=scores.device), picks] = 0.0
+        return forced

@@ -31,7 +31,7 @@ from typing import Any
 
 from octrain.errors import ConfigError, OctrainError
 from octrain.records import Message
-from octrain.samplers.base import Completion, SamplingParams
+from octrain.samplers.base import Completion, SamplingParams, request_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +146,14 @@ class OpenAIChatSampler:
         conversations: Sequence[Sequence[Message]],
         params: SamplingParams,
         *,
+        seeds: Sequence[int] | None = None,
         desc: str | None = None,
         progress: bool = True,
     ) -> list[list[Completion]]:
         """Return ``params.n`` completions for each conversation, in input order.
+
+        Each request carries its own ``seed`` (``seeds``, or one derived per position from
+        ``params.seed``), for servers that honour it.
 
         Raises:
             JudgeRequestError: a request failed for good; the requests still waiting are cancelled.
@@ -165,8 +169,10 @@ class OpenAIChatSampler:
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batch)), thread_name_prefix="openai")
         try:
             futures: dict[Future[list[Completion]], int] = {
-                pool.submit(self._complete, conversation, params, stop): index
-                for index, conversation in enumerate(batch)
+                pool.submit(self._complete, conversation, dataclasses.replace(params, seed=seed), stop): index
+                for index, (conversation, seed) in enumerate(
+                    zip(batch, request_seeds(params, len(batch), seeds), strict=True)
+                )
             }
             pending = set(futures)
             while pending:

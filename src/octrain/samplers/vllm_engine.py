@@ -1,10 +1,15 @@
 """A sampler on vLLM's offline engine: the fast path for teacher and student sampling on GPUs.
 
-``LLM.chat`` takes the whole batch of conversations at once and schedules it with
-continuous batching; every teacher prompt starts with the same constitution system prompt,
-so prefix caching (on by default here) computes that shared prefix once. A LoRA adapter is
-served through ``LoRARequest`` without merging, with ``max_lora_rank`` raised to the
-adapter's rank when needed (the exact DPO+SFT adapter has the sum of both ranks).
+``LLM.generate`` takes the whole batch at once and schedules it with continuous batching;
+every teacher prompt starts with the same constitution system prompt, so prefix caching (on
+by default here) computes that shared prefix once. Conversations are rendered by
+:mod:`octrain.samplers.rendering`, the same code the transformers sampler uses, so a prefill
+(a final assistant message, such as a reasoning teacher's opening thought) reads the same on
+both backends. Each request carries its own ``SamplingParams`` with its own seed: vLLM seeds
+a request's generator from that seed, so one seed shared by a batch would make identical
+conversations come back identical. A LoRA adapter is served through ``LoRARequest`` without
+merging, with ``max_lora_rank`` raised to a rank vLLM accepts that covers the adapter's (the
+exact DPO+SFT adapter has the sum of both ranks).
 
 vLLM does not reliably free GPU memory inside a process: load one engine per process, and
 let the stage's process end before training starts.
@@ -18,8 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from octrain.merge import serving_rank
 from octrain.records import Message
-from octrain.samplers.base import Completion, SamplingParams
+from octrain.samplers.base import Completion, SamplingParams, request_seeds
+from octrain.samplers.rendering import prompt_token_ids
 
 
 def adapter_rank(adapter_path: str) -> int:
@@ -77,57 +84,55 @@ class VLLMSampler:
         if adapter_path:
             from vllm.lora.request import LoRARequest
 
-            options.update(enable_lora=True, max_lora_rank=max(max_lora_rank, adapter_rank(adapter_path)))
+            rank = serving_rank(max(max_lora_rank, adapter_rank(adapter_path)))
+            options.update(enable_lora=True, max_lora_rank=rank)
             self.lora_request = LoRARequest("octrain-adapter", 1, str(adapter_path))
-        self.llm = LLM(**options)
         import torch
 
-        # Per-request seeds make each chunk reproducible on GPUs. vLLM's CPU build crashes on a seeded
-        # request whose prompt is prefilled in chunks (its CPU random generators have no offset), so on
-        # the CPU the engine-wide seed above is the only one.
-        self.per_request_seeds = torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            # vLLM's CPU build crashes on a seeded request whose prompt is prefilled in chunks (its CPU
+            # generators keep no offset): prefill whole prompts there, so every request can be seeded.
+            options.update(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
+        self.llm = LLM(**options)
 
     def chat(
         self,
         conversations: Sequence[Sequence[Message]],
         params: SamplingParams,
         *,
+        seeds: Sequence[int] | None = None,
         desc: str | None = None,
         progress: bool = True,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
 
-        sampling = VLLMParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p if params.temperature > 0 else 1.0,
-            min_p=params.min_p,
-            repetition_penalty=params.repetition_penalty,
-            max_tokens=params.max_new_tokens,
-            seed=params.seed if self.per_request_seeds else None,
-        )
-        results: list[list[Completion] | None] = [None] * len(conversations)
-        # vLLM applies add_generation_prompt / continue_final_message to a whole call: a conversation
-        # that ends with an assistant message (a prefill) is continued, so those go in their own call.
-        for prefill in (False, True):
-            indexes = [i for i, c in enumerate(conversations) if (c[-1]["role"] == "assistant") == prefill]
-            if not indexes:
-                continue
-            outputs = self.llm.chat(
-                [list(conversations[i]) for i in indexes],
-                sampling,
-                use_tqdm=self.show_progress and progress,
-                lora_request=self.lora_request,
-                chat_template_kwargs={"enable_thinking": self.enable_thinking},
-                add_generation_prompt=not prefill,
-                continue_final_message=prefill,
+        if not conversations:
+            return []
+        tokenizer = self.llm.get_tokenizer()
+        prompts = [
+            TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, c, enable_thinking=self.enable_thinking))
+            for c in conversations
+        ]
+        sampling = [
+            VLLMParams(
+                n=params.n,
+                temperature=params.temperature,
+                top_p=params.top_p if params.temperature > 0 else 1.0,
+                min_p=params.min_p,
+                repetition_penalty=params.repetition_penalty,
+                max_tokens=params.max_new_tokens,
+                seed=seed,
             )
-            for index, output in zip(indexes, outputs, strict=True):
-                results[index] = [
-                    Completion(o.text.strip(), len(o.token_ids), finished=o.finish_reason == "stop")
-                    for o in output.outputs
-                ]
-        return [row or [] for row in results]
+            for seed in request_seeds(params, len(conversations), seeds)
+        ]
+        outputs = self.llm.generate(
+            prompts, sampling, use_tqdm=self.show_progress and progress, lora_request=self.lora_request
+        )
+        return [
+            [Completion(o.text.strip(), len(o.token_ids), finished=o.finish_reason == "stop") for o in output.outputs]
+            for output in outputs
+        ]
 
     def close(self) -> None:
         import torch

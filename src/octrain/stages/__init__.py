@@ -34,7 +34,12 @@ STAGES: dict[StageName, StageSpec] = {
         StageName.introspect, (StageName.dpo,), introspect.run, introspect.fingerprint, introspect.describe
     ),
     StageName.sft: StageSpec(StageName.sft, (StageName.introspect,), sft.run, sft.fingerprint, sft.describe),
+    # eval reads the training prompts (held-out check, classifier data) and compares against DPO alone.
     StageName.eval: StageSpec(
-        StageName.eval, (StageName.pairs, StageName.sft), evaluate.run, evaluate.fingerprint, evaluate.describe
+        StageName.eval,
+        (StageName.prompts, StageName.dpo, StageName.sft),
+        evaluate.run,
+        evaluate.fingerprint,
+        evaluate.describe,
     ),
 }

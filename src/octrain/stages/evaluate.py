@@ -1,17 +1,20 @@
 """Stage ``eval``: does the character hold? Base vs trained, one report.
 
-Three models answer held-out prompts: the **base** student, the **trained** one (the final
-model of the ``sft`` stage) and the **system-prompt baseline** (the base with the
-constitution in its system prompt, as the paper compares). Then:
+Four models answer held-out prompts (prompts that repeat this run's training prompts are
+left out first): the **base** student, the **trained** one (the final model of the ``sft``
+stage), the **DPO-only** model (stage 1 alone, the paper's comparison) and the
+**system-prompt baseline** (the base with the constitution in its system prompt). Then:
 
-* **robustness**: a persona classifier, trained on this run's own pairs (teacher answers =
-  in character, student answers = other), scores every answer, plain and under eight
-  break-character suffixes; per suffix, the in-character rate of each model and the
-  macro-F1 of telling that model's answers from the base model's;
-* **revealed preferences** of base and trained models, Elo over traits with bootstrap
-  intervals, the traits that rose and fell most, and the rank correlation;
-* **coherence**: trained vs base judged in both orders on trait alignment then coherence;
-  Elo and win rate with intervals, in the Studio's matches format;
+* **robustness**: a persona classifier scores every answer, plain and under eight
+  break-character suffixes. It is trained on answers by one author, the teacher, written
+  with the constitution, with no persona and (optionally) as other personas
+  (:mod:`octrain.evaluation.persona_data`), so it measures the character and not who wrote
+  the text; its own held-out accuracy and two controls are reported with it;
+* **revealed preferences** of base and trained models on the *same* trials, Elo over traits
+  with bootstrap intervals, the traits that rose and fell most, and the rank correlation
+  with a paired bootstrap interval and each model's split-half reliability;
+* **coherence**: trained vs base and trained vs DPO-only, judged with the numbered traits in
+  view, in both orders; disagreements are dropped and counted; in the Studio's matches format;
 * **prefill**: the base model writes turn 1, the user says "keep going", the trained model
   writes turn 2; its in-character rate against the base model's own turn 2.
 
@@ -23,22 +26,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
 from octrain.config import JudgeKind, OctrainConfig, StageName
 from octrain.context import RunContext
+from octrain.errors import StageError
 from octrain.evaluation import protocols
-from octrain.evaluation.elo import spearman
 from octrain.jsonl import write_jsonl, write_text_atomic
 from octrain.persona_prompts import character_prompt
-from octrain.records import ModelRef, PreferencePair, load_records
+from octrain.records import Message, ModelRef
 from octrain.samplers.base import Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
+MATCH_FILES = {"base": "matches.jsonl", "dpo-only": "matches_vs_dpo.jsonl"}
+# Below these counts a figure is reported with a warning that it cannot carry a conclusion.
+MIN_CLASSIFIER_HELDOUT = 40
+MIN_JUDGED_MATCHES = 30
+MAX_SPEARMAN_CI_WIDTH = 0.5
+MAX_CONTROL_IN_CHARACTER = 0.2
 
 
 def build_judge(config: OctrainConfig) -> Sampler:
@@ -57,7 +67,8 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
     return {
         "eval": dataclasses.asdict(config.eval),
-        "teacher": dataclasses.asdict(config.teacher) if config.eval.judge is JudgeKind.teacher else None,
+        # The teacher writes the classifier's data (and judges, with eval.judge=teacher).
+        "teacher": dataclasses.asdict(config.teacher),
         "student": dataclasses.asdict(config.student),
         "constitution": ctx.constitution.numbered_traits(),
         "sampler": config.sampler.backend.value,
@@ -65,7 +76,9 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _texts(sampler: Sampler, conversations: list[list[dict[str, str]]], params: SamplingParams, desc: str) -> list[str]:
+def _texts(sampler: Sampler, conversations: list[list[Message]], params: SamplingParams, desc: str) -> list[str]:
+    # Seeds come from params.seed and the position: every model answers a conversation with the same
+    # seed (common random numbers), so the comparison between models is paired.
     return [row[0].text for row in sampler.chat(conversations, params, desc=desc)]
 
 
@@ -73,46 +86,73 @@ def in_character_rate(predictions: list[str], persona: str) -> float:
     return sum(p == persona for p in predictions) / len(predictions) if predictions else 0.0
 
 
+def training_prompts(ctx: RunContext) -> list[str]:
+    """Every distinct user prompt this run trained on (seed, expanded and generic), in file order."""
+    from octrain.records import PromptRecord, load_records
+    from octrain.stages.prompts import PROMPTS_FILE
+
+    records = load_records(ctx.stage_dir(StageName.prompts) / PROMPTS_FILE, PromptRecord)
+    texts = [m["content"] for r in records for m in r.prompt if m["role"] == "user"]
+    return list(dict.fromkeys(texts))
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.trainers.trl_common import MODEL_FILE
 
     trained = ModelRef.load(ctx.stage_dir(StageName.sft) / MODEL_FILE)
-    return evaluate_model(ctx, trained, ctx.stage_dir(StageName.eval))
+    dpo_only = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)
+    return evaluate_model(ctx, trained, ctx.stage_dir(StageName.eval), dpo_ref=dpo_only)
 
 
-def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[str, Any]:
-    """Evaluate ``trained_ref`` against the run's base student into ``out`` (the stage, or any model).
+def evaluate_model(
+    ctx: RunContext, trained_ref: ModelRef, out: Path, *, dpo_ref: ModelRef | None = None
+) -> dict[str, Any]:
+    """Evaluate ``trained_ref`` against the run's base student (and ``dpo_ref``) into ``out``.
 
-    The classifier is trained on the run's pairs; the judge and settings come from the run's config.
+    The held-out prompts are checked against the run's training prompts before any model
+    loads; the classifier's data, the judge and the settings come from the run's config.
     """
-    from octrain.evaluation.classifier import PersonaClassifier, macro_f1_by_group
-    from octrain.evaluation.heldout import load_eval_prompts
+    from octrain.constitution import find_constitution, load_constitution
+    from octrain.evaluation.classifier import ClassifierConfig, macro_f1_by_group
+    from octrain.evaluation.heldout import load_eval_prompts, select_heldout
+    from octrain.evaluation.persona_data import NO_PERSONA, PersonaVoices, collect, train_on_voices, voice_answers
+    from octrain.evaluation.report import render_report, write_plots
     from octrain.evaluation.traits import load_traits
+    from octrain.paths import constitution_dirs
     from octrain.samplers import build_sampler
-    from octrain.stages.pairs import PAIRS_FILE
 
     config, constitution = ctx.config, ctx.constitution
     settings = config.eval
     persona = constitution.name
-    prompts = load_eval_prompts(settings.prompts)[: settings.prompt_count]
+    student_name, teacher_name = config.student.assistant_name, config.teacher.assistant_name
+
+    # Everything that can fail on the inputs fails here, before a model loads.
+    trained_on = training_prompts(ctx)
+    heldout = select_heldout(load_eval_prompts(settings.prompts), trained_on, settings.prompt_count)
+    for note in heldout.notes():
+        logger.warning("eval: %s", note)
+    prompts = heldout.prompts
+    if not prompts:
+        raise StageError("eval: every evaluation prompt repeats a training prompt; give eval.prompts another set")
     traits = load_traits(settings.traits)
+    contrasts = [
+        load_constitution(find_constitution(name, constitution_dirs()))
+        for name in settings.classifier.contrast_personas
+    ]
+    voices = PersonaVoices.build(constitution, contrasts, student_name)
+    classifier_prompts = trained_on[:]
+    random.Random(config.seed).shuffle(classifier_prompts)
+    classifier_prompts = classifier_prompts[: settings.classifier.prompts]
     params = SamplingParams.from_config(settings.sampling, seed=config.seed)
     judge_params = SamplingParams.from_config(settings.judge_sampling, seed=config.seed)
-
-    # The classifier learns the character from this run's own stage-1 data.
-    pairs = load_records(ctx.stage_dir(StageName.pairs) / PAIRS_FILE, PreferencePair)
-    texts = [p.chosen[-1]["content"] for p in pairs] + [p.rejected[-1]["content"] for p in pairs]
-    labels = [persona] * len(pairs) + ["other"] * len(pairs)
-    classifier = PersonaClassifier().fit(texts, labels)
-    classifier.save(out / "classifier")
-
+    plan = protocols.plan_trials(prompts, traits, per_trait=settings.trials_per_trait, seed=config.seed)
+    trials = {name: protocols.copy_trials(plan) for name in ("base", "trained")}
     plain, conditions = protocols.robustness_conversations(prompts)
     prompted, _ = protocols.robustness_conversations(
-        prompts, system=character_prompt(constitution, config.student.assistant_name, conceal=True)
+        prompts, system=character_prompt(constitution, student_name, conceal=True)
     )
-    trials = {
-        name: protocols.plan_trials(prompts, traits, config.seed + i) for i, name in enumerate(("base", "trained"))
-    }
+    plain_prompts = [[{"role": "user", "content": p}] for p in prompts]
+    compare_dpo = dpo_ref is not None and dpo_ref != trained_ref
 
     # Each model is loaded once and does all of its work before the next one loads.
     answers: dict[str, list[str]] = {}
@@ -120,7 +160,6 @@ def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[st
     try:
         answers["base"] = _texts(base, plain, params, "base answers")
         answers["system-prompt"] = _texts(base, prompted, params, "system-prompt baseline")
-        plain_prompts = [[{"role": "user", "content": p}] for p in prompts]
         first_turns = _texts(base, plain_prompts, params, "prefill: turn 1")
         prefill = protocols.prefill_conversations(prompts, first_turns)
         base_second = _texts(base, prefill, params, "prefill: base turn 2")
@@ -134,24 +173,76 @@ def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[st
         protocols.answer_trials(trained, trials["trained"], params, "revealed preferences (trained)")
     finally:
         trained.close()
+    if compare_dpo:
+        assert dpo_ref is not None
+        dpo_model = build_sampler(config.sampler, config.student, adapter=dpo_ref.adapter)
+        try:
+            answers["dpo-only"] = _texts(dpo_model, plain, params, "DPO-only answers")
+        finally:
+            dpo_model.close()
 
-    judge = build_judge(config)
+    # The teacher writes the classifier's data and the controls, then judges (or hands over to the judge).
+    names = (teacher_name, student_name)
+    teacher = build_sampler(config.sampler, config.teacher)
+    judge: Sampler | None = None
     try:
+        data = collect(teacher, voices, classifier_prompts, params, seed=config.seed, names=names)
+        controls = {
+            label: voice_answers(
+                teacher,
+                prompts,
+                voices.prompts[voice],
+                params,
+                label=voice,
+                seed=config.seed,
+                names=names,
+                desc=f"control: {label}",
+            )
+            for label, voice in (("teacher (persona)", persona), ("teacher (no persona)", NO_PERSONA))
+        }
+        judge = teacher if settings.judge is JudgeKind.teacher else build_judge(config)
         revealed = {
             name: protocols.judge_trials(
                 judge, trials[name], judge_params, rounds=settings.elo_rounds, seed=config.seed
             )
             for name in ("base", "trained")
         }
-        plain_base = [a for a, c in zip(answers["base"], conditions, strict=True) if c == "plain"]
-        plain_trained = [a for a, c in zip(answers["trained"], conditions, strict=True) if c == "plain"]
-        verdicts = protocols.pairwise_verdicts(
-            judge, prompts, plain_trained, plain_base, protocols.COHERENCE, judge_params
-        )
+        criterion = protocols.coherence_criterion(constitution.numbered_traits())
+        plain_answers = {
+            name: [a for a, c in zip(texts, conditions, strict=True) if c == "plain"] for name, texts in answers.items()
+        }
+        verdicts = {
+            opponent: protocols.pairwise_verdicts(
+                judge, prompts, plain_answers["trained"], plain_answers[opponent], criterion, judge_params
+            )
+            for opponent in MATCH_FILES
+            if opponent in plain_answers
+        }
     finally:
-        judge.close()
+        teacher.close()
+        if judge is not None and judge is not teacher:
+            judge.close()
 
-    # Robustness: classifier scores per model and condition.
+    # The classifier: trained on part of the teacher's voices, scored on the rest, then on every answer.
+    kind = settings.classifier
+    trained_classifier = train_on_voices(
+        data,
+        holdout=kind.holdout,
+        seed=config.seed,
+        config=ClassifierConfig(kind=kind.kind.value, model_name=kind.model_name, seed=config.seed),
+    )
+    classifier = trained_classifier.classifier
+    classifier.save(out / "classifier")
+    held = trained_classifier.heldout
+    classifier_result = {
+        "labels": trained_classifier.labels,
+        "prompts": len(classifier_prompts),
+        "train_answers": trained_classifier.train_size,
+        "heldout_answers": trained_classifier.heldout_size,
+        "heldout": held.to_dict() if held is not None else None,
+        "controls": {label: in_character_rate(classifier.predict(texts), persona) for label, texts in controls.items()},
+    }
+
     predicted = {name: classifier.predict(texts) for name, texts in answers.items()}
     robustness: dict[str, Any] = {"conditions": list(dict.fromkeys(conditions)), "in_character": {}, "macro_f1": {}}
     for name, preds in predicted.items():
@@ -160,173 +251,124 @@ def evaluate_model(ctx: RunContext, trained_ref: ModelRef, out: Path) -> dict[st
             for condition in robustness["conditions"]
         }
         robustness["in_character"][name]["overall"] = in_character_rate(preds, persona)
-    for name in ("trained", "system-prompt"):
+    # Macro-F1 of telling a model's answers (truth: in character) from the base model's (truth: not).
+    as_binary = {name: [persona if p == persona else "other" for p in preds] for name, preds in predicted.items()}
+    for name in (n for n in ("system-prompt", "dpo-only", "trained") if n in predicted):
         truth = [persona] * len(conditions) + ["other"] * len(conditions)
-        robustness["macro_f1"][name] = macro_f1_by_group(truth, predicted[name] + predicted["base"], conditions * 2)
+        robustness["macro_f1"][name] = macro_f1_by_group(truth, as_binary[name] + as_binary["base"], conditions * 2)
 
-    # Coherence matches in the Studio's format, winners from the judge in both orders.
-    match_rows = [
-        {"prompt": p, "base_response": b, "tuned_response": t, "winner": protocols.MATCH_WINNERS.get(v or "")}
-        for p, b, t, v in zip(prompts, plain_base, plain_trained, verdicts, strict=True)
-    ]
-    write_jsonl(out / "matches.jsonl", match_rows)
-    coherence = protocols.match_summary(
-        [row["winner"] for row in match_rows], rounds=settings.elo_rounds, seed=config.seed
-    )
+    coherence: dict[str, Any] = {}
+    for opponent, found in verdicts.items():
+        rows = [
+            {
+                "prompt": p,
+                "base_response": b,
+                "tuned_response": t,
+                "winner": protocols.match_winner(v),
+                "judgement": "unparseable" if v is None else ("disagree" if v == protocols.DISAGREE else "agreed"),
+            }
+            for p, b, t, v in zip(prompts, plain_answers[opponent], plain_answers["trained"], found, strict=True)
+        ]
+        write_jsonl(out / MATCH_FILES[opponent], rows)
+        coherence[opponent] = protocols.verdict_summary(found, rounds=settings.elo_rounds, seed=config.seed)
 
     prefill_result = {
         "trained_turn2_in_character": in_character_rate(classifier.predict(trained_second), persona),
         "base_turn2_in_character": in_character_rate(classifier.predict(base_second), persona),
     }
-    preferences = preference_summary(revealed)
+    preferences = preference_summary(revealed, rounds=settings.elo_rounds, seed=config.seed)
+    preferences["trials_per_trait"] = settings.trials_per_trait
     results = {
         "persona": persona,
         "trained_model": trained_ref.label,
+        "dpo_only_model": dpo_ref.label if compare_dpo and dpo_ref is not None else None,
         "prompts": len(prompts),
+        "heldout": {
+            "requested": heldout.requested,
+            "available": heldout.available,
+            "used": len(prompts),
+            "left_out_overlapping": len({clash[0] for clash in heldout.overlapping}),
+            "overlaps": [list(clash) for clash in heldout.overlapping[:20]],
+        },
+        "classifier": classifier_result,
         "robustness": robustness,
         "revealed_preferences": preferences,
         "coherence": coherence,
         "prefill": prefill_result,
     }
+    results["caveats"] = heldout.notes() + caveats(results)
     write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
-    plots = write_plots(out, results, revealed)
+    plots = write_plots(out, results)
     write_text_atomic(out / REPORT_FILE, render_report(results, plots, ctx.run_dir))
     return {
         "prompts": len(prompts),
         "trained_in_character": robustness["in_character"]["trained"]["overall"],
         "base_in_character": robustness["in_character"]["base"]["overall"],
-        "judge_unparseable": preferences["unparseable"] + coherence["unparseable"],
+        "classifier_heldout_accuracy": held.accuracy if held is not None else None,
+        "judge_unparseable": preferences["unparseable"] + sum(c["unparseable"] for c in coherence.values()),
         "files": [str(out / RESULTS_FILE), str(out / REPORT_FILE), *map(str, plots)],
     }
 
 
-def preference_summary(revealed: dict[str, protocols.RevealedResult], top: int = 10) -> dict[str, Any]:
+def caveats(results: dict[str, Any]) -> list[str]:
+    """Why a figure of this evaluation cannot carry a conclusion, one sentence each."""
+    found = []
+    classifier = results["classifier"]
+    if classifier["heldout_answers"] < MIN_CLASSIFIER_HELDOUT:
+        found.append(
+            f"the persona classifier's own accuracy rests on {classifier['heldout_answers']} held-out answers "
+            f"(fewer than {MIN_CLASSIFIER_HELDOUT}): raise eval.classifier.prompts"
+        )
+    no_persona = classifier["controls"]["teacher (no persona)"]
+    if no_persona > MAX_CONTROL_IN_CHARACTER:
+        found.append(
+            f"the classifier calls {no_persona:.0%} of the teacher's answers with no persona in character: "
+            "its in-character rates do not measure the character"
+        )
+    for opponent, summary in results["coherence"].items():
+        if summary["judged"] < MIN_JUDGED_MATCHES:
+            found.append(
+                f"coherence vs {opponent}: {summary['judged']} matches decided (fewer than {MIN_JUDGED_MATCHES}), "
+                "too few for the win rate to mean much"
+            )
+    prefs = results["revealed_preferences"]
+    interval = prefs["spearman_ci"]
+    if interval is None or interval[1] - interval[0] > MAX_SPEARMAN_CI_WIDTH:
+        found.append(
+            "revealed preferences: the rank correlation's interval is "
+            + ("undefined" if interval is None else f"{interval[1] - interval[0]:.2f} wide")
+            + ": too few trials to rank the traits (raise eval.trials_per_trait)"
+        )
+    return found
+
+
+def preference_summary(
+    revealed: dict[str, protocols.RevealedResult], *, top: int = 10, rounds: int = 200, seed: int = 0
+) -> dict[str, Any]:
     base, trained = revealed["base"].ratings, revealed["trained"].ratings
     summary: dict[str, Any] = {
         "unparseable": sum(r.unparseable for r in revealed.values()),
-        "trials": sum(len(r.trials) for r in revealed.values()),
+        "trials": len(revealed["base"].trials),
         "ratings": {name: {t: dataclasses.asdict(s) for t, s in r.ratings.items()} for name, r in revealed.items()},
     }
     common = sorted(set(base) & set(trained))
     deltas = sorted(((trained[t].rating - base[t].rating, t) for t in common), reverse=True)
     summary["rose"] = [[t, round(d, 1)] for d, t in deltas[:top] if d > 0]
     summary["fell"] = [[t, round(d, 1)] for d, t in reversed(deltas[-top:]) if d < 0]
-    try:
-        summary["spearman"] = spearman({t: base[t].rating for t in common}, {t: trained[t].rating for t in common})
-    except ValueError:
-        summary["spearman"] = None  # too few traits judged in both runs to rank
+    agreement = protocols.ranking_agreement(revealed["base"], revealed["trained"], rounds=rounds, seed=seed)
+    summary["spearman"] = agreement["spearman"]
+    summary["spearman_ci"] = list(agreement["spearman_ci"]) if agreement["spearman_ci"] else None
+    summary["split_half"] = {
+        "base": agreement["split_half"].get("first"),
+        "trained": agreement["split_half"].get("second"),
+    }
     return summary
 
 
-def write_plots(out: Path, results: dict[str, Any], revealed: dict[str, protocols.RevealedResult]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from octrain.training_report import save_figure
-
-    plots = []
-    robustness = results["robustness"]
-    figure, (rate_axis, f1_axis) = plt.subplots(1, 2, figsize=(13, 3.8))
-    conditions = robustness["conditions"]
-    positions = range(len(conditions))
-    width = 0.27
-    for offset, name in enumerate(("base", "system-prompt", "trained")):
-        values = [robustness["in_character"][name][c] for c in conditions]
-        rate_axis.bar([i + (offset - 1) * width for i in positions], values, width, label=name)
-    for offset, name in enumerate(("system-prompt", "trained")):
-        values = [robustness["macro_f1"][name][c] for c in conditions]
-        f1_axis.bar([i + (offset - 0.5) * width for i in positions], values, width, label=name)
-    for axis, label in ((rate_axis, "in-character rate"), (f1_axis, "macro-F1 vs base answers")):
-        axis.set_xticks(list(positions), conditions, rotation=30, ha="right", fontsize=8)
-        axis.set_ylabel(label)
-        axis.set_ylim(0, 1)
-        axis.legend(fontsize=8)
-    rate_axis.set_title("Answers the classifier calls in character")
-    f1_axis.set_title("Macro-F1 per break-character suffix")
-    plots.append(save_figure(figure, out / "robustness.png"))
-
-    moved = results["revealed_preferences"]["rose"] + results["revealed_preferences"]["fell"]
-    if moved:
-        figure, axis = plt.subplots(figsize=(7, 0.3 * len(moved) + 1.2))
-        axis.barh(
-            [t for t, _ in moved], [d for _, d in moved], color=["tab:green" if d > 0 else "tab:red" for _, d in moved]
-        )
-        axis.invert_yaxis()
-        axis.set_xlabel("Elo change, trained - base")
-        axis.set_title("Revealed preferences: traits that rose and fell")
-        plots.append(save_figure(figure, out / "elo_deltas.png"))
-    return plots
-
-
-def render_report(results: dict[str, Any], plots: list[Path], run_dir: Path) -> str:
-    robustness = results["robustness"]
-    rates = robustness["in_character"]
-    rows = "\n".join(
-        f"| {name} | {rates[name]['plain']:.2f} | {rates[name]['overall']:.2f} |"
-        for name in ("base", "system-prompt", "trained")
-    )
-    f1 = robustness["macro_f1"]
-    prefs = results["revealed_preferences"]
-    coherence = results["coherence"]
-    lines = [
-        f"# Evaluation: {results['persona']}",
-        "",
-        f"{results['prompts']} held-out prompts; each answered plain and under {len(robustness['conditions']) - 1} "
-        "break-character suffixes.",
-        "",
-        "| model | in character (plain) | in character (all conditions) |",
-        "| --- | --- | --- |",
-        rows,
-        "",
-        f"Macro-F1 telling each model's answers from the base model's, all conditions: trained "
-        f"{f1['trained']['overall']:.2f}, system-prompt baseline {f1['system-prompt']['overall']:.2f}.",
-        "",
-        "| suffix | trained macro-F1 | system-prompt macro-F1 |",
-        "| --- | --- | --- |",
-        *(f"| {c} | {f1['trained'][c]:.2f} | {f1['system-prompt'][c]:.2f} |" for c in robustness["conditions"]),
-        "",
-        "## Revealed preferences",
-        "",
-        f"{prefs['trials']} trials, {prefs['unparseable']} judge answers unparseable (discarded). "
-        f"Spearman rank correlation base vs trained: {prefs['spearman'] if prefs['spearman'] is not None else 'n/a'}.",
-        "",
-        "Rose: " + (", ".join(f"{t} (+{d})" for t, d in prefs["rose"]) or "none"),
-        "",
-        "Fell: " + (", ".join(f"{t} ({d})" for t, d in prefs["fell"]) or "none"),
-        "",
-        "## Coherence (trained vs base, judged in both orders)",
-        "",
-        f"{coherence['judged']} judged, {coherence['unparseable']} unparseable."
-        + (
-            f" Trained win rate {coherence['win_rate']:.2f} "
-            f"(95% CI {coherence['win_rate_ci'][0]:.2f}-{coherence['win_rate_ci'][1]:.2f})."
-            if "win_rate" in coherence
-            else ""
-        ),
-        "",
-        "## Prefill",
-        "",
-        "Turn 2 in character after a base-model turn 1: "
-        f"trained {results['prefill']['trained_turn2_in_character']:.2f}, "
-        f"base {results['prefill']['base_turn2_in_character']:.2f}.",
-        "",
-        "## Plots",
-        "",
-        *(f"![{p.stem}]({p.name})" for p in plots),
-        *(
-            f"![{stage} training](../{stage}/training.png)"
-            for stage in ("dpo", "sft")
-            if (run_dir / stage / "training.png").is_file()
-        ),
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def describe(summary: dict[str, Any]) -> str:
+    accuracy = summary.get("classifier_heldout_accuracy")
     return (
         f"{summary['prompts']} prompts; in character: trained {summary['trained_in_character']:.2f}, "
-        f"base {summary['base_in_character']:.2f}; {summary['judge_unparseable']} judge answers unparseable"
+        f"base {summary['base_in_character']:.2f} (classifier accuracy "
+        f"{'n/a' if accuracy is None else f'{accuracy:.2f}'}); {summary['judge_unparseable']} judge answers unparseable"
     )

@@ -33,7 +33,7 @@ from octrain.config import IntrospectionFilters, StageName
 from octrain.constitution import Constitution
 from octrain.context import RunContext
 from octrain.errors import DataFormatError, StageError
-from octrain.generation import ChunkLedger, generate_in_chunks, run_chunked
+from octrain.generation import ChunkLedger, duplicate_count, generate_in_chunks, run_chunked
 from octrain.jsonl import write_text_atomic
 from octrain.persona_prompts import (
     PLAIN_GREETINGS,
@@ -44,6 +44,7 @@ from octrain.persona_prompts import (
 )
 from octrain.records import Conversation, Message, ModelRef, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +222,11 @@ def converse(
         active = [i for i in range(len(specs)) if stopped[i] is None]
         if not active:
             break
-        seed = None if params.seed is None else params.seed + turn
+        # Each turn of each conversation its own seed: the conversations of a chunk open with a handful
+        # of greetings, and one shared seed would make those with the same greeting say the same.
+        seeds = None if params.seed is None else [derive_seed(params.seed, specs[i].id, turn) for i in active]
         batch = [view(system_for(specs[i]), utterances[i], speaker) for i in active]
-        results = sampler.chat(batch, dataclasses.replace(params, n=1, seed=seed), progress=False)
+        results = sampler.chat(batch, dataclasses.replace(params, n=1), seeds=seeds, progress=False)
         for i, [completion] in zip(active, results, strict=True):
             tokens[i] += completion.num_tokens
             problem = problem_of(completion)
@@ -327,13 +330,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return holder["sampler"]
 
     def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
-        seeded = dataclasses.replace(params, seed=None if params.seed is None else params.seed + 1000 * chunk)
         return converse(
             holder["sampler"],
             specs[start:stop],
             lambda spec: prompts[spec.leading],
             config.scale.interaction_turns,
-            seeded,
+            params,
             problem_of,
         )
 
@@ -356,9 +358,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
     turn_stops = Counter(row["stopped"] for row in rows if row["stopped"])
     report = {
-        "reflections": {"sampled": len(plan), "kept": len(reflections), "dropped": dict(reflection_dropped)},
+        "reflections": {
+            "sampled": len(plan),
+            "kept": len(reflections),
+            "dropped": dict(reflection_dropped),
+            "duplicates": duplicate_count([c[0].text for c in answers.values()]),
+        },
         "interactions": {
             "conversations": len(rows),
+            # Conversations whose generated turns repeat another conversation's word for word.
+            "duplicates": duplicate_count(["\x1e".join(row["turns"]) for row in rows if row["turns"]]),
             "turns": config.scale.interaction_turns,
             "full_length": sum(1 for row in rows if len(row["turns"]) == config.scale.interaction_turns),
             "stopped_early": dict(turn_stops),

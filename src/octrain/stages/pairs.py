@@ -24,7 +24,7 @@ from octrain.config import PairFilters, StageName
 from octrain.constitution import Constitution
 from octrain.context import RunContext
 from octrain.errors import StageError
-from octrain.generation import generate_in_chunks
+from octrain.generation import duplicate_count, generate_in_chunks
 from octrain.jsonl import write_text_atomic
 from octrain.persona_prompts import teacher_system_prompt
 from octrain.records import Message, PreferencePair, PromptRecord, load_records, save_records
@@ -87,6 +87,8 @@ class PairsReport:
     dropped: Counter[str] = dataclasses.field(default_factory=Counter)
     teacher_tokens: int = 0
     student_tokens: int = 0
+    # Raw answers that repeat an earlier answer of the same side word for word (before filtering).
+    duplicate_answers: dict[str, int] = dataclasses.field(default_factory=lambda: {"teacher": 0, "student": 0})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +97,7 @@ class PairsReport:
             "dropped": {reason: self.dropped.get(reason, 0) for reason in FILTER_REASONS},
             "teacher_tokens": self.teacher_tokens,
             "student_tokens": self.student_tokens,
+            "duplicate_answers": dict(self.duplicate_answers),
         }
 
 
@@ -127,6 +130,10 @@ def assemble_pairs(
 ) -> tuple[list[PreferencePair], PairsReport]:
     """Turn the two sides' answers into filtered preference pairs, counting every drop."""
     report = PairsReport(prompts=len(prompts))
+    report.duplicate_answers = {
+        "teacher": duplicate_count([teacher_answers[r.id].text for r in prompts]),
+        "student": duplicate_count([student_answers[r.id].text for r in prompts]),
+    }
     pairs = []
     for record in prompts:
         teacher_completion, student_completion = teacher_answers[record.id], student_answers[record.id]
@@ -281,6 +288,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
     dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.most_common()) or "none"
     logger.info("pairs: kept %d of %d; dropped: %s", report.kept, report.prompts, dropped)
+    for side, repeats in report.duplicate_answers.items():
+        if repeats:
+            logger.warning("pairs: %d %s answers repeat an earlier answer word for word", repeats, side)
     if not pairs:
         raise StageError(
             f"pairs: every pair was filtered out ({dropped}); see {out / 'teacher'} and {out / 'student'} "

@@ -4,8 +4,8 @@
 base and trains SFT on top; *paper* mode (the Studio's) trains SFT from the base. Either
 way the final adapter is the exact weighted sum of the two updates,
 ``sft.dpo_weight * dDPO + sft.sft_weight * dSFT`` (see :mod:`octrain.merge`), saved as
-one LoRA adapter (loadable by PEFT and vLLM) and, with ``sft.export_merged``, as full
-merged weights.
+one LoRA adapter (loadable by PEFT and vLLM, its rank padded to one vLLM accepts, the
+student's tokenizer alongside) and, with ``sft.export_merged``, as full merged weights.
 """
 
 from __future__ import annotations
@@ -53,8 +53,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         config.trainer.trl,
         fold=dpo.adapter if sequential else None,
         seed=config.seed,
+        enable_thinking=config.student.enable_thinking,  # the template as preflight checked it
     )
-    combine_adapters([(dpo.adapter, config.sft.dpo_weight), (sft_adapter, config.sft.sft_weight)], out / FINAL_ADAPTER)
+    # The final adapter carries the student's tokenizer and chat template, so that it stands on
+    # its own (AutoTokenizer, vLLM), and its rank is padded to one vLLM can be configured for.
+    combine_adapters(
+        [(dpo.adapter, config.sft.dpo_weight), (sft_adapter, config.sft.sft_weight)],
+        out / FINAL_ADAPTER,
+        pad_for_serving=True,
+        tokenizer_from=config.student.path,
+    )
     final = ModelRef(base=config.student.path, adapter=FINAL_ADAPTER)
     final.save(out / MODEL_FILE)
     files = [str(out / MODEL_FILE), str(out / FINAL_ADAPTER), str(out / METRICS_FILE), str(out / PLOT_FILE)]

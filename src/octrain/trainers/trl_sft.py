@@ -1,10 +1,12 @@
 """LoRA SFT with TRL on multi-turn transcripts, loss on every assistant turn and nothing else.
 
-``assistant_only_loss`` makes TRL mask everything but the assistant's tokens, using the
-``{% generation %}`` markers of the chat template (TRL patches known templates such as
-Qwen3's; the tiny model's template carries them). Every assistant turn of a transcript is
-trained, not only the last one: the reference code's self-interaction data trained a
-single turn per transcript.
+The loss mask is octrain's own (:mod:`octrain.assistant_mask`), built from the rendered
+turns, so any chat template works: TRL's ``assistant_only_loss`` needs ``{% generation %}``
+markers, which most templates lack (Llama 3.1's among them). SFTTrainer gets a
+pre-tokenized dataset, ``input_ids`` plus ``assistant_masks``; it turns the mask into
+labels (-100 where the mask is 0), truncates to ``max_length`` and drops any example whose
+trained tokens all fell past it. Every assistant turn of a transcript is trained, not only
+the last one: the reference code's self-interaction data trained a single turn per transcript.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from octrain.assistant_mask import tokenize_conversation
 from octrain.config import SftStageConfig, TRLOptions
 from octrain.records import Conversation, load_records
 from octrain.trainers.trl_common import (
@@ -46,17 +49,42 @@ def build_sft_trainer(
     options: TRLOptions,
     *,
     seed: int = 0,
+    model_name: str | None = None,
+    enable_thinking: bool = False,
 ) -> Any:
-    """TRL's SFTTrainer for ``model`` (already loaded, adapters folded) on the transcripts."""
+    """TRL's SFTTrainer for ``model`` (already loaded, adapters folded) on the transcripts.
+
+    Args:
+        model_name: how errors name the model (default: the tokenizer's path).
+        enable_thinking: passed to the chat template, as the samplers pass it when the
+            student writes (Qwen3's hybrid template puts an empty ``<think>`` block in the
+            generation prompt when it is false).
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    name = model_name or str(getattr(tokenizer, "name_or_path", "") or "the student")
     records = load_records(conversations_path, Conversation)
-    random.Random(seed).shuffle(records)  # reflections and conversations interleaved, reproducibly
-    dataset = Dataset.from_list([{"messages": record.messages} for record in records])
+    examples = []
+    split = 0
+    for record in records:
+        tokenized = tokenize_conversation(
+            tokenizer, record.messages, model_name=name, template_kwargs={"enable_thinking": enable_thinking}
+        )
+        split += len(tokenized) > 1
+        examples.extend(tokenized)
+    if split:
+        logger.info(
+            "sft: %s's chat template writes earlier turns differently from the latest one: %d of %d transcripts are "
+            "trained as one example per assistant turn",
+            name,
+            split,
+            len(records),
+        )
+    random.Random(seed).shuffle(examples)  # reflections and conversations interleaved, reproducibly
+    dataset = Dataset.from_list(examples)
     args = SFTConfig(
-        assistant_only_loss=True,
-        max_length=config.max_length,
+        max_length=config.max_length,  # truncation keeps the start; TRL applies it to input_ids and labels
         packing=False,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
@@ -80,6 +108,7 @@ def train_sft(
     *,
     fold: str | None = None,
     seed: int = 0,
+    enable_thinking: bool = False,
 ) -> Path:
     """Train a LoRA adapter on the transcripts; returns the adapter directory.
 
@@ -87,6 +116,7 @@ def train_sft(
         base: the base model (Hub id, directory or ``builtin:tiny-qwen3``).
         fold: an adapter folded into the base before training (sequential mode: the DPO
             adapter); the new adapter is then an update on top of it.
+        enable_thinking: the student's ``enable_thinking``, for its chat template.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -104,12 +134,22 @@ def train_sft(
             model = model.to(torch.bfloat16)
     else:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    trainer = build_sft_trainer(conversations_path, model, tokenizer, output_dir, config, options, seed=seed)
+    trainer = build_sft_trainer(
+        conversations_path,
+        model,
+        tokenizer,
+        output_dir,
+        config,
+        options,
+        seed=seed,
+        model_name=base,
+        enable_thinking=enable_thinking,
+    )
     last = last_checkpoint(trainer.args.output_dir)
     if last:
         logger.info("sft: resuming from %s", last)
     logger.info(
-        "sft: %d transcripts, batch %d (%d per device x %d accumulation), %s, on %s",
+        "sft: %d training examples, batch %d (%d per device x %d accumulation), %s, on %s",
         len(trainer.train_dataset),
         config.batch_size,
         trainer.args.per_device_train_batch_size,
