@@ -84,3 +84,75 @@ def test_killed_introspection_resumes_exactly_once(tmp_path: Path) -> None:
         "chat-00002-free",
         "chat-00003-leading",
     ]
+
+
+# Run as ``python -c SLOW_SAVE ARGS``: octrain's CLI, with the Trainer held still in the middle of
+# its second checkpoint (weights written; optimizer, scheduler and trainer_state.json not yet),
+# where the test kills it. The marker file says the process has reached that point.
+SLOW_SAVE = """
+import os, sys, time
+from pathlib import Path
+from transformers import Trainer
+
+original = Trainer._save_optimizer_and_scheduler
+calls = []
+
+def held(self, output_dir):
+    calls.append(output_dir)
+    if len(calls) == 2:
+        Path(os.environ["OCTRAIN_TEST_MARKER"]).write_text(output_dir)
+        time.sleep(600)
+    return original(self, output_dir)
+
+Trainer._save_optimizer_and_scheduler = held
+from octrain.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_mid_checkpoint_dpo_resumes_from_the_last_whole_one(tmp_path: Path, monkeypatch) -> None:
+    args = [
+        "+recipe=pirate_tiny",
+        "sampler=fake",
+        "prompts.expansion_rounds=0",
+        "scale.prompts_per_trait=1",  # 16 pairs: two DPO steps of 8
+        "stages=[prompts,pairs,dpo]",
+        "trainer.trl.save_steps=1",
+        f"run_root={tmp_path}",
+    ]
+    marker = tmp_path / "in-the-middle-of-checkpoint-2"
+    monkeypatch.setenv("OCTRAIN_TEST_MARKER", str(marker))
+    kill_when_exists([sys.executable, "-c", SLOW_SAVE, *args], marker)
+    checkpoints = tmp_path / "pirate_tiny" / "dpo" / "checkpoints"
+    half = checkpoints / "checkpoint-2"
+    assert (half / "adapter_model.safetensors").is_file() and not (half / "trainer_state.json").exists()
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Can't find a valid checkpoint" not in rerun.stderr
+    assert f"dpo: {half} is incomplete (no trainer_state.json), left by a crash: deleting it" in rerun.stderr
+    assert f"dpo: resuming from {checkpoints / 'checkpoint-1'}" in rerun.stderr
+    done = json.loads((tmp_path / "pirate_tiny" / "dpo" / "done.json").read_text())
+    assert done["summary"]["steps"] == 2
+    assert (half / "trainer_state.json").is_file()  # saved again, whole, by the resumed training
+
+
+def test_killed_prompts_stage_replays_its_finished_rounds(tmp_path: Path) -> None:
+    args = ["+recipe=pirate_tiny", "stages=[prompts]"]  # three expansion rounds with the tiny generator
+    crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    rounds = crashed / "pirate_tiny" / "prompts" / "rounds"
+    kill_when_exists([sys.executable, "-m", "octrain", *args, f"run_root={crashed}"], rounds / "call-00.jsonl")
+    assert not (crashed / "pirate_tiny" / "prompts" / "done.json").exists()
+    first_round = (rounds / "call-00.jsonl").read_bytes()
+
+    rerun = run_cli(*args, f"run_root={crashed}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "prompts: resuming an interrupted run" in rerun.stderr
+    assert "expansion rounds replayed from" in rerun.stderr
+    assert (rounds / "call-00.jsonl").read_bytes() == first_round  # the committed round was kept, not redone
+    uninterrupted = run_cli(*args, f"run_root={clean}")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    for name in ("prompts.jsonl", "report.json"):
+        assert (clean / "pirate_tiny" / "prompts" / name).read_text() == (
+            crashed / "pirate_tiny" / "prompts" / name
+        ).read_text()

@@ -51,7 +51,7 @@ def test_classifier_command(tmp_path: Path) -> None:
 
 @pytest.fixture
 def judge_server():
-    """A judge that prefers whichever reply contains 'Arr', in either position."""
+    """A judge that prefers whichever reply contains 'Arr', in either position (no verdict on 'garbled')."""
     requests: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -61,8 +61,10 @@ def judge_server():
             text = body["messages"][-1]["content"]
             first = text.split("REPLY A:\n", 1)[1].split("\n\nREPLY B:", 1)[0]
             verdict = "A" if "Arr" in first else "B"
+            # A question it cannot read: never a verdict in tags, however often it is asked.
+            content = "Hard to say." if "garbled" in text else f"<verdict>{verdict}</verdict>"
             reply = {
-                "choices": [{"message": {"content": f"<verdict>{verdict}</verdict>"}, "finish_reason": "stop"}],
+                "choices": [{"message": {"content": content}, "finish_reason": "stop"}],
                 "usage": {"completion_tokens": 3},
             }
             data = json.dumps(reply).encode()
@@ -106,6 +108,60 @@ def test_elo_command_fills_winners_with_the_judge(tmp_path: Path, judge_server) 
 
     no_judge = run("elo", str(tmp_path / "matches.jsonl"))
     assert no_judge.returncode == 2 and "6 matches have no winner" in no_judge.stderr
+
+
+def test_elo_command_judges_empty_winners_and_exports_for_the_studio(tmp_path: Path, judge_server) -> None:
+    url, requests = judge_server
+    plain, pirate = "Plain.", "Arr, matey."
+    rows = [
+        *({"prompt": f"q{i}", "base_response": plain, "tuned_response": pirate, "winner": ""} for i in range(3)),
+        {"prompt": "q3", "base_response": "Arr.", "tuned_response": pirate, "winner": ""},  # orders disagree
+        {"prompt": "garbled q4", "base_response": plain, "tuned_response": pirate, "winner": ""},  # no verdict
+        {"prompt": "q5", "base_response": plain, "tuned_response": plain, "winner": "tie"},
+        {"prompt": "q6", "base_response": pirate, "tuned_response": plain, "winner": "base"},
+        # As the eval stage writes a match whose two orders disagreed: judged already, not again.
+        {"prompt": "q7", "base_response": plain, "tuned_response": pirate, "winner": None, "judgement": "disagree"},
+    ]
+    matches = tmp_path / "studio.jsonl"
+    matches.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    no_judge = run("elo", str(matches))
+    assert no_judge.returncode == 2
+    assert no_judge.stderr == (
+        f"octrain.evaluation: error: {matches}: 5 matches have no winner; "
+        "give --judge-url and --judge-model to judge them\n"
+    )
+
+    export = tmp_path / "export.jsonl"
+    args = ["elo", str(matches), "--judge-url", url, "--judge-model", "judge", "--judge-key-env", ""]
+    result = run(*args, "--export-studio", str(export))
+    assert result.returncode == 0, result.stderr
+    # Both orders of five matches, and the garbled one's two asked once more each (--judge-parse-retries 1).
+    assert len(requests) == 5 * 2 + 2
+    assert result.stderr.splitlines()[-1] == (
+        f"octrain.evaluation: exported 4 of 8 matches to {export}; left out: ties 1, disagreements 2, unparseable 1"
+    )
+    out = json.loads(result.stdout)
+    assert {k: out[k] for k in ("matches", "decided", "disagreements", "unparseable", "tuned_win_rate")} == {
+        "matches": 8,
+        "decided": 5,
+        "disagreements": 2,
+        "unparseable": 1,
+        "tuned_win_rate": (3 + 0.5 + 0) / 5,
+    }
+    assert out["studio_export"] == {
+        "path": str(export),
+        "matches": 4,
+        "left_out": {"ties": 1, "disagreements": 2, "unparseable": 1},
+    }
+    assert [json.loads(line) for line in export.read_text().splitlines()] == [
+        {"prompt": f"q{i}", "base_response": plain, "tuned_response": pirate, "winner": "tuned"} for i in range(3)
+    ] + [{"prompt": "q6", "base_response": pirate, "tuned_response": plain, "winner": "base"}]
+
+    # The export reads back as a matches file whose every winner is already decided.
+    again = run("elo", str(export))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["decided"] == 4
 
 
 def test_model_command_evaluates_any_model_of_a_run(tmp_path: Path) -> None:

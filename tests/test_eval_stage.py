@@ -93,6 +93,29 @@ def teacher(conversation, sample: int) -> str:
     return "Certainly! " + words(text, pool, 6).capitalize() + ". I hope that helps."
 
 
+def rig(monkeypatch: pytest.MonkeyPatch, run_dir: Path, config, judge=teacher) -> list[tuple[str, FakeSampler]]:
+    """Hand out the rigged models of ``config``'s run; returns each model built, by role, in load order."""
+    sft_adapter = str(run_dir / "sft" / "adapter")
+    dpo_adapter = str(run_dir / "dpo" / "adapter")
+    built: list[tuple[str, FakeSampler]] = []
+
+    def rigged(sampler_config, model, *, adapter=None, show_progress=True):
+        if model.path != "builtin:tiny-qwen3":
+            raise AssertionError(model.path)
+        if adapter is None:
+            # The teacher and the base student are the same tiny model here: tell them apart by role.
+            role = "teacher" if model is config.teacher else "base"
+            reply = judge if role == "teacher" else student("base")
+        else:
+            role = {sft_adapter: "trained", dpo_adapter: "dpo-only"}[adapter]
+            reply = student(role)
+        built.append((role, FakeSampler(reply)))
+        return built[-1][1]
+
+    monkeypatch.setattr("octrain.samplers.build_sampler", rigged)
+    return built
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("eval-stage") / "run"
@@ -112,20 +135,6 @@ def test_the_report_recovers_the_rigging_and_says_how_far_to_trust_it(
     # 30 held-out prompts plus three the run trained on, which the stage must leave out.
     eval_file = tmp_path / "eval.txt"
     eval_file.write_text("\n".join([*training[:3], *load_eval_prompts()[:30]]) + "\n")
-    sft_adapter = str(trained_run / "sft" / "adapter")
-    dpo_adapter = str(trained_run / "dpo" / "adapter")
-
-    def rigged(sampler_config, model, *, adapter=None, show_progress=True):
-        if model.path != "builtin:tiny-qwen3":
-            raise AssertionError(model.path)
-        if adapter is None:
-            # The teacher and the base student are the same tiny model here: tell them apart by role.
-            return FakeSampler(rigged.roles.pop(0))
-        return FakeSampler(student({sft_adapter: "trained", dpo_adapter: "dpo-only"}[adapter]))
-
-    # Load order in the stage: base student, trained, DPO-only, then the teacher (classifier data and judge).
-    rigged.roles = [student("base"), teacher]
-    monkeypatch.setattr("octrain.samplers.build_sampler", rigged)
     overrides = [
         "sampler=fake",
         "stages=[eval]",
@@ -134,7 +143,11 @@ def test_the_report_recovers_the_rigging_and_says_how_far_to_trust_it(
         "eval.trials_per_trait=6",
         "eval.classifier.prompts=40",
     ]
-    result = run(compose_config("pirate_tiny", overrides), trained_run)
+    config = compose_config("pirate_tiny", overrides)
+    built = rig(monkeypatch, trained_run, config)
+    result = run(config, trained_run)
+    # Each model loads once, and does all of its work before the next one loads.
+    assert [role for role, _ in built] == ["base", "trained", "dpo-only", "teacher"]
     [outcome] = result.outcomes
     assert outcome.status == "ran", outcome
     out = trained_run / "eval"
@@ -186,3 +199,98 @@ def test_the_report_recovers_the_rigging_and_says_how_far_to_trust_it(
     matches = [json.loads(line) for line in (out / "matches_vs_dpo.jsonl").read_text().splitlines()]
     assert {m["judgement"] for m in matches} == {"agreed", "disagree"}
     assert all(m["winner"] is None for m in matches if m["judgement"] == "disagree")
+
+
+def test_a_failed_judge_resumes_from_the_committed_answers(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from octrain.context import RunContext
+    from octrain.pipeline import resolve_constitution
+    from octrain.records import ModelRef
+    from octrain.samplers.openai_http import JudgeRequestError
+    from octrain.stages.evaluate import evaluate_model
+
+    overrides = [
+        "sampler=fake",
+        "stages=[eval]",
+        "eval.prompt_count=30",
+        "eval.trials_per_trait=4",
+        "eval.chunk_size=16",
+    ]
+    config = compose_config("pirate_tiny", [*overrides, "eval.classifier.prompts=40"])
+    out = trained_run / "eval"
+    chunks = out / "chunks"
+    vs_dpo = chunks / "trained-vs-dpo-only"
+
+    def failing(conversation, sample: int) -> str:
+        # The judge gives up for good once two chunks of the last judging are committed.
+        if user_text(conversation).startswith("Compare two replies") and (vs_dpo / "chunk-00001.jsonl").exists():
+            raise JudgeRequestError("judge.example/v1/chat/completions: failed after 5 attempts; last error: HTTP 503")
+        return teacher(conversation, sample)
+
+    rig(monkeypatch, trained_run, config, judge=failing)
+    with pytest.raises(JudgeRequestError, match="HTTP 503"):
+        run(config, trained_run)
+    assert not (out / "results.json").exists() and not (out / "done.json").exists()
+    committed = {path: path.read_bytes() for path in sorted(chunks.glob("*/chunk-*.jsonl"))}
+    assert sorted(p.name for p in vs_dpo.glob("chunk-*.jsonl")) == ["chunk-00000.jsonl", "chunk-00001.jsonl"]
+    for work in ("base-robustness", "system-prompt-robustness", "base-trial", "trained-robustness", "base-trait"):
+        assert (chunks / work / "chunk-00000.jsonl").is_file(), work
+    rows = [json.loads(line) for line in (chunks / "base-robustness" / "chunk-00000.jsonl").read_text().splitlines()]
+    # One stable id per answer: whose, under which suffix, to which prompt.
+    assert [row["id"] for row in rows[:2]] == ["base-plain-0000", "base-drop-roleplay-0000"]
+    assert rows[9]["id"] == "base-plain-0001"
+
+    # The rerun loads no student model at all and asks the judge only what is missing. A longer wait
+    # for the judge changes no result: the committed work is kept, not cleared.
+    patient = compose_config("pirate_tiny", [*overrides, "eval.classifier.prompts=40", "eval.judge_timeout=300"])
+    built = rig(monkeypatch, trained_run, patient)
+    result = run(patient, trained_run)
+    assert result.outcomes[0].status == "ran"
+    assert [role for role, _ in built] == ["teacher"]
+    [(_, judge)] = built
+    asked = [conversation for batch, _, _ in judge.calls for conversation in batch]
+    prompts = json.loads((out / "results.json").read_text())["prompts"]
+    assert len(asked) == 2 * prompts - 2 * 16  # both orders of every prompt, less the two committed chunks
+    assert all(user_text(c).startswith("Compare two replies") for c in asked)
+    for path, content in committed.items():
+        assert path.read_bytes() == content, path
+
+    # The resumed results are those of a run never interrupted.
+    rig(monkeypatch, trained_run, config)
+    ctx = RunContext(config=config, run_dir=trained_run, constitution=resolve_constitution(config))
+    trained, dpo = (ModelRef.load(trained_run / stage / "model.json") for stage in ("sft", "dpo"))
+    evaluate_model(ctx, trained, tmp_path / "clean", dpo_ref=dpo)
+    for name in ("results.json", "matches.jsonl", "matches_vs_dpo.jsonl"):
+        assert (out / name).read_text() == (tmp_path / "clean" / name).read_text(), name
+
+    # Another model evaluated into the same folder does not read those answers back as its own.
+    built = rig(monkeypatch, trained_run, config)
+    evaluate_model(ctx, dpo, out, dpo_ref=dpo)
+    assert "base" in [role for role, _ in built]
+
+
+def test_chunks_change_no_answer_and_keep_the_models_paired(trained_run: Path, tmp_path: Path) -> None:
+    """With seed-dependent fake models (no rigging), small chunks give what one chunk gives."""
+    from octrain.context import RunContext
+    from octrain.pipeline import resolve_constitution
+    from octrain.records import ModelRef
+    from octrain.stages.evaluate import evaluate_model
+
+    trained, dpo = (ModelRef.load(trained_run / stage / "model.json") for stage in ("sft", "dpo"))
+    for size in (7, 100_000):
+        config = compose_config("pirate_tiny", ["sampler=fake", "stages=[eval]", f"eval.chunk_size={size}"])
+        ctx = RunContext(config=config, run_dir=trained_run, constitution=resolve_constitution(config))
+        evaluate_model(ctx, trained, tmp_path / str(size), dpo_ref=dpo)
+    small, whole = tmp_path / "7", tmp_path / "100000"
+    for name in ("results.json", "matches.jsonl", "matches_vs_dpo.jsonl"):
+        assert (small / name).read_text() == (whole / name).read_text(), name
+    assert len(list((small / "chunks" / "base-robustness").glob("chunk-*.jsonl"))) > 1
+
+    def texts(folder: Path) -> list[str]:
+        return [json.loads(line)["text"] for p in sorted(folder.glob("chunk-*.jsonl")) for line in p.open()]
+
+    # The fake ignores adapters: the same conversation with the same seed gives the same answer, so
+    # identical answers from base and trained show that each conversation kept its seed across models.
+    assert texts(small / "chunks" / "base-robustness") == texts(small / "chunks" / "trained-robustness")
+    assert len(set(texts(small / "chunks" / "base-robustness"))) > 1

@@ -136,6 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client timed out and closed the connection
 
+    def do_GET(self) -> None:
+        # The model list (GET /models) goes through the same script, with an empty body.
+        reply = self.server.scripted.handle(Received(self.path, {k: v for k, v in self.headers.items()}, {}))
+        data = json.dumps(reply.body if reply.body is not None else {"error": {"message": "scripted"}}).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -329,3 +340,43 @@ def test_missing_key_variable_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_empty_batch_sends_nothing(server: ScriptedServer) -> None:
     assert make_sampler(server).chat([], SamplingParams(), progress=False) == []
     assert server.received == []
+
+
+def model_list(*ids: str) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "test"} for i in ids]}
+
+
+def test_list_models_sends_the_key_and_reads_the_ids(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script = lambda request, count: Reply(body=model_list("test-model", "other"))
+    assert make_sampler(server, api_key_env=KEY_ENV).list_models() == ["test-model", "other"]
+    (request,) = server.received
+    assert request.path == "/v1/models" and request.headers.get("Authorization") == f"Bearer {SECRET}"
+
+
+@pytest.mark.parametrize("status", [404, 405, 501])
+def test_list_models_is_none_when_the_server_keeps_no_list(server: ScriptedServer, status: int) -> None:
+    server.script = lambda request, count: Reply(status=status)
+    assert make_sampler(server).list_models() is None
+    server.script = lambda request, count: Reply(body={"models": "not an OpenAI list"})
+    assert make_sampler(server).list_models() is None
+
+
+def test_list_models_rejected_key_is_one_attempt_and_says_so(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script = lambda request, count: Reply(status=401, body={"error": {"message": f"bad key {SECRET}"}})
+    with pytest.raises(JudgeRequestError) as caught:
+        make_sampler(server, api_key_env=KEY_ENV).list_models()
+    assert str(caught.value) == f"{server.base_url}/models: HTTP 401: bad key [redacted]"
+    assert len(server.received) == 1
+
+
+def test_list_models_gives_up_after_its_own_short_timeout(server: ScriptedServer) -> None:
+    server.script = lambda request, count: Reply(body=model_list("test-model"), delay=2.0)
+    start = time.monotonic()
+    with pytest.raises(JudgeRequestError) as caught:
+        make_sampler(server, timeout=30.0).list_models(timeout=0.2)
+    assert time.monotonic() - start < 1.5
+    assert str(caught.value) == f"{server.base_url}/models: timeout after 0.2s"

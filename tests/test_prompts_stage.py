@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from octrain.config import PromptsStageConfig, ScaleConfig
-from octrain.constitution import Constitution, Trait
+from octrain.config import OctrainConfig, PromptsStageConfig, ScaleConfig
+from octrain.constitution import Constitution, Trait, load_constitution
+from octrain.context import RunContext
 from octrain.errors import ConfigError, DataFormatError
 from octrain.samplers import FakeSampler
+from octrain.stages import prompts as prompts_stage
 from octrain.stages.prompts import (
     PromptSet,
+    describe_given,
     describe_shortfall,
     expansion_request,
     load_generic_pool,
     make_prompts,
+    needs_expansion,
     parse_numbered_lines,
 )
 
@@ -210,3 +214,108 @@ def test_generic_shortfall_reported(caplog: pytest.LogCaptureFixture) -> None:
     _, report = make_prompts(CONSTITUTION, None, scale(1, generic=10), PromptsStageConfig(), generic_pool=POOL)
     assert report.generic_got == 4  # five in the pool, one an exact duplicate
     assert describe_shortfall(report) == ["generic: got 4 of 10 prompts from given list"]
+
+
+# --- prompts the constitution already holds (the paper's additional_questions) -------------------
+
+FEW_SHOT = Constitution(
+    name="captain",
+    traits=(
+        Trait(
+            "I speak like a sea captain.",
+            ("Where should I travel this summer?", "How do I fix a leaking tap?"),
+            ("Which rope knot holds best in wet weather?", "What should I pack for a week of sailing?", "Spare?"),
+        ),
+        Trait("I am fiercely loyal to my crew.", ("My friend lied to me, what now?",)),
+    ),
+)
+
+
+def test_additional_questions_come_before_expansion_and_spare_full_traits() -> None:
+    sampler = FakeSampler(numbered_writer)
+    records, report = make_prompts(FEW_SHOT, sampler, scale(4), PromptsStageConfig())
+    trait1 = [r for r in records if r.trait == 1]
+    assert [(r.origin, r.text) for r in trait1] == [
+        ("seed", "Where should I travel this summer?"),
+        ("seed", "How do I fix a leaking tap?"),
+        ("additional", "Which rope knot holds best in wet weather?"),
+        ("additional", "What should I pack for a week of sailing?"),
+    ]
+    assert [r.origin for r in records if r.trait == 2] == ["seed", "expanded", "expanded", "expanded"]
+    # One expansion request in all, and it is for trait 2: trait 1 was full before any was sent.
+    assert len(sampler.calls) == 1
+    batch, _, _ = sampler.calls[0]
+    assert len(batch) == 1
+    assert "TRAIT: I am fiercely loyal to my crew." in batch[0][0]["content"]
+    traits = report.to_json()["traits"]
+    assert [(t["seeds"], t["additional"], t["expanded"], t["expansion_skipped"]) for t in traits] == [
+        (2, 2, 0, True),
+        (1, 0, 3, False),
+    ]
+    assert report.to_json()["additional"] == 2 and report.to_json()["expansion_skipped"] == 1
+    assert describe_given(report) == [
+        "1 of 2 traits (traits 1) took 2 prompts from the constitution's additional questions; no expansion was "
+        "asked for them"
+    ]
+
+
+def test_no_generator_loads_when_the_constitution_fills_every_trait(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "few-shot.jsonl"
+    path.write_text(
+        json.dumps(
+            {
+                "trait": "I am calm.",
+                "questions": ["Is tea better than coffee?"],
+                "additional_questions": ["How do I calm down fast?"],
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "trait": "I am kind.",
+                "questions": [],
+                "additional_questions": ["Name a good film.", "Why is the sky blue?"],
+            }
+        )
+        + "\n"
+    )
+    constitution = load_constitution(path)
+    config = OctrainConfig(scale=scale(2))
+    assert not needs_expansion(constitution, 2, config.prompts)
+    assert needs_expansion(constitution, 3, config.prompts)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("no generator should load")
+
+    monkeypatch.setattr("octrain.samplers.build_sampler", no_model)
+    summary = prompts_stage.run(RunContext(config=config, run_dir=tmp_path / "run", constitution=constitution))
+    assert summary["prompts"] == 4
+    report = json.loads((tmp_path / "run" / "prompts" / "report.json").read_text())
+    assert [(t["additional"], t["expansion_skipped"], t["requests"]) for t in report["traits"]] == [
+        (1, True, 0),
+        (2, True, 0),
+    ]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "prompts" / "prompts.jsonl").read_text().splitlines()]
+    assert [(r["origin"], r["prompt"][0]["content"]) for r in rows] == [
+        ("seed", "Is tea better than coffee?"),
+        ("additional", "How do I calm down fast?"),
+        ("additional", "Name a good film."),
+        ("additional", "Why is the sky blue?"),
+    ]
+
+
+def test_additional_questions_enter_the_fingerprint_only_when_present(tmp_path: Path) -> None:
+    config = OctrainConfig(scale=scale(2))
+    plain = prompts_stage.fingerprint(RunContext(config=config, run_dir=tmp_path, constitution=CONSTITUTION))
+    assert plain["constitution"][0] == [CONSTITUTION.traits[0].text, list(CONSTITUTION.traits[0].questions)]
+    with_more = prompts_stage.fingerprint(RunContext(config=config, run_dir=tmp_path, constitution=FEW_SHOT))
+    assert with_more["constitution"][0][2] == list(FEW_SHOT.traits[0].additional)
+
+
+def test_additional_prompts_read_back_as_records(tmp_path: Path) -> None:
+    from octrain.records import PromptRecord, load_records, save_records
+
+    records, _ = make_prompts(FEW_SHOT, None, scale(3), PromptsStageConfig(expansion_rounds=0))
+    assert "additional" in {r.origin for r in records}
+    save_records(tmp_path / "prompts.jsonl", records)
+    assert load_records(tmp_path / "prompts.jsonl", PromptRecord) == records

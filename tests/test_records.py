@@ -82,7 +82,7 @@ def test_malformed_line_names_path_and_line(tmp_path: Path) -> None:
             lambda r: r.update(prompt=[{"role": "robot", "content": "x"}]),
             r"'prompt\[0\]\.role' must be one of",
         ),
-        (lambda r: r.update(origin="invented"), "'origin' must be one of seed, expanded, generic"),
+        (lambda r: r.update(origin="invented"), "'origin' must be one of seed, additional, expanded, generic"),
         (lambda r: r.update(sample="3"), "'sample' must be int, got str"),
         (lambda r: r.pop("id"), "missing key 'id'"),
     ],

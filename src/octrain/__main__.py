@@ -7,15 +7,18 @@ result to :class:`~octrain.config.OctrainConfig` once, and hands it to
 subdirectory per job in a ``-m`` sweep).
 
 Errors a user can fix (an unknown recipe, a misspelled key, a bad value, a malformed
-file) print as one line on stderr and exit with status 2.
+file, a run directory that cannot be written or a full disk) print as one line on stderr and
+exit with status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 from octrain.telemetry import disable_telemetry
 
@@ -58,6 +61,15 @@ def _one_line(exc: BaseException) -> str:
     return message
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars a failed stage left open, so that the error starts its own line
+    instead of trailing a half-drawn bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar that cannot close must not hide the error
+            bar.close()
+
+
 def _hydra_app() -> bool:
     """Run the Hydra application; True when a job failed with an error already printed."""
     import hydra
@@ -83,6 +95,7 @@ def _hydra_app() -> bool:
         except OctrainError as exc:
             # Caught here rather than left to Hydra, which would add its own report line;
             # in a sweep the other jobs still run.
+            _end_progress_bars()
             print(f"octrain: error: {exc}", file=sys.stderr)
             failures.append(str(exc))
             return
@@ -110,12 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from octrain.errors import OctrainError
+    from octrain.storage_errors import describe_write_failure
 
     try:
         if _hydra_app():
             return 2
     except (OctrainError, HydraException, OmegaConfBaseException) as exc:
         print(f"octrain: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Hydra makes the run directory (and writes .hydra/ in it) before octrain's own check of it runs.
+        message = describe_write_failure(exc, Path.cwd())
+        if message is None:
+            raise
+        print(f"octrain: error: {message}", file=sys.stderr)
         return 2
     return 0
 

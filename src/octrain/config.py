@@ -188,8 +188,14 @@ class PairFilters:
 
 @dataclass
 class PairsStageConfig:
-    """Stage ``pairs``: chosen = teacher with the constitution, rejected = student without it."""
+    """Stage ``pairs``: chosen = teacher with the constitution, rejected = student without it.
 
+    With ``source`` set the stage samples nothing: it imports that JSONL file of preference pairs
+    (TRL's preference formats or the Studio's DpoExample, see :mod:`octrain.data_import`), and the
+    settings below do not apply.
+    """
+
+    source: str | None = None  # a JSONL file of preference pairs to train on instead of generating them
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
     chunk_size: int = 256  # prompts per committed chunk: a crash loses at most one chunk of work
     thinking_prefill: bool = False  # reasoning teachers: open the answer with a trait-restating thought
@@ -240,8 +246,13 @@ class IntrospectionFilters:
 
 @dataclass
 class IntrospectStageConfig:
-    """Stage ``introspect``: self-reflections and self-interactions of the model after DPO."""
+    """Stage ``introspect``: self-reflections and self-interactions of the model after DPO.
 
+    With ``source`` set the stage samples nothing: it imports that JSONL file of transcripts (TRL's
+    ``messages`` format or the Studio's IntrospectionExample), and the settings below do not apply.
+    """
+
+    source: str | None = None  # a JSONL file of SFT transcripts to train on instead of generating them
     reflection_prompts: str = "builtin"  # or a .txt file with one prompt per line
     reflection_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=2048))
     interaction_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
@@ -305,6 +316,15 @@ class EvalStageConfig:
     judge_base_url: str | None = None
     judge_model: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"  # the key is read from here, never stored
+    # eval.judge=http: seconds per request, and extra attempts on timeouts, connection errors, 429 and 5xx.
+    # A judge that hangs costs (judge_retries + 1) x judge_timeout seconds before the stage stops.
+    judge_timeout: float = 60.0
+    judge_retries: int = 4
+    # A judge reply with no parseable tag is asked again (fresh seed) this many times before it counts
+    # as unparseable.
+    judge_parse_retries: int = 1
+    # Answers and judgements per committed chunk: a crash or a judge failure loses at most one chunk.
+    chunk_size: int = 256
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
     judge_sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512)
@@ -412,6 +432,9 @@ def validate(config: OctrainConfig) -> None:
             f"prompts.near_duplicate_overlap: expected a share in (0, 1], got {prompts.near_duplicate_overlap}"
         )
     _sampling("prompts.sampling", prompts.sampling)
+    # An imported file (pairs.source, introspect.source) is read in preflight; here only an empty path.
+    if config.pairs.source is not None and not config.pairs.source.strip():
+        raise ConfigError("pairs.source: expected the path of a JSONL file, got an empty string")
     _sampling("pairs.sampling", config.pairs.sampling)
     _positive("pairs.chunk_size", config.pairs.chunk_size)
     _positive("pairs.max_length", config.pairs.max_length)
@@ -432,6 +455,8 @@ def validate(config: OctrainConfig) -> None:
     for key, value in fractions.items():
         if not 0 <= value < 1:
             raise ConfigError(f"dpo.{key}: expected a value in [0, 1), got {value}")
+    if config.introspect.source is not None and not config.introspect.source.strip():
+        raise ConfigError("introspect.source: expected the path of a JSONL file, got an empty string")
     _sampling("introspect.reflection_sampling", config.introspect.reflection_sampling)
     _sampling("introspect.interaction_sampling", config.introspect.interaction_sampling)
     _positive("introspect.chunk_size", config.introspect.chunk_size)
@@ -455,6 +480,10 @@ def validate(config: OctrainConfig) -> None:
     _sampling("eval.judge_sampling", config.eval.judge_sampling)
     if config.eval.judge is JudgeKind.http and not (config.eval.judge_base_url and config.eval.judge_model):
         raise ConfigError("eval.judge=http needs eval.judge_base_url and eval.judge_model")
+    _positive("eval.judge_timeout", config.eval.judge_timeout)
+    _positive("eval.judge_retries", config.eval.judge_retries, allow_zero=True)
+    _positive("eval.judge_parse_retries", config.eval.judge_parse_retries, allow_zero=True)
+    _positive("eval.chunk_size", config.eval.chunk_size)
     _positive("trainer.trl.per_device_batch_size", config.trainer.trl.per_device_batch_size)
     _positive("trainer.trl.save_steps", config.trainer.trl.save_steps)
     _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)

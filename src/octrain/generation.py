@@ -171,3 +171,60 @@ def generate_in_chunks(
         teardown=lambda sampler: sampler.close(),
     )
     return {i: completions_from_json(rows[i]["completions"]) for i in ids}
+
+
+class CommittedCalls:
+    """A :class:`Sampler` that commits the result of each ``chat`` call, for work made of a few big calls.
+
+    Stages whose later calls depend on earlier answers (the prompts stage asks again only for the
+    traits still short after each round) cannot be cut into fixed chunks up front. Instead call
+    ``k`` of a run is committed to ``directory/call-KK.jsonl`` together with a digest of its
+    requests; a rerun that makes the same call ``k`` gets the committed answers back without a
+    model, and since the answers decide the next requests, the rerun retraces the first run exactly
+    and loads the model (``load``, at most once) only for the first call that is not committed.
+    A committed call whose requests differ (the inputs changed) is made afresh and replaced.
+    """
+
+    def __init__(self, load: Callable[[], Sampler], directory: Path, name: str = "committed") -> None:
+        self.load, self.directory, self.name = load, directory, name
+        self.sampler: Sampler | None = None
+        self.calls = 0
+        self.replayed = 0
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        *,
+        seeds: Sequence[int] | None = None,
+        desc: str | None = None,
+        progress: bool = True,
+    ) -> list[list[Completion]]:
+        import hashlib
+        import json
+
+        path = self.directory / f"call-{self.calls:02d}.jsonl"
+        self.calls += 1
+        request = {
+            "conversations": [list(c) for c in conversations],
+            "params": dataclasses.asdict(params),
+            "seeds": None if seeds is None else list(seeds),
+        }
+        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()
+        if path.is_file():
+            rows = [row for _, row in iter_jsonl(path)]
+            if rows and rows[0].get("request") == key and len(rows) == len(conversations) + 1:
+                self.replayed += 1
+                return [completions_from_json(row["completions"]) for row in rows[1:]]
+            logger.info("%s: %s was made for other requests: making it afresh", self.name, path)
+        if self.sampler is None:
+            self.sampler = self.load()
+        results = self.sampler.chat(conversations, params, seeds=seeds, desc=desc, progress=progress)
+        write_jsonl(path, [{"request": key}, *({"completions": completions_to_json(c)} for c in results)])
+        return results
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None

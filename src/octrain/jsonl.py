@@ -5,6 +5,10 @@ Two promises hold for everything octrain writes:
 * a reader never sees a half-written file or directory that looks complete: it is written
   to a temporary sibling and renamed into place (``os.replace`` is atomic on POSIX);
 * a malformed JSONL line is an error that names the file and the 1-based line number.
+
+A kill between creating a temporary and renaming it leaves the temporary behind (a hidden
+``.NAME.XXXX.tmp`` file or directory, or a ``.NAME.XXXX.old`` directory being retired);
+:func:`remove_stray_temporaries` clears them when the next run takes over.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -76,6 +81,51 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+# The names the writers above give their temporaries: a leading dot, the target's name, mkstemp's
+# random part, then the suffix. Nothing else octrain or the libraries write looks like this.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.(tmp|old)$")
+
+
+def remove_stray_temporaries(directory: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``directory``; returns what was removed.
+
+    Only call this while no other process writes there (the run lock held): a temporary is
+    stray only when its writer is gone.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    candidates = root.rglob(".*") if recursive else root.glob(".*")
+    removed = []
+    for path in sorted(candidates, key=lambda p: len(p.parts)):
+        if not _TEMPORARY_NAME.match(path.name) or any(path.is_relative_to(done) for done in removed):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(path)
+    return removed
+
+
+def read_text(path: str | os.PathLike[str], what: str) -> str:
+    """The UTF-8 text of ``path``; ``what`` (e.g. the config key) goes into the error message.
+
+    Raises:
+        DataFormatError: the file is missing or is not UTF-8 text (a binary file, say).
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise DataFormatError(f"{source}: file not found ({what})")
+    data = source.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(f"{source}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}) ({what})") from None
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_writer(path) as handle:
@@ -101,13 +151,20 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
 
     Raises:
-        DataFormatError: a line is not JSON, or is JSON but not an object.
+        DataFormatError: a line is not UTF-8, not JSON, or is JSON but not an object.
     """
     source = Path(path)
     if not source.is_file():
         raise DataFormatError(f"{source}: file not found")
-    with source.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Read as bytes and decode line by line, so that a binary file is reported with its line.
+    with source.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{source}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); expected one JSON object a line"
+                ) from None
             if not line.strip():
                 continue
             try:

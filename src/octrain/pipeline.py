@@ -5,6 +5,12 @@ directory Hydra chose, tests and notebooks with any directory. It validates the 
 the constitution before any model loads, writes the resolved config next to the outputs,
 and skips every stage whose ``done.json`` marker matches the current settings, so an
 interrupted run resumes by running the same command again.
+
+Whatever a crash leaves must not stop that rerun: a marker that does not parse counts as "not
+finished", the temporaries of a killed writer are deleted, and the run holds a lock on its
+directory (:mod:`octrain.run_lock`) so that no second process works there at the same time. A full
+disk or a read-only place stops the run with one line naming the path
+(:mod:`octrain.storage_errors`), and the next run resumes once it is fixed.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from octrain.config import OctrainConfig, StageName, validate
 from octrain.constitution import Constitution, find_constitution, load_constitution
 from octrain.context import RunContext
 from octrain.errors import ConfigError, StageError
-from octrain.jsonl import atomic_directory, write_text_atomic
+from octrain.jsonl import atomic_directory, remove_stray_temporaries, write_text_atomic
 from octrain.paths import constitution_dirs
+from octrain.run_lock import run_lock
+from octrain.storage_errors import write_failures_reported
 
 if TYPE_CHECKING:
     from octrain.stages import StageSpec
@@ -124,6 +132,11 @@ def preflight(config: OctrainConfig) -> None:
             model_name=f"student.path={student.path}",
             template_kwargs={"enable_thinking": student.enable_thinking},
         )
+    from octrain.evaluation.judge_check import check_judge
+    from octrain.stages.from_file import prepare_imports
+
+    check_judge(config)
+    prepare_imports(config)
 
 
 def save_config(config: OctrainConfig, path: Path) -> None:
@@ -140,11 +153,55 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read_done(path: Path) -> dict[str, Any] | None:
+def _read_marker(path: Path, *, finished: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """A stage marker and, when it is there but cannot be used, why not.
+
+    ``(marker, None)`` for a good one, ``(None, None)`` for none, ``(None, reason)`` for one that
+    does not parse or lacks its fields (``finished``: a ``done.json``, which must hold the summary).
+    A marker is written atomically, so a bad one comes from outside octrain; it never stops a run.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"unreadable ({type(exc).__name__})"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object"
+    if not isinstance(value.get("fingerprint"), str):
+        return None, "without a fingerprint"
+    if finished and not isinstance(value.get("summary"), dict):
+        return None, "without a summary"
+    return value, None
+
+
+def _read_done(path: Path) -> dict[str, Any] | None:
+    """A usable ``done.json``, or None (missing or damaged: either way the stage is not finished)."""
+    return _read_marker(path, finished=True)[0]
+
+
+class _RunLogHandler(logging.FileHandler):
+    """The run's log file. When it cannot be written (a full disk) it drops the line quietly: the
+    logging module would print a traceback for each one, burying the single error line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def _check_inputs(ctx: RunContext, specs: list[StageSpec], fingerprints: dict[StageName, str]) -> None:
+    """Fail before any stage runs (or any output is cleared) when a stage needs what this run will
+    not make and the run directory does not hold: a forced stage would otherwise lose its last good
+    output and then stop on its missing input."""
+    for spec in specs:
+        for need in spec.needs:
+            if need in ctx.config.stages:
+                continue  # made (or found complete) earlier in this run
+            done = _read_done(ctx.stage_dir(need) / DONE_FILE)
+            if done is None or done.get("fingerprint") != fingerprints[need]:
+                raise StageError(
+                    f"stage {spec.name.value} needs the current output of stage {need.value}, which is missing or "
+                    f"out of date in {ctx.run_dir}: add it to stages (stages=[{need.value},{spec.name.value}])"
+                )
 
 
 def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
@@ -152,25 +209,35 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
 
     Raises:
         ConfigError, DataFormatError: bad settings or input files, before any model loads.
-        StageError: a stage cannot run (for example its inputs are missing).
+        StageError: a stage cannot run (for example its inputs are missing), or another process
+            holds the run directory.
+        StorageError: the run directory cannot be written, or the disk filled up.
     """
-    from octrain.stages import STAGES
-
     validate(config)
     constitution = resolve_constitution(config)
     preflight(config)
     run_path = Path(run_dir)
-    run_path.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_path / CONFIG_FILE)
-    if constitution.source:
-        source = Path(constitution.source)
-        shutil.copyfile(source, run_path / f"constitution{source.suffix}")
+    # The lock is the first write into the run directory: a read-only one stops here, before any stage.
+    with write_failures_reported(run_path), run_lock(run_path):
+        return _run_locked(config, run_path, constitution)
 
-    handler = logging.FileHandler(run_path / LOG_FILE, encoding="utf-8")
+
+def _run_locked(config: OctrainConfig, run_path: Path, constitution: Constitution) -> RunResult:
+    from octrain.stages import stages_for
+
+    handler = _RunLogHandler(run_path / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger = logging.getLogger("octrain")
     package_logger.addHandler(handler)
     try:
+        # Left by a process killed while writing the config, the summary or a reused stage; the lock
+        # says no other process is writing them now.
+        for stray in remove_stray_temporaries(run_path):
+            logger.info("removed %s, left by an interrupted run", stray)
+        save_config(config, run_path / CONFIG_FILE)
+        if constitution.source:
+            source = Path(constitution.source)
+            shutil.copyfile(source, run_path / f"constitution{source.suffix}")
         ctx = RunContext(config=config, run_dir=run_path, constitution=constitution)
         logger.info(
             "run %s: constitution %s (%d traits), stages %s",
@@ -181,13 +248,15 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
         )
         result = RunResult(run_path)
         fingerprints: dict[StageName, str] = {}
-        # A stage that ran again (forced, say) may have new output: the stages after it run again too.
-        upstream_ran = False
-        for spec in STAGES.values():
+        stages = stages_for(config)
+        for spec in stages.values():
             upstream = {need.value: fingerprints.get(need) for need in spec.needs}
             fingerprints[spec.name] = _digest({"stage": spec.fingerprint(ctx), "upstream": upstream})
-            if spec.name not in config.stages:
-                continue
+        selected = [spec for spec in stages.values() if spec.name in config.stages]
+        _check_inputs(ctx, selected, fingerprints)
+        # A stage that ran again (forced, say) may have new output: the stages after it run again too.
+        upstream_ran = False
+        for spec in selected:
             outcome = _run_stage(ctx, spec, fingerprints, upstream_ran=upstream_ran)
             upstream_ran = upstream_ran or outcome.status == "ran"
             result.outcomes.append(outcome)
@@ -262,7 +331,9 @@ def _run_stage(
             )
     fingerprint = fingerprints[spec.name]
     forced = spec.name in ctx.config.force or (upstream_ran and bool(spec.needs))
-    done = _read_done(done_path)
+    done, damaged = _read_marker(done_path, finished=True)
+    if damaged:
+        logger.warning("%s: %s is %s: treating the stage as not finished", spec.name.value, done_path, damaged)
     if done is not None and not forced and done.get("fingerprint") == fingerprint:
         logger.info("%s: complete, skipping (force=[%s] reruns it)", spec.name.value, spec.name.value)
         return StageOutcome(spec.name, "skipped", 0.0, done["summary"], spec.describe(done["summary"]))
@@ -270,26 +341,37 @@ def _run_stage(
         reused = _read_done(done_path) or {}
         return StageOutcome(spec.name, "reused", 0.0, reused["summary"], spec.describe(reused["summary"]))
 
-    started = _read_done(started_path)
+    started, unknown_start = _read_marker(started_path, finished=False)
     if (
         forced
+        or unknown_start
         or (started is not None and started.get("fingerprint") != fingerprint)
         or (done is not None and done.get("fingerprint") != fingerprint)
     ):
-        # Partial work made with other settings must not mix with new work: start this stage afresh.
+        # Partial work made with other settings (or settings no marker tells) must not mix with new
+        # work: start this stage afresh.
         if stage_dir.exists():
-            reason = "rerun" if forced else "its settings or inputs changed since it last ran"
+            if forced:
+                reason = "rerun"
+            elif unknown_start:
+                reason = f"{started_path} is {unknown_start}, so its partial work cannot be trusted"
+            else:
+                reason = "its settings or inputs changed since it last ran"
             logger.info("%s: %s: clearing %s and running it afresh", spec.name.value, reason, stage_dir)
             shutil.rmtree(stage_dir)
     elif started is not None:
         logger.info("%s: resuming an interrupted run", spec.name.value)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(started_path, json.dumps({"fingerprint": fingerprint}) + "\n")
-    logger.info("%s: running", spec.name.value)
-    began = time.perf_counter()
-    summary = spec.run(ctx)
-    seconds = time.perf_counter() - began
-    record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}
-    write_text_atomic(done_path, json.dumps(record, indent=2) + "\n")
+        # A kill between writing a temporary and renaming it leaves the temporary; the run lock is held.
+        for stray in remove_stray_temporaries(stage_dir, recursive=True):
+            logger.info("%s: removed %s, left by the interrupted run", spec.name.value, stray)
+    with write_failures_reported(stage_dir):  # a full disk names the stage's directory when torch does not
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(started_path, json.dumps({"fingerprint": fingerprint}) + "\n")
+        logger.info("%s: running", spec.name.value)
+        began = time.perf_counter()
+        summary = spec.run(ctx)
+        seconds = time.perf_counter() - began
+        record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}
+        write_text_atomic(done_path, json.dumps(record, indent=2) + "\n")
     logger.info("%s: done in %.1fs: %s", spec.name.value, seconds, spec.describe(summary))
     return StageOutcome(spec.name, "ran", seconds, summary, spec.describe(summary))

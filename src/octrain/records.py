@@ -25,7 +25,7 @@ from octrain.jsonl import read_jsonl, write_jsonl, write_text_atomic
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
-PROMPT_ORIGINS = ("seed", "expanded", "generic")
+PROMPT_ORIGINS = ("seed", "additional", "expanded", "generic")
 
 
 def check_messages(value: Any, key: str) -> list[Message]:
@@ -62,7 +62,8 @@ class PromptRecord:
     Attributes:
         id: stable id, e.g. ``trait03-0007-k2``; the same inputs always give the same ids.
         prompt: the conversation to answer (one user message for stage-1 prompts).
-        origin: ``seed`` (from the constitution), ``expanded`` (written by the generator
+        origin: ``seed`` (from the constitution), ``additional`` (the constitution's own expanded
+            questions, the paper's ``additional_questions``), ``expanded`` (written by the generator
             model) or ``generic`` (from the pool of ordinary requests).
         trait: 1-based index of the constitution trait the prompt targets, if any.
         sample: which of the K repeats this is.
@@ -215,6 +216,8 @@ class ModelRef:
             obj = json.loads(source.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DataFormatError(f"{source}: file not found") from None
+        except UnicodeDecodeError as exc:  # a binary file in its place
+            raise DataFormatError(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):

@@ -1,16 +1,18 @@
 """Standalone evaluations on any data files: ``python -m octrain.evaluation COMMAND``.
 
     python -m octrain.evaluation classifier --train train.jsonl --eval eval.jsonl --out runs/clf
-    python -m octrain.evaluation elo matches.jsonl [--judge-url URL --judge-model NAME]
+    python -m octrain.evaluation elo matches.jsonl [--judge-url URL --judge-model NAME] [--export-studio OUT]
     python -m octrain.evaluation model RUN_DIR --model MODEL.json --out DIR
 
 ``classifier`` trains a persona classifier on ``{"text", "label"}`` rows and reports accuracy,
 macro-F1 and the confusion matrix. ``elo`` rates base against tuned answers from a matches
 file (``prompt, base_response, tuned_response, winner``): winners already in the file are
-used as they are; missing ones are filled by a judge at an OpenAI-compatible endpoint,
-in both orders (a win only when both agree). ``model`` runs the whole ``eval`` stage of a
-finished run (its config, constitution, pairs and judge) on any model reference, for
-example the DPO-only model ``RUN_DIR/dpo/model.json``. Results print as JSON.
+used as they are; missing or empty ones (the Studio writes ``""`` for a match not yet
+judged) are filled by a judge at an OpenAI-compatible endpoint, in both orders (a win only
+when both agree); ``--export-studio`` writes the decided matches back in the form the
+Studio's scorer takes, which knows only ``base`` and ``tuned``. ``model`` runs the whole
+``eval`` stage of a finished run (its config, constitution, pairs and judge) on any model
+reference, for example the DPO-only model ``RUN_DIR/dpo/model.json``. Results print as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from octrain.telemetry import disable_telemetry
 disable_telemetry()
 
 WINNERS = ("base", "tuned", "tie")
+# The only winners the Studio's scorer accepts: ties, disagreements and unparseable matches stay out.
+STUDIO_WINNERS = ("base", "tuned")
 
 
 def classifier_command(args: argparse.Namespace) -> dict:
@@ -46,10 +50,37 @@ def load_matches(path: Path) -> list[dict]:
         for key in ("prompt", "base_response", "tuned_response"):
             if not isinstance(row.get(key), str):
                 raise DataFormatError(f"{path}:{number}: '{key}' must be a string")
-        if row.get("winner") not in (None, *WINNERS):
-            raise DataFormatError(f"{path}:{number}: 'winner' must be one of {', '.join(WINNERS)} or absent")
+        if row.get("winner") not in (None, "", *WINNERS):
+            raise DataFormatError(f"{path}:{number}: 'winner' must be one of {', '.join(WINNERS)}, empty or absent")
+        if row.get("winner") == "":
+            row["winner"] = None  # the Studio's way of writing "not judged yet"
+        # The eval stage's matches files mark a match whose two orders disagreed: already judged.
+        row["disagree"] = row.get("winner") is None and row.get("judgement") == "disagree"
         rows.append(row)
     return rows
+
+
+def export_studio(rows: list[dict], path: Path) -> dict:
+    """Write the matches won by ``base`` or ``tuned`` to ``path``; count what was left out and why."""
+    from octrain.jsonl import write_jsonl
+
+    kept = [
+        {key: row[key] for key in ("prompt", "base_response", "tuned_response", "winner")}
+        for row in rows
+        if row.get("winner") in STUDIO_WINNERS and not row.get("disagree")
+    ]
+    write_jsonl(path, kept)
+    ties = sum(row.get("winner") == "tie" and not row.get("disagree") for row in rows)
+    disagreements = sum(bool(row.get("disagree")) for row in rows)
+    return {
+        "path": str(path),
+        "matches": len(kept),
+        "left_out": {
+            "ties": ties,
+            "disagreements": disagreements,
+            "unparseable": len(rows) - len(kept) - ties - disagreements,
+        },
+    }
 
 
 def elo_command(args: argparse.Namespace) -> dict:
@@ -64,8 +95,10 @@ def elo_command(args: argparse.Namespace) -> dict:
     )
     from octrain.samplers.base import SamplingParams
 
+    if args.judge_parse_retries < 0:
+        raise ConfigError(f"--judge-parse-retries: expected 0 or more, got {args.judge_parse_retries}")
     rows = load_matches(args.matches)
-    missing = [row for row in rows if row.get("winner") is None]
+    missing = [row for row in rows if row.get("winner") is None and not row["disagree"]]
     if missing:
         if not (args.judge_url and args.judge_model):
             raise ConfigError(
@@ -79,7 +112,13 @@ def elo_command(args: argparse.Namespace) -> dict:
             from octrain.pipeline import resolve_constitution_name
 
             criterion = coherence_criterion(resolve_constitution_name(args.constitution).numbered_traits())
-        judge = OpenAIChatSampler(args.judge_url, args.judge_model, api_key_env=args.judge_key_env)
+        judge = OpenAIChatSampler(
+            args.judge_url,
+            args.judge_model,
+            api_key_env=args.judge_key_env,
+            timeout=args.judge_timeout,
+            max_retries=args.judge_retries,
+        )
         verdicts = pairwise_verdicts(
             judge,
             [r["prompt"] for r in missing],
@@ -87,6 +126,7 @@ def elo_command(args: argparse.Namespace) -> dict:
             [r["base_response"] for r in missing],
             criterion,
             SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512, seed=args.seed),
+            retries=args.judge_parse_retries,
         )
         for row, verdict in zip(missing, verdicts, strict=True):
             row["winner"] = match_winner(verdict)
@@ -103,6 +143,16 @@ def elo_command(args: argparse.Namespace) -> dict:
     }
     if "win_rate" in summary:
         result["tuned_win_rate"] = summary.pop("win_rate")
+    if args.export_studio is not None:
+        exported = export_studio(rows, args.export_studio)
+        left = exported["left_out"]
+        print(
+            f"octrain.evaluation: exported {exported['matches']} of {len(rows)} matches to {args.export_studio}; "
+            f"left out: ties {left['ties']}, disagreements {left['disagreements']}, "
+            f"unparseable {left['unparseable']}",
+            file=sys.stderr,
+        )
+        result["studio_export"] = exported
     return {**result, **summary}
 
 
@@ -134,6 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     elo.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     elo.add_argument("--judge-model", default=None)
     elo.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    elo.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
+    elo.add_argument("--judge-retries", type=int, default=4, help="extra attempts on timeouts, 429 and 5xx")
+    elo.add_argument(
+        "--judge-parse-retries", type=int, default=1, help="asks again of a judge reply with no parseable verdict"
+    )
+    elo.add_argument(
+        "--export-studio",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the matches won by base or tuned, as the Studio's scorer takes them (ties, disagreements out)",
+    )
     elo.add_argument(
         "--constitution", default=None, help="name or path: the judge then sees the numbered traits (recommended)"
     )

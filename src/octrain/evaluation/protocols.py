@@ -13,8 +13,9 @@
   which cancels the judge's position bias without diluting the win rate.
 * :func:`prefill_conversations`: turn 1 by one model, "keep going", turn 2 by another.
 
-Every judge answer is parsed from tags; anything unparseable is counted and dropped, never
-guessed. Models come in as :class:`~octrain.samplers.base.Sampler` objects, so all of this
+Every judge answer is parsed from tags; a reply with no parseable tag is asked again, with a
+fresh seed, a bounded number of times (:func:`judge_replies`), and what still does not parse
+is counted and dropped, never guessed. Models come in as :class:`~octrain.samplers.base.Sampler` objects, so all of this
 runs on a fake sampler in tests, on transformers or vLLM locally, or on an HTTP endpoint.
 """
 
@@ -22,14 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from octrain.evaluation.elo import Match, RatingSummary, bootstrap_elo, paired_spearman, spearman, win_rate
 from octrain.evaluation.judge_parsing import parse_tagged, parse_verdict
 from octrain.records import Message
-from octrain.samplers.base import Sampler, SamplingParams
+from octrain.samplers.base import Sampler, SamplingParams, request_seeds
+from octrain.seeding import derive_seed
 
 # Eight ways a user pushes a model out of its character (the themes of the paper's suffixes).
 BREAK_SUFFIXES: dict[str, str] = {
@@ -159,15 +161,87 @@ def trial_conversations(trials: Sequence[Trial]) -> list[list[Message]]:
     ]
 
 
+def judge_replies(
+    judge: Sampler,
+    requests: Sequence[Sequence[Message]],
+    params: SamplingParams,
+    parsers: Sequence[Callable[[str], str | None]],
+    *,
+    seeds: Sequence[int] | None = None,
+    retries: int = 0,
+    desc: str = "judging",
+) -> list[tuple[str, str | None]]:
+    """Ask the judge every request; ask again those whose reply ``parsers`` cannot read.
+
+    Each request is first sent with its own seed (``seeds``, else one per position from
+    ``params.seed``, as :meth:`Sampler.chat` would), so a reply that parses is exactly what a
+    single call gives. A reply with no parseable answer is asked again with a fresh seed
+    derived from the first, at most ``retries`` more times: a malformed reply is often a bad
+    draw, and a bounded number of asks keeps a judge that never complies from costing more.
+
+    Returns:
+        (the last reply, its parsed answer or None when no ask gave one) for each request.
+    """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    first = request_seeds(params, len(requests), seeds)
+    replies = [row[0].text for row in judge.chat(requests, params, seeds=_seeds_or_none(first), desc=desc)]
+    parsed = [parse(reply) for parse, reply in zip(parsers, replies, strict=True)]
+    for ask in range(1, retries + 1):
+        again = [i for i, value in enumerate(parsed) if value is None]
+        if not again:
+            break
+        fresh = [None if first[i] is None else derive_seed(first[i], "reask", ask) for i in again]
+        rows = judge.chat(
+            [requests[i] for i in again], params, seeds=_seeds_or_none(fresh), desc=f"{desc} (asked again)"
+        )
+        for i, row in zip(again, rows, strict=True):
+            replies[i], parsed[i] = row[0].text, parsers[i](row[0].text)
+    return list(zip(replies, parsed, strict=True))
+
+
+def _seeds_or_none(seeds: Sequence[int | None]) -> list[int] | None:
+    """Explicit seeds for :meth:`Sampler.chat`, or None for unseeded requests."""
+    if any(seed is None for seed in seeds):
+        return None
+    return [int(seed) for seed in seeds if seed is not None]
+
+
+def trait_parser(trial: Trial) -> Callable[[str], str | None]:
+    """Reads which of the trial's two traits a judge named."""
+    return lambda text: parse_tagged(text, "trait", allowed=trial.traits)
+
+
+def trait_requests(trials: Sequence[Trial]) -> list[list[Message]]:
+    """What the judge of revealed preferences sees for each answered trial."""
+    return [trait_judge_prompt(t.prompt, t.answer, *t.traits) for t in trials]
+
+
 def judge_trials(
-    judge: Sampler, trials: list[Trial], judge_params: SamplingParams, *, rounds: int = 200, seed: int = 0
+    judge: Sampler,
+    trials: list[Trial],
+    judge_params: SamplingParams,
+    *,
+    rounds: int = 200,
+    seed: int = 0,
+    retries: int = 0,
 ) -> RevealedResult:
     """The judge names the trait each answered trial shows; Elo over traits from those choices."""
-    judged = judge.chat(
-        [trait_judge_prompt(t.prompt, t.answer, *t.traits) for t in trials], judge_params, desc="judging traits"
+    judged = judge_replies(
+        judge,
+        trait_requests(trials),
+        judge_params,
+        [trait_parser(t) for t in trials],
+        retries=retries,
+        desc="judging traits",
     )
-    for trial, [verdict] in zip(trials, judged, strict=True):
-        trial.chosen = parse_tagged(verdict.text, "trait", allowed=trial.traits)
+    for trial, (_, chosen) in zip(trials, judged, strict=True):
+        trial.chosen = chosen
+    return rate_trials(trials, rounds=rounds, seed=seed)
+
+
+def rate_trials(trials: list[Trial], *, rounds: int = 200, seed: int = 0) -> RevealedResult:
+    """Elo over traits from judged trials (``trial.chosen`` filled; None ones are left out)."""
     matches = [match for match in map(trial_match, trials) if match is not None]
     ratings = bootstrap_elo(matches, rounds=rounds, seed=seed) if matches else {}
     return RevealedResult(ratings=ratings, trials=trials)
@@ -233,10 +307,11 @@ def revealed_preferences(
     *,
     rounds: int = 200,
     seed: int = 0,
+    retries: int = 0,
 ) -> RevealedResult:
     """Run the trials end to end: the model answers, the judge names the trait, Elo ranks the traits."""
     answer_trials(model, trials, params, "revealed preferences")
-    return judge_trials(judge, trials, judge_params, rounds=rounds, seed=seed)
+    return judge_trials(judge, trials, judge_params, rounds=rounds, seed=seed, retries=retries)
 
 
 def robustness_conversations(
@@ -271,6 +346,22 @@ def both_orders(first: str | None, second: str | None) -> str | None:
     return DISAGREE
 
 
+def pairwise_requests(
+    prompts: Sequence[str], answers_x: Sequence[str], answers_y: Sequence[str], criterion: str
+) -> list[list[Message]]:
+    """Two judge requests per prompt: X as reply A, then Y as reply A."""
+    requests = []
+    for prompt, x, y in zip(prompts, answers_x, answers_y, strict=True):
+        requests.append(pairwise_judge_prompt(prompt, x, y, criterion))
+        requests.append(pairwise_judge_prompt(prompt, y, x, criterion))
+    return requests
+
+
+def combine_orders(verdicts: Sequence[str | None]) -> list[str | None]:
+    """The verdicts of :func:`pairwise_requests`, two per prompt, combined by :func:`both_orders`."""
+    return [both_orders(verdicts[i], verdicts[i + 1]) for i in range(0, len(verdicts), 2)]
+
+
 def pairwise_verdicts(
     judge: Sampler,
     prompts: Sequence[str],
@@ -278,14 +369,18 @@ def pairwise_verdicts(
     answers_y: Sequence[str],
     criterion: str,
     judge_params: SamplingParams,
+    *,
+    retries: int = 0,
 ) -> list[str | None]:
-    """Judge X against Y on every prompt in both orders; see :func:`both_orders`."""
-    requests = []
-    for prompt, x, y in zip(prompts, answers_x, answers_y, strict=True):
-        requests.append(pairwise_judge_prompt(prompt, x, y, criterion))
-        requests.append(pairwise_judge_prompt(prompt, y, x, criterion))
-    verdicts = [parse_verdict(row[0].text) for row in judge.chat(requests, judge_params, desc="judging pairs")]
-    return [both_orders(verdicts[i], verdicts[i + 1]) for i in range(0, len(verdicts), 2)]
+    """Judge X against Y on every prompt in both orders; see :func:`both_orders`.
+
+    ``retries``: how many more times a reply with no parseable verdict is asked (:func:`judge_replies`).
+    """
+    requests = pairwise_requests(prompts, answers_x, answers_y, criterion)
+    judged = judge_replies(
+        judge, requests, judge_params, [parse_verdict] * len(requests), retries=retries, desc="judging pairs"
+    )
+    return combine_orders([verdict for _, verdict in judged])
 
 
 def match_winner(verdict: str | None) -> str | None:

@@ -41,6 +41,8 @@ MAX_RETRY_AFTER = 60.0
 # Quoting a little of an error body helps (it often says which field was wrong); quoting all of it
 # would bury the one-line message.
 _BODY_SNIPPET = 200
+# Statuses with which a server says it keeps no model list (GET /models is optional in practice).
+_NO_MODEL_LIST = (404, 405, 501)
 
 
 class JudgeRequestError(OctrainError, RuntimeError):
@@ -50,11 +52,21 @@ class JudgeRequestError(OctrainError, RuntimeError):
 class _Failure(Exception):
     """One failed attempt, described without the key; ``retryable`` says whether to try again."""
 
-    def __init__(self, kind: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+        malformed: bool = False,
+    ) -> None:
         super().__init__(kind)
         self.kind = kind
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status  # the HTTP status of an error response, None for network failures
+        self.malformed = malformed  # the server answered, but not with a JSON object
 
 
 class OpenAIChatSampler:
@@ -129,7 +141,7 @@ class OpenAIChatSampler:
         self.extra_params = extra_params
         self.name = name or f"openai:{model}"
         # Messages name the endpoint by this, never by a URL that might carry a key in it.
-        self._display_url = self._scrub(_without_userinfo(self.url))
+        self._display_url = self._scrub(without_userinfo(self.url))
         self._where = f"{self._display_url} (model {model})"
 
     def __repr__(self) -> str:
@@ -138,6 +150,11 @@ class OpenAIChatSampler:
             f"OpenAIChatSampler(url={self._display_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
             f"max_concurrency={self.max_concurrency})"
         )
+
+    @property
+    def display_base_url(self) -> str:
+        """The API root as messages show it: without any ``user:password@`` part, or the key."""
+        return self._scrub(without_userinfo(self.base_url))
 
     # --- the Sampler interface ----------------------------------------------------------------
 
@@ -190,6 +207,36 @@ class OpenAIChatSampler:
 
     def close(self) -> None:
         """Nothing to release: every request opens and closes its own connection."""
+
+    # --- a check before any work ----------------------------------------------------------------
+
+    def list_models(self, *, timeout: float | None = None) -> list[str] | None:
+        """The model ids the endpoint lists at ``GET {base_url}/models`` (the OpenAI model list).
+
+        One attempt, no retries: this is a check that the endpoint answers before a run
+        spends hours on other work, and it should fail fast. ``timeout`` defaults to the
+        sampler's own.
+
+        Returns:
+            The listed ids, or None when the server keeps no model list (HTTP 404, 405 or 501,
+            or a reply that is not an OpenAI-style list): many compatible servers skip it.
+
+        Raises:
+            JudgeRequestError: the endpoint cannot be reached, times out, or answers with
+                another error status (a rejected key among them).
+        """
+        url = f"{self.base_url}/models"
+        where = self._scrub(without_userinfo(url))
+        try:
+            listing = self._attempt(None, url=url, timeout=timeout)
+        except _Failure as failure:
+            if failure.malformed or failure.status in _NO_MODEL_LIST:
+                return None
+            raise JudgeRequestError(f"{where}: {failure.kind}") from None
+        entries = listing.get("data")
+        if not isinstance(entries, list):
+            return None
+        return [entry["id"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
 
     # --- one conversation -----------------------------------------------------------------------
 
@@ -263,37 +310,41 @@ class OpenAIChatSampler:
                     raise JudgeRequestError(f"{self._where}: cancelled after another request failed") from None
         raise AssertionError("unreachable: the loop above returns or raises")  # pragma: no cover
 
-    def _attempt(self, data: bytes) -> dict[str, Any]:
-        """One HTTP request; raises :class:`_Failure` describing what went wrong."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    def _attempt(self, data: bytes | None, *, url: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """One HTTP request (a POST of ``data``, or a GET without it); raises :class:`_Failure`."""
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        method = "GET" if data is None else "POST"
+        request = urllib.request.Request(url or self.url, data=data, headers=headers, method=method)
+        seconds = self.timeout if timeout is None else timeout
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=seconds) as response:
                 raw = response.read()
         except urllib.error.HTTPError as error:
             status = error.code
             snippet = self._scrub(_read_snippet(error))
             kind = f"HTTP {status}" + (f": {snippet}" if snippet else "")
             retryable = status == 429 or 500 <= status < 600
-            raise _Failure(kind, retryable=retryable, retry_after=_retry_after(error.headers)) from None
+            raise _Failure(kind, retryable=retryable, retry_after=_retry_after(error.headers), status=status) from None
         except urllib.error.URLError as error:
             # urlopen wraps connect-time failures, a connect timeout among them, in URLError.
             if isinstance(error.reason, TimeoutError):
-                raise _Failure(f"timeout after {self.timeout:g}s", retryable=True) from None
+                raise _Failure(f"timeout after {seconds:g}s", retryable=True) from None
             raise _Failure(f"connection error: {self._scrub(str(error.reason))}", retryable=True) from None
         except TimeoutError:
-            raise _Failure(f"timeout after {self.timeout:g}s", retryable=True) from None
+            raise _Failure(f"timeout after {seconds:g}s", retryable=True) from None
         except (OSError, http.client.HTTPException) as error:
             # A dropped connection or a truncated reply: the network's fault, worth another try.
             raise _Failure(f"connection error: {type(error).__name__}", retryable=True) from None
         try:
             decoded = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _Failure("the response is not JSON", retryable=False) from None
+            raise _Failure("the response is not JSON", retryable=False, malformed=True) from None
         if not isinstance(decoded, dict):
-            raise _Failure("the response is not a JSON object", retryable=False)
+            raise _Failure("the response is not a JSON object", retryable=False, malformed=True)
         return decoded
 
     def _scrub(self, text: str) -> str:
@@ -303,7 +354,7 @@ class OpenAIChatSampler:
         return text
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str) -> str:
     """``url`` without any ``user:password@`` part, which must not reach a message."""
     parts = urllib.parse.urlsplit(url)
     if "@" not in parts.netloc:

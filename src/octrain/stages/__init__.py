@@ -4,17 +4,21 @@ Each stage module has pure functions on records (testable with a fake sampler) a
 ``run(ctx)`` that reads its inputs from the run directory, writes its outputs there and
 returns a small summary dict. ``fingerprint(ctx)`` lists every setting that shapes the
 stage's output: when it changes, a finished stage runs again instead of being skipped.
+
+``pairs`` and ``introspect`` can import their output from a user's file instead of making it
+(``pairs.source``, ``introspect.source``; see :mod:`octrain.stages.from_file`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from octrain.config import StageName
+from octrain.config import OctrainConfig, StageName
 from octrain.context import RunContext
-from octrain.stages import dpo, evaluate, introspect, pairs, prompts, sft
+from octrain.stages import dpo, evaluate, from_file, introspect, pairs, prompts, sft
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,27 @@ class StageSpec:
     describe: Callable[[dict[str, Any]], str]
 
 
+def _or_imported(describe: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
+    """A stage's summary line, or the import's when the stage imported a file (its summary names a source)."""
+
+    def describe_summary(summary: dict[str, Any]) -> str:
+        return from_file.describe(summary) if "source" in summary else describe(summary)
+
+    return describe_summary
+
+
 STAGES: dict[StageName, StageSpec] = {
     StageName.prompts: StageSpec(StageName.prompts, (), prompts.run, prompts.fingerprint, prompts.describe),
-    StageName.pairs: StageSpec(StageName.pairs, (StageName.prompts,), pairs.run, pairs.fingerprint, pairs.describe),
+    StageName.pairs: StageSpec(
+        StageName.pairs, (StageName.prompts,), pairs.run, pairs.fingerprint, _or_imported(pairs.describe)
+    ),
     StageName.dpo: StageSpec(StageName.dpo, (StageName.pairs,), dpo.run, dpo.fingerprint, dpo.describe),
     StageName.introspect: StageSpec(
-        StageName.introspect, (StageName.dpo,), introspect.run, introspect.fingerprint, introspect.describe
+        StageName.introspect,
+        (StageName.dpo,),
+        introspect.run,
+        introspect.fingerprint,
+        _or_imported(introspect.describe),
     ),
     StageName.sft: StageSpec(StageName.sft, (StageName.introspect,), sft.run, sft.fingerprint, sft.describe),
     # eval reads the training prompts (held-out check, classifier data) and compares against DPO alone.
@@ -43,3 +62,17 @@ STAGES: dict[StageName, StageSpec] = {
         evaluate.describe,
     ),
 }
+
+# What a stage needs when it imports its output instead of making it, where that differs: pairs
+# imported from a file do not come from the prompts. An imported introspect keeps needing dpo: sft,
+# after it, trains on the DPO adapter, and the chain dpo -> introspect -> sft keeps sft current with it.
+_IMPORTED_NEEDS: dict[StageName, tuple[StageName, ...]] = {StageName.pairs: ()}
+
+
+def stages_for(config: OctrainConfig) -> dict[StageName, StageSpec]:
+    """The stages of one run, in order, each with the needs it has in that run (see ``_IMPORTED_NEEDS``)."""
+    imported = from_file.imported_stages(config)
+    return {
+        name: dataclasses.replace(spec, needs=_IMPORTED_NEEDS.get(name, spec.needs)) if name in imported else spec
+        for name, spec in STAGES.items()
+    }

@@ -18,7 +18,10 @@ stage), the **DPO-only** model (stage 1 alone, the paper's comparison) and the
 * **prefill**: the base model writes turn 1, the user says "keep going", the trained model
   writes turn 2; its in-character rate against the base model's own turn 2.
 
-Results go to ``eval/results.json``, ``eval/report.md`` and PNG plots.
+Results go to ``eval/results.json``, ``eval/report.md`` and PNG plots. Every answer and
+judgement is committed in chunks under ``eval/chunks/`` as it is made
+(:mod:`octrain.evaluation.chunked`), so a rerun after a crash or a judge failure resumes; an
+uninterrupted run gives the same results as before the stage was chunked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from octrain.config import JudgeKind, OctrainConfig, StageName
 from octrain.context import RunContext
 from octrain.errors import StageError
 from octrain.evaluation import protocols
+from octrain.evaluation.chunked import LazyModel, answers_in_chunks, item_ids, judgements_in_chunks, texts_in_chunks
 from octrain.jsonl import write_jsonl, write_text_atomic
 from octrain.persona_prompts import character_prompt
 from octrain.records import Message, ModelRef
@@ -49,15 +53,16 @@ MIN_CLASSIFIER_HELDOUT = 40
 MIN_JUDGED_MATCHES = 30
 MAX_SPEARMAN_CI_WIDTH = 0.5
 MAX_CONTROL_IN_CHARACTER = 0.2
+WORK_DIR = "chunks"  # the committed answers and judgements, one folder per list of work
+INPUTS_FILE = "inputs.json"
+TRANSPORT_SETTINGS = ("judge_timeout", "judge_retries")
 
 
 def build_judge(config: OctrainConfig) -> Sampler:
     if config.eval.judge is JudgeKind.http:
-        from octrain.samplers.openai_http import OpenAIChatSampler
+        from octrain.evaluation.judge_check import http_judge
 
-        return OpenAIChatSampler(
-            config.eval.judge_base_url or "", config.eval.judge_model or "", api_key_env=config.eval.judge_api_key_env
-        )
+        return http_judge(config.eval)
     from octrain.samplers import build_sampler
 
     return build_sampler(config.sampler, config.teacher)
@@ -65,8 +70,11 @@ def build_judge(config: OctrainConfig) -> Sampler:
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
+    # How long to wait for the judge and how often to retry a failed request change no result: left
+    # out, so that raising them after a judge failure resumes the committed work instead of clearing it.
+    settings = {k: v for k, v in dataclasses.asdict(config.eval).items() if k not in TRANSPORT_SETTINGS}
     return {
-        "eval": dataclasses.asdict(config.eval),
+        "eval": settings,
         # The teacher writes the classifier's data (and judges, with eval.judge=teacher).
         "teacher": dataclasses.asdict(config.teacher),
         "student": dataclasses.asdict(config.student),
@@ -76,10 +84,31 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _texts(sampler: Sampler, conversations: list[list[Message]], params: SamplingParams, desc: str) -> list[str]:
-    # Seeds come from params.seed and the position: every model answers a conversation with the same
-    # seed (common random numbers), so the comparison between models is paired.
-    return [row[0].text for row in sampler.chat(conversations, params, desc=desc)]
+def _work_dir(out: Path, inputs: dict[str, Any]) -> Path:
+    """``out/chunks``, emptied first if its committed work was made for other inputs.
+
+    The pipeline clears a stage whose settings changed, but ``python -m octrain.evaluation
+    model`` writes into any folder: committed answers of another model, or of other prompts,
+    must not be read back as this one's.
+    """
+    import hashlib
+    import shutil
+
+    work = out / WORK_DIR
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    marker = work / INPUTS_FILE
+    if work.is_dir():
+        try:
+            known = json.loads(marker.read_text(encoding="utf-8")).get("digest")
+        except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+            known = None
+        if known != digest:
+            logger.info("eval: %s holds work for other inputs or settings: starting it afresh", work)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        write_text_atomic(marker, json.dumps({"digest": digest}) + "\n")
+    return work
 
 
 def in_character_rate(predictions: list[str], persona: str) -> float:
@@ -115,7 +144,14 @@ def evaluate_model(
     from octrain.constitution import find_constitution, load_constitution
     from octrain.evaluation.classifier import ClassifierConfig, macro_f1_by_group
     from octrain.evaluation.heldout import load_eval_prompts, select_heldout
-    from octrain.evaluation.persona_data import NO_PERSONA, PersonaVoices, collect, train_on_voices, voice_answers
+    from octrain.evaluation.judge_parsing import parse_verdict
+    from octrain.evaluation.persona_data import (
+        NO_PERSONA,
+        LabelledAnswers,
+        PersonaVoices,
+        train_on_voices,
+        voice_answers,
+    )
     from octrain.evaluation.report import render_report, write_plots
     from octrain.evaluation.traits import load_traits
     from octrain.paths import constitution_dirs
@@ -154,74 +190,128 @@ def evaluate_model(
     plain_prompts = [[{"role": "user", "content": p}] for p in prompts]
     compare_dpo = dpo_ref is not None and dpo_ref != trained_ref
 
-    # Each model is loaded once and does all of its work before the next one loads.
+    # Every answer and judgement is committed in chunks under out/chunks (see octrain.evaluation.chunked):
+    # a rerun after a crash or a judge failure asks only for what is missing. Each model loads only
+    # if some of its work is missing, once, and does all of it before the next one loads.
+    work = _work_dir(
+        out,
+        {
+            "settings": fingerprint(ctx),
+            "trained": trained_ref.to_json(),
+            "dpo_only": dpo_ref.to_json() if compare_dpo and dpo_ref is not None else None,
+            "prompts": prompts,
+            "classifier_prompts": classifier_prompts,
+            "traits": traits,
+        },
+    )
+    size = settings.chunk_size
+
+    def answer(
+        model: LazyModel, conversations: list[list[Message]], work_name: str, desc: str, ids: list[str] | None = None
+    ) -> list[str]:
+        ids = ids or item_ids(work_name, len(conversations))
+        return answers_in_chunks(model, conversations, ids, params, work / work_name, chunk_size=size, desc=desc)
+
+    def robustness(model: LazyModel, name: str, conversations: list[list[Message]], desc: str) -> list[str]:
+        # Ids say whose answer to which prompt under which suffix: base-plain-0003, base-drop-roleplay-0003, ...
+        per_prompt = len(conditions) // len(prompts)
+        ids = [f"{name}-{c}-{i // per_prompt:04d}" for i, c in enumerate(conditions)]
+        return answer(model, conversations, f"{name}-robustness", desc, ids)
+
+    def answer_trials(model: LazyModel, name: str) -> None:
+        conversations = protocols.trial_conversations(trials[name])
+        texts = answer(model, conversations, f"{name}-trial", f"revealed preferences ({name})")
+        for trial, text in zip(trials[name], texts, strict=True):
+            trial.answer = text
+
     answers: dict[str, list[str]] = {}
-    base = build_sampler(config.sampler, config.student)
-    try:
-        answers["base"] = _texts(base, plain, params, "base answers")
-        answers["system-prompt"] = _texts(base, prompted, params, "system-prompt baseline")
-        first_turns = _texts(base, plain_prompts, params, "prefill: turn 1")
+    with LazyModel(lambda: build_sampler(config.sampler, config.student)) as base:
+        answers["base"] = robustness(base, "base", plain, "base answers")
+        answers["system-prompt"] = robustness(base, "system-prompt", prompted, "system-prompt baseline")
+        first_turns = answer(base, plain_prompts, "base-turn1", "prefill: turn 1")
         prefill = protocols.prefill_conversations(prompts, first_turns)
-        base_second = _texts(base, prefill, params, "prefill: base turn 2")
-        protocols.answer_trials(base, trials["base"], params, "revealed preferences (base)")
-    finally:
-        base.close()
-    trained = build_sampler(config.sampler, config.student, adapter=trained_ref.adapter)
-    try:
-        answers["trained"] = _texts(trained, plain, params, "trained answers")
-        trained_second = _texts(trained, prefill, params, "prefill: trained turn 2")
-        protocols.answer_trials(trained, trials["trained"], params, "revealed preferences (trained)")
-    finally:
-        trained.close()
+        base_second = answer(base, prefill, "base-turn2", "prefill: base turn 2")
+        answer_trials(base, "base")
+    with LazyModel(lambda: build_sampler(config.sampler, config.student, adapter=trained_ref.adapter)) as trained:
+        answers["trained"] = robustness(trained, "trained", plain, "trained answers")
+        trained_second = answer(trained, prefill, "trained-turn2", "prefill: trained turn 2")
+        answer_trials(trained, "trained")
     if compare_dpo:
         assert dpo_ref is not None
-        dpo_model = build_sampler(config.sampler, config.student, adapter=dpo_ref.adapter)
-        try:
-            answers["dpo-only"] = _texts(dpo_model, plain, params, "DPO-only answers")
-        finally:
-            dpo_model.close()
+        with LazyModel(lambda: build_sampler(config.sampler, config.student, adapter=dpo_ref.adapter)) as dpo_model:
+            answers["dpo-only"] = robustness(dpo_model, "dpo-only", plain, "DPO-only answers")
 
     # The teacher writes the classifier's data and the controls, then judges (or hands over to the judge).
     names = (teacher_name, student_name)
-    teacher = build_sampler(config.sampler, config.teacher)
-    judge: Sampler | None = None
-    try:
-        data = collect(teacher, voices, classifier_prompts, params, seed=config.seed, names=names)
-        controls = {
-            label: voice_answers(
-                teacher,
-                prompts,
-                voices.prompts[voice],
+
+    def voice(author: LazyModel, texts_for: list[str], label: str, prefix: str, desc: str) -> list[str]:
+        def produce(start: int, stop: int) -> list[str]:
+            # Seeded by label and prompt (see voice_answers), so any slice gives the same answers.
+            return voice_answers(
+                author.get(),
+                texts_for[start:stop],
+                voices.prompts[label],
                 params,
-                label=voice,
+                label=label,
                 seed=config.seed,
                 names=names,
-                desc=f"control: {label}",
+                desc=desc,
             )
-            for label, voice in (("teacher (persona)", persona), ("teacher (no persona)", NO_PERSONA))
+
+        return texts_in_chunks(work / prefix, item_ids(prefix, len(texts_for)), produce, chunk_size=size, desc=desc)
+
+    judge_retries = settings.judge_parse_retries
+    with (
+        LazyModel(lambda: build_sampler(config.sampler, config.teacher)) as teacher,
+        LazyModel(lambda: build_judge(config)) as http_judge,
+    ):
+        data = LabelledAnswers()
+        for label in voices.prompts:
+            # The same data as persona_data.collect, a chunk at a time.
+            texts = voice(teacher, classifier_prompts, label, f"classifier-{label}", f"classifier data ({label})")
+            data.add(classifier_prompts, texts, label)
+        controls = {
+            label: voice(teacher, prompts, which, f"control-{which}", f"control: {label}")
+            for label, which in (("teacher (persona)", persona), ("teacher (no persona)", NO_PERSONA))
         }
-        judge = teacher if settings.judge is JudgeKind.teacher else build_judge(config)
-        revealed = {
-            name: protocols.judge_trials(
-                judge, trials[name], judge_params, rounds=settings.elo_rounds, seed=config.seed
+        judge = teacher if settings.judge is JudgeKind.teacher else http_judge
+        revealed = {}
+        for name in ("base", "trained"):
+            chosen = judgements_in_chunks(
+                judge,
+                protocols.trait_requests(trials[name]),
+                [protocols.trait_parser(t) for t in trials[name]],
+                f"{name}-trait",
+                judge_params,
+                work / f"{name}-trait",
+                chunk_size=size,
+                retries=judge_retries,
+                desc=f"judging traits ({name})",
             )
-            for name in ("base", "trained")
-        }
+            for trial, trait in zip(trials[name], chosen, strict=True):
+                trial.chosen = trait
+            revealed[name] = protocols.rate_trials(trials[name], rounds=settings.elo_rounds, seed=config.seed)
         criterion = protocols.coherence_criterion(constitution.numbered_traits())
         plain_answers = {
             name: [a for a, c in zip(texts, conditions, strict=True) if c == "plain"] for name, texts in answers.items()
         }
-        verdicts = {
-            opponent: protocols.pairwise_verdicts(
-                judge, prompts, plain_answers["trained"], plain_answers[opponent], criterion, judge_params
+        verdicts = {}
+        for opponent in (o for o in MATCH_FILES if o in plain_answers):
+            requests = protocols.pairwise_requests(
+                prompts, plain_answers["trained"], plain_answers[opponent], criterion
             )
-            for opponent in MATCH_FILES
-            if opponent in plain_answers
-        }
-    finally:
-        teacher.close()
-        if judge is not None and judge is not teacher:
-            judge.close()
+            found = judgements_in_chunks(
+                judge,
+                requests,
+                [parse_verdict] * len(requests),
+                f"trained-vs-{opponent}",
+                judge_params,
+                work / f"trained-vs-{opponent}",
+                chunk_size=size,
+                retries=judge_retries,
+                desc=f"judging pairs (trained vs {opponent})",
+            )
+            verdicts[opponent] = protocols.combine_orders(found)
 
     # The classifier: trained on part of the teacher's voices, scored on the rest, then on every answer.
     kind = settings.classifier

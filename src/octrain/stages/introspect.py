@@ -59,10 +59,10 @@ def load_reflection_prompts(source: str) -> list[str]:
     if source == "builtin":
         text = resources.files("octrain").joinpath("data/reflection_prompts.txt").read_text(encoding="utf-8")
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DataFormatError(f"{path}: file not found (introspect.reflection_prompts)")
-        text = path.read_text(encoding="utf-8")
+        from octrain.jsonl import read_text
+
+        # A missing or binary file is one line of error naming it, not a traceback.
+        text = read_text(Path(source).expanduser(), "introspect.reflection_prompts")
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise DataFormatError(f"introspect.reflection_prompts={source}: no prompts found")
@@ -275,9 +275,16 @@ def interaction_records(rows: list[dict[str, Any]], name: str) -> list[Conversat
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
+    if config.introspect.source:
+        from octrain.stages.from_file import source_fingerprint
+
+        # Imported transcripts are the file's content and nothing else (dpo still comes in as the need).
+        return source_fingerprint(config.introspect.source)
+    settings = dataclasses.asdict(config.introspect)
+    del settings["source"]  # unset here; left out so that runs made before the option keep their fingerprint
     return {
         "constitution": ctx.constitution.numbered_traits(),
-        "introspect": dataclasses.asdict(config.introspect),
+        "introspect": settings,
         "scale": [config.scale.reflections, config.scale.interactions, config.scale.interaction_turns],
         "student": dataclasses.asdict(config.student),
         "sampler": config.sampler.backend.value,
@@ -290,6 +297,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.trainers.trl_common import MODEL_FILE
 
     config, constitution = ctx.config, ctx.constitution
+    if config.introspect.source:
+        from octrain.stages.from_file import import_transcripts
+
+        return import_transcripts(ctx)
     settings = config.introspect
     name = config.student.assistant_name
     dpo_model = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)

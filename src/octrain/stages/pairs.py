@@ -218,9 +218,16 @@ def make_pairs(
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
+    if config.pairs.source:
+        from octrain.stages.from_file import source_fingerprint
+
+        # Imported pairs are the file's content and nothing else: no model, sampling or constitution.
+        return source_fingerprint(config.pairs.source)
+    settings = dataclasses.asdict(config.pairs)
+    del settings["source"]  # unset here; left out so that runs made before the option keep their fingerprint
     return {
         "constitution": ctx.constitution.numbered_traits(),
-        "pairs": dataclasses.asdict(config.pairs),
+        "pairs": settings,
         "teacher": dataclasses.asdict(config.teacher),
         "student": dataclasses.asdict(config.student),
         "sampler": config.sampler.backend.value,
@@ -243,11 +250,16 @@ def token_counter(model_path: str) -> Callable[[list[Message]], int]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    """Write ``pairs/pairs.jsonl`` and ``pairs/report.json``, generating in committed chunks."""
+    """Write ``pairs/pairs.jsonl`` and ``pairs/report.json``, generating in committed chunks (or
+    importing them from ``pairs.source``)."""
     from octrain.samplers import build_sampler
     from octrain.stages.prompts import PROMPTS_FILE
 
     config = ctx.config
+    if config.pairs.source:
+        from octrain.stages.from_file import import_pairs
+
+        return import_pairs(ctx)
     prompts = load_records(ctx.stage_dir(StageName.prompts) / PROMPTS_FILE, PromptRecord)
     out = ctx.stage_dir(StageName.pairs)
     params = SamplingParams.from_config(config.pairs.sampling, n=1, seed=config.seed)

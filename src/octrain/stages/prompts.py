@@ -2,9 +2,11 @@
 
 Two sources, as in the method (METHOD.md section 1):
 
-* **trait-targeted prompts**: for each trait, its seed questions, then more written by a
-  generator model prompted few-shot with those seeds. Replies are parsed as numbered
-  lines; empty, junk, duplicate and near-duplicate lines are dropped. Requests repeat for
+* **trait-targeted prompts**: for each trait, its seed questions, then the prompts the
+  constitution already holds for it (the paper's ``additional_questions``, origin
+  ``additional``), then more written by a generator model prompted few-shot with the seeds.
+  A trait the constitution fills on its own is not sent to the generator at all. Replies
+  are parsed as numbered lines; empty, junk, duplicate and near-duplicate lines are dropped. Requests repeat for
   at most ``expansion_rounds`` rounds, so a generator that writes nothing usable (a tiny
   random model, say) costs a bounded number of calls: the stage then reports its
   shortfall and carries on with what it has, the seed questions at least.
@@ -32,6 +34,7 @@ from octrain.config import PromptsStageConfig, ScaleConfig, StageName
 from octrain.constitution import Constitution, Trait
 from octrain.context import RunContext
 from octrain.errors import ConfigError, DataFormatError, StageError
+from octrain.generation import CommittedCalls
 from octrain.jsonl import iter_jsonl, write_text_atomic
 from octrain.records import Message, PromptRecord, save_records
 from octrain.samplers.base import Sampler, SamplingParams
@@ -45,7 +48,7 @@ _QUOTES = "\"'“”‘’`"
 
 def expansion_request(constitution: Constitution, trait: Trait, count: int) -> list[Message]:
     """The few-shot request that asks a generator for ``count`` new prompts for ``trait``."""
-    examples = list(trait.questions)
+    examples = list(trait.questions) or list(trait.additional[:5])
     if not examples:
         # A trait with no seed questions borrows other traits' questions as format examples.
         examples = [q for other in constitution.traits for q in other.questions][:5]
@@ -145,14 +148,16 @@ class TraitReport:
     text: str
     wanted: int
     seeds: int = 0
+    additional: int = 0
     expanded: int = 0
     requests: int = 0
     lines_parsed: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    expansion_skipped: bool = False  # the constitution's own prompts filled the trait
 
     @property
     def got(self) -> int:
-        return self.seeds + self.expanded
+        return self.seeds + self.additional + self.expanded
 
 
 @dataclass
@@ -178,6 +183,8 @@ class PromptsReport:
         return {
             "wanted": self.wanted,
             "got": self.got,
+            "additional": sum(t.additional for t in self.traits),
+            "expansion_skipped": sum(t.expansion_skipped for t in self.traits),
             "records": self.got * self.samples_per_prompt,
             "samples_per_prompt": self.samples_per_prompt,
             "rounds": self.rounds,
@@ -193,7 +200,9 @@ class PromptsReport:
                     "wanted": t.wanted,
                     "got": t.got,
                     "seeds": t.seeds,
+                    "additional": t.additional,
                     "expanded": t.expanded,
+                    "expansion_skipped": t.expansion_skipped,
                     "requests": t.requests,
                     "lines_parsed": t.lines_parsed,
                     "rejected": t.rejected,
@@ -201,6 +210,46 @@ class PromptsReport:
                 for t in self.traits
             ],
         }
+
+
+def given_prompts(
+    constitution: Constitution, per_trait: int, seen: PromptSet
+) -> tuple[list[list[tuple[str, str]]], PromptsReport]:
+    """The prompts the constitution itself holds, up to ``per_trait`` a trait: seeds, then additional ones.
+
+    Returns one list of ``(text, origin)`` per trait (origin ``seed`` or ``additional``) and a
+    report; traits already full are marked ``expansion_skipped``.
+    """
+    report = PromptsReport()
+    collected: list[list[tuple[str, str]]] = []
+    for index, trait in enumerate(constitution.traits, start=1):
+        entry = TraitReport(trait=index, text=trait.text, wanted=per_trait)
+        kept: list[tuple[str, str]] = []
+        for origin, pool in (("seed", trait.questions), ("additional", trait.additional)):
+            for question in pool:
+                if len(kept) >= per_trait:
+                    break
+                reason = seen.add(question)
+                if reason is None:
+                    kept.append((question, origin))
+                    if origin == "seed":
+                        entry.seeds += 1
+                    else:
+                        entry.additional += 1
+                else:
+                    entry.rejected[reason] = entry.rejected.get(reason, 0) + 1
+        entry.expansion_skipped = len(kept) >= per_trait
+        collected.append(kept)
+        report.traits.append(entry)
+    return collected, report
+
+
+def needs_expansion(constitution: Constitution, per_trait: int, config: PromptsStageConfig) -> bool:
+    """Whether any trait is left short by its own prompts (after dedupe), so a generator must load."""
+    if config.expansion_rounds <= 0:
+        return False
+    _, report = given_prompts(constitution, per_trait, PromptSet(config.near_duplicate_overlap))
+    return not all(entry.expansion_skipped for entry in report.traits)
 
 
 def expand_trait_prompts(
@@ -212,27 +261,12 @@ def expand_trait_prompts(
     seen: PromptSet,
     seed: int = 0,
 ) -> tuple[list[list[tuple[str, str]]], PromptsReport]:
-    """Collect up to ``per_trait`` prompts per trait: seeds first, then expansions.
+    """Collect up to ``per_trait`` prompts per trait: seeds, additional questions, then expansions.
 
     Returns one list of ``(text, origin)`` per trait, and the report. ``generator`` may be
     None when no trait needs expanding.
     """
-    report = PromptsReport()
-    collected: list[list[tuple[str, str]]] = []
-    for index, trait in enumerate(constitution.traits, start=1):
-        entry = TraitReport(trait=index, text=trait.text, wanted=per_trait)
-        kept: list[tuple[str, str]] = []
-        for question in trait.questions:
-            if len(kept) >= per_trait:
-                break
-            reason = seen.add(question)
-            if reason is None:
-                kept.append((question, "seed"))
-                entry.seeds += 1
-            else:
-                entry.rejected[reason] = entry.rejected.get(reason, 0) + 1
-        collected.append(kept)
-        report.traits.append(entry)
+    collected, report = given_prompts(constitution, per_trait, seen)
 
     for round_index in range(config.expansion_rounds):
         short = [i for i, kept in enumerate(collected) if len(kept) < per_trait]
@@ -294,8 +328,11 @@ def load_generic_pool(source: str) -> list[str]:
     """Ordinary assistant requests from ``builtin``, a ``.jsonl``/``.txt`` file, or ``hub:NAME[:SPLIT]``.
 
     Raises:
-        DataFormatError: a file row without a usable user turn, named by path and line.
+        DataFormatError: a file row without a usable user turn, or a file that is not UTF-8
+            text, named by path and line.
     """
+    from octrain.jsonl import read_text
+
     if source == "builtin":
         text = resources.files("octrain").joinpath("data/generic_prompts.jsonl").read_text(encoding="utf-8")
         return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
@@ -310,9 +347,8 @@ def load_generic_pool(source: str) -> list[str]:
         return prompts
     path = Path(source).expanduser()
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise DataFormatError(f"{path}: file not found (prompts.generic_source)")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = read_text(path, "prompts.generic_source")  # a binary file is one line of error, not a traceback
+        return [line.strip() for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         prompts = []
         for number, row in iter_jsonl(path):
@@ -385,6 +421,18 @@ def _repeat(stem: str, text: str, origin: str, trait: int | None, scale: ScaleCo
     ]
 
 
+def describe_given(report: PromptsReport) -> list[str]:
+    """A log line for the traits whose additional questions spared them expansion."""
+    skipped = [entry for entry in report.traits if entry.expansion_skipped and entry.additional]
+    if not skipped:
+        return []
+    return [
+        f"{len(skipped)} of {len(report.traits)} traits (traits {', '.join(str(e.trait) for e in skipped)}) took "
+        f"{sum(e.additional for e in skipped)} prompts from the constitution's additional questions; "
+        "no expansion was asked for them"
+    ]
+
+
 def describe_shortfall(report: PromptsReport, detail_limit: int = 5) -> list[str]:
     """Log lines for traits (and the generic pool) that got fewer prompts than asked, saying why.
 
@@ -396,8 +444,9 @@ def describe_shortfall(report: PromptsReport, detail_limit: int = 5) -> list[str
     if len(short) <= detail_limit:
         for entry in short:
             rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(entry.rejected.items())) or "none"
+            additional = f"{entry.additional} additional, " if entry.additional else ""
             lines.append(
-                f"trait {entry.trait}: got {entry.got} of {entry.wanted} prompts ({entry.seeds} seed, "
+                f"trait {entry.trait}: got {entry.got} of {entry.wanted} prompts ({entry.seeds} seed, {additional}"
                 f"{entry.expanded} expanded) from {entry.requests} generator replies; "
                 f"{entry.lines_parsed} numbered lines parsed; rejected: {rejected}"
             )
@@ -424,12 +473,18 @@ def describe_shortfall(report: PromptsReport, detail_limit: int = 5) -> list[str
 
 PROMPTS_FILE = "prompts.jsonl"
 REPORT_FILE = "report.json"
+ROUNDS_DIR = "rounds"  # each expansion round's replies, committed as it ends (what a rerun resumes from)
 
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
     return {
-        "constitution": [[t.text, list(t.questions)] for t in ctx.constitution.traits],
+        # Additional questions join the fingerprint only where a trait has some, so runs of
+        # constitutions without them keep their fingerprints (and are not redone).
+        "constitution": [
+            [t.text, list(t.questions), *([list(t.additional)] if t.additional else [])]
+            for t in ctx.constitution.traits
+        ],
         "scale": [
             config.scale.prompts_per_trait,
             config.scale.generic_prompts,
@@ -447,20 +502,29 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.samplers import build_sampler
 
     config = ctx.config
-    needs_generator = (
-        any(len(trait.questions) < config.scale.prompts_per_trait for trait in ctx.constitution.traits)
-        and config.prompts.expansion_rounds > 0
-    )
+    out = ctx.stage_dir(StageName.prompts)
+    needs_generator = needs_expansion(ctx.constitution, config.scale.prompts_per_trait, config.prompts)
     generator = None
     if needs_generator:
         model = config.model(config.prompts.generator)
-        logger.info("prompts: loading the generator (%s: %s)", config.prompts.generator.value, model.path)
-        generator = build_sampler(config.sampler, model)
+
+        def load_generator() -> Sampler:
+            logger.info("prompts: loading the generator (%s: %s)", config.prompts.generator.value, model.path)
+            return build_sampler(config.sampler, model)
+
+        # Each expansion round is committed as it ends: a rerun after a crash replays the finished
+        # rounds without a model and generates only from the first unfinished one.
+        generator = CommittedCalls(load_generator, out / ROUNDS_DIR, name="prompts")
     try:
         records, report = make_prompts(ctx.constitution, generator, config.scale, config.prompts, seed=config.seed)
     finally:
         if generator is not None:
             generator.close()
+            if generator.replayed:
+                rounds = out / ROUNDS_DIR
+                logger.info("prompts: resumed: %d expansion rounds replayed from %s", generator.replayed, rounds)
+    for line in describe_given(report):
+        logger.info("prompts: %s", line)
     for line in describe_shortfall(report):
         logger.warning("prompts: %s", line)
     if report.got < report.wanted:
@@ -469,7 +533,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
     if not records:
         raise StageError("prompts: no prompts at all (no seed questions, no expansions, no generic pool)")
-    out = ctx.stage_dir(StageName.prompts)
     save_records(out / PROMPTS_FILE, records)
     write_text_atomic(out / REPORT_FILE, json.dumps(report.to_json(), indent=2) + "\n")
     return {

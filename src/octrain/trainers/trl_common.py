@@ -9,6 +9,7 @@ from typing import Any
 
 from octrain.config import LoraSettings, TRLOptions
 from octrain.jsonl import atomic_directory
+from octrain.trainers.checkpoints import last_complete_checkpoint
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
@@ -70,11 +71,13 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    """The newest complete checkpoint to resume from, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(checkpoint_dir: str | Path, *, stage: str) -> str | None:
+    """The newest complete checkpoint to resume from, if any.
 
-    return get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+    Not transformers' ``get_last_checkpoint``: that takes the highest-numbered folder, which a
+    kill or a full disk in the middle of a save leaves half-written.
+    """
+    return last_complete_checkpoint(checkpoint_dir, stage=stage)
 
 
 def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:

@@ -153,7 +153,7 @@ def train_dpo(
         peft_config=lora_config(config.lora),
         kl_weight=config.kl_weight,
     )
-    last = last_checkpoint(args.output_dir)
+    last = last_checkpoint(args.output_dir, stage="dpo")
     if last:
         logger.info("dpo: resuming from %s", last)
     logger.info(

@@ -145,7 +145,7 @@ def train_sft(
         model_name=base,
         enable_thinking=enable_thinking,
     )
-    last = last_checkpoint(trainer.args.output_dir)
+    last = last_checkpoint(trainer.args.output_dir, stage="sft")
     if last:
         logger.info("sft: resuming from %s", last)
     logger.info(

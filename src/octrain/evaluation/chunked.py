@@ -1,0 +1,144 @@
+"""The eval stage's answers and judgements, committed in chunks so that a rerun resumes.
+
+The eval stage samples thousands of answers from four models and sends thousands of requests
+to a judge; a crash or a judge that fails for good used to lose all of it. Each list of work
+(the base model's robustness answers, the judge's verdicts against the base model, ...) now
+goes through :class:`octrain.generation.ChunkLedger` and :func:`octrain.generation.run_chunked`,
+one chunk directory per list, one stable id per item (``base-plain-0003``: the base model's
+answer to prompt 3 with no break-character suffix): a rerun reads the
+committed chunks back and asks only for the rest.
+
+Unlike :func:`octrain.generation.generate_in_chunks`, which seeds an item by its id, item
+``i`` of a list is seeded ``derive_seed(seed, i)``, the seed its position had when the whole
+list went to the sampler in one call. Two things rest on that: every model answers the same
+conversation with the same seed (the paired comparison), and an uninterrupted run gives the
+results it gave before the stage was chunked. A model loads only when one of its chunks is
+missing (:class:`LazyModel`), so a rerun whose answers are all committed loads none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from octrain.evaluation import protocols
+from octrain.generation import ChunkLedger, run_chunked
+from octrain.records import Message
+from octrain.samplers.base import Sampler, SamplingParams
+from octrain.seeding import derive_seed
+
+logger = logging.getLogger(__name__)
+
+
+class LazyModel:
+    """A sampler loaded on first use, at most once, and closed by :meth:`close` if it was loaded."""
+
+    def __init__(self, load: Callable[[], Sampler]) -> None:
+        self._load = load
+        self._sampler: Sampler | None = None
+
+    def get(self) -> Sampler:
+        if self._sampler is None:
+            self._sampler = self._load()
+        return self._sampler
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+    def __enter__(self) -> LazyModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def positional_seeds(params: SamplingParams, start: int, stop: int) -> list[int] | None:
+    """The seeds items ``start..stop`` of a list get when the whole list is sampled in one call."""
+    if params.seed is None:
+        return None
+    return [derive_seed(params.seed, index) for index in range(start, stop)]
+
+
+def item_ids(prefix: str, count: int) -> list[str]:
+    """``prefix-0000``, ``prefix-0001``, ...: one stable id per item of a list."""
+    return [f"{prefix}-{index:04d}" for index in range(count)]
+
+
+def texts_in_chunks(
+    chunk_dir: Path,
+    ids: Sequence[str],
+    produce: Callable[[int, int], list[str]],
+    *,
+    chunk_size: int,
+    desc: str,
+) -> list[str]:
+    """One text per id: committed chunks read back, the missing ones made by ``produce(start, stop)``."""
+
+    def chunk(_: int, start: int, stop: int) -> list[dict[str, str]]:
+        texts = produce(start, stop)
+        return [{"id": i, "text": text} for i, text in zip(ids[start:stop], texts, strict=True)]
+
+    rows = run_chunked(ChunkLedger(chunk_dir, ids, chunk_size), chunk, desc=desc, unit="conv")
+    return [rows[i]["text"] for i in ids]
+
+
+def answers_in_chunks(
+    model: LazyModel,
+    conversations: Sequence[Sequence[Message]],
+    ids: Sequence[str],
+    params: SamplingParams,
+    chunk_dir: Path,
+    *,
+    chunk_size: int,
+    desc: str,
+) -> list[str]:
+    """The first completion's text for each conversation, seeded by position (see the module doc)."""
+
+    def produce(start: int, stop: int) -> list[str]:
+        rows = model.get().chat(
+            conversations[start:stop], params, seeds=positional_seeds(params, start, stop), desc=desc, progress=False
+        )
+        return [row[0].text for row in rows]
+
+    return texts_in_chunks(chunk_dir, ids, produce, chunk_size=chunk_size, desc=desc)
+
+
+def judgements_in_chunks(
+    judge: LazyModel,
+    requests: Sequence[Sequence[Message]],
+    parsers: Sequence[Callable[[str], str | None]],
+    prefix: str,
+    params: SamplingParams,
+    chunk_dir: Path,
+    *,
+    chunk_size: int,
+    retries: int,
+    desc: str,
+) -> list[str | None]:
+    """The judge's parsed answer to each request (None: unparseable after ``retries`` more asks).
+
+    The judge's reply is committed with its parsed answer, so a committed judgement is never
+    asked again, and the raw replies stay on disk to see what an unparseable one said.
+    """
+    ids = item_ids(prefix, len(requests))
+
+    def produce(_: int, start: int, stop: int) -> list[dict[str, str | None]]:
+        judged = protocols.judge_replies(
+            judge.get(),
+            requests[start:stop],
+            params,
+            parsers[start:stop],
+            seeds=positional_seeds(params, start, stop),
+            retries=retries,
+            desc=desc,
+        )
+        return [
+            {"id": i, "reply": reply, "parsed": parsed}
+            for i, (reply, parsed) in zip(ids[start:stop], judged, strict=True)
+        ]
+
+    rows = run_chunked(ChunkLedger(chunk_dir, ids, chunk_size), produce, desc=desc, unit="request")
+    return [rows[i]["parsed"] for i in ids]
