@@ -133,3 +133,29 @@ def test_resume_after_a_killed_training_run(tiny_model_path: str, tmp_path: Path
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, 49))  # 32 pairs / 4 x 6 epochs, each step once
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_path: str, tmp_path: Path) -> None:
+    """Checkpointed blocks still pass gradients to the LoRA factors: same losses, same weights."""
+    from safetensors.torch import load_file
+
+    from octrain.trainers.trl_common import shared_args
+
+    save_records(tmp_path / "pairs.jsonl", style_pairs(0, 16))
+    config = DpoStageConfig(lora=LoraSettings(rank=8, alpha=16), learning_rate=2e-3, batch_size=8, max_length=256)
+    adapters, losses = {}, {}
+    for checkpointing in (False, True):
+        options = TRLOptions(per_device_batch_size=4, save_steps=1000, gradient_checkpointing=checkpointing)
+        assert shared_args(options, tmp_path, batch_size=8, seed=0)["gradient_checkpointing"] is checkpointing
+        out = tmp_path / f"checkpointing-{checkpointing}"
+        result = train_dpo(tmp_path / "pairs.jsonl", ModelRef(base=tiny_model_path), out, config, options)
+        adapters[checkpointing] = load_file(str(Path(result.adapter) / "adapter_model.safetensors"))
+        losses[checkpointing] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], abs=1e-5)
+    for name, weight in adapters[False].items():
+        assert torch.allclose(adapters[True][name], weight, atol=1e-5), name
+    assert any("lora_A" in n and adapters[True][n].abs().sum() > 0 for n in adapters[True])
+    # Unset, it follows the hardware: off on this CPU.
+    assert (
+        shared_args(TRLOptions(), tmp_path, batch_size=8, seed=0)["gradient_checkpointing"] is torch.cuda.is_available()
+    )

@@ -30,6 +30,7 @@ def shared_args(options: TRLOptions, output_dir: Path, *, batch_size: int, seed:
     """TrainingArguments common to DPO and SFT. The effective batch is reached by accumulation:
     per-device batch x accumulation steps x processes >= ``batch_size``."""
     use_cuda, bf16 = precision()
+    checkpointing = use_cuda if options.gradient_checkpointing is None else options.gradient_checkpointing
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = min(options.per_device_batch_size, batch_size)
     return {
@@ -39,7 +40,10 @@ def shared_args(options: TRLOptions, output_dir: Path, *, batch_size: int, seed:
         "bf16": bf16,
         "fp16": False,
         "use_cpu": not use_cuda,
-        "gradient_checkpointing": options.gradient_checkpointing,
+        "gradient_checkpointing": checkpointing,
+        # Non-reentrant checkpointing works with a frozen base and LoRA: the reentrant kind needs inputs
+        # that require grad, or the adapters get no gradient through the checkpointed blocks.
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
         "logging_steps": options.logging_steps,
         "save_steps": options.save_steps,
         "save_total_limit": 2,
