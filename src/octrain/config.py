@@ -43,6 +43,14 @@ class TrainerBackend(str, Enum):
     tinker = "tinker"  # Tinker's hosted LoRA training
 
 
+class Execution(str, Enum):
+    """Where each stage runs (see :mod:`octrain.stage_worker`)."""
+
+    auto = "auto"  # worker processes on a CUDA machine, in-process on the CPU
+    inline = "inline"  # every stage in the process that started the run
+    worker = "worker"  # every stage in a fresh process of its own, so its memory is gone when it ends
+
+
 class SftMode(str, Enum):
     sequential = "sequential"  # fold the DPO adapter in, train SFT on top (what the paper's code does)
     paper = "paper"  # the Studio's "paper mode": SFT from the base model, then merge both adapters
@@ -354,6 +362,7 @@ class OctrainConfig:
     # over DPO settings samples the pairs once).
     reuse: list[StageName] = field(default_factory=lambda: [StageName.prompts, StageName.pairs])
     log_level: str = "INFO"
+    execution: Execution = Execution.auto
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)

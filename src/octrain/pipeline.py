@@ -33,6 +33,7 @@ from octrain.errors import ConfigError, StageError
 from octrain.jsonl import atomic_directory, remove_stray_temporaries, write_text_atomic
 from octrain.paths import constitution_dirs
 from octrain.run_lock import run_lock
+from octrain.stage_worker import run_in_worker, uses_workers
 from octrain.storage_errors import write_failures_reported
 
 if TYPE_CHECKING:
@@ -316,6 +317,13 @@ def _reuse(ctx: RunContext, spec: StageSpec, fingerprint: str) -> bool:
     return True
 
 
+def _stage_work(ctx: RunContext, spec: StageSpec) -> dict[str, Any]:
+    """The stage's own work, here or in a fresh worker process (``execution``); its summary."""
+    if uses_workers(ctx.config):
+        return run_in_worker(ctx, spec.name, ctx.run_dir / LOG_FILE)
+    return spec.run(ctx)
+
+
 def _run_stage(
     ctx: RunContext, spec: StageSpec, fingerprints: dict[StageName, str], *, upstream_ran: bool
 ) -> StageOutcome:
@@ -369,7 +377,7 @@ def _run_stage(
         write_text_atomic(started_path, json.dumps({"fingerprint": fingerprint}) + "\n")
         logger.info("%s: running", spec.name.value)
         began = time.perf_counter()
-        summary = spec.run(ctx)
+        summary = _stage_work(ctx, spec)
         seconds = time.perf_counter() - began
         record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}
         write_text_atomic(done_path, json.dumps(record, indent=2) + "\n")
