@@ -154,7 +154,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_path: str, tm
     assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], abs=1e-5)
     for name, weight in adapters[False].items():
         assert torch.allclose(adapters[True][name], weight, atol=1e-5), name
-    assert any("lora_A" in n and adapters[True][n].abs().sum() > 0 for n in adapters[True])
+    # lora_B starts at zero: non-zero factors mean gradients reached them through the checkpointed blocks.
+    assert all(adapters[True][n].abs().sum() > 0 for n in adapters[True] if "lora_B" in n)
     # Unset, it follows the hardware: off on this CPU.
     assert (
         shared_args(TRLOptions(), tmp_path, batch_size=8, seed=0)["gradient_checkpointing"] is torch.cuda.is_available()
