@@ -51,6 +51,15 @@ class Execution(str, Enum):
     worker = "worker"  # every stage in a fresh process of its own, so its memory is gone when it ends
 
 
+class SmokeMode(str, Enum):
+    """Which smoke runs go before a run at scale=full or scale=paper (see :mod:`octrain.smoke`)."""
+
+    both = "both"  # the small one, then the large one
+    small = "small"  # tiny counts and short answers: every code path, in minutes
+    large = "large"  # tiny counts at the full run's lengths and batch sizes: the memory peaks
+    none = "none"  # start the full run straight away
+
+
 class SftMode(str, Enum):
     sequential = "sequential"  # fold the DPO adapter in, train SFT on top (what the paper's code does)
     paper = "paper"  # the Studio's "paper mode": SFT from the base model, then merge both adapters
@@ -83,6 +92,14 @@ class ModelConfig:
     trust_remote_code: bool = False
     enable_thinking: bool = False  # Qwen3-style templates: think before answering
     max_model_len: int = 4096
+    # transformers' attention kernel, for training and the transformers sampler: sdpa (PyTorch's own,
+    # memory-efficient), eager, or flash_attention_2 / flash_attention_3 when that package is installed.
+    attn_implementation: str = "sdpa"
+    # vLLM only, per model, so the teacher can be sampled in fp8 while the student is sampled in the
+    # precision it is trained in. quantization: vLLM's name for the method (fp8, awq, ...); None: as stored.
+    quantization: str | None = None
+    # Share of the GPU this model's vLLM engine may take; None: sampler.vllm.gpu_memory_utilization.
+    gpu_memory_utilization: float | None = None
 
 
 @dataclass
@@ -109,7 +126,7 @@ class VLLMSamplerOptions:
     max_lora_rank: int = 64
     enable_prefix_caching: bool = True  # every teacher prompt shares the constitution prefix
     max_num_seqs: int | None = None
-    quantization: str | None = None  # e.g. fp8: a 32B teacher then leaves far more KV cache
+    # Quantization and the memory share of one engine are set per model: teacher.quantization=fp8.
 
 
 @dataclass
@@ -133,6 +150,9 @@ class TRLOptions:
     # student's activation memory ~30x (SFT at 4 x 3,072 tokens: ~86 GiB without, ~15 GiB with) for
     # ~25-30% more compute; on the CPU memory is rarely the limit and the time is not worth it.
     gradient_checkpointing: bool | None = None
+    # QLoRA: load the frozen student in 4-bit NF4 through bitsandbytes (pip install -e ".[quant]") and
+    # train the LoRA adapters on top; ~4x less weight memory, a little slower per step.
+    load_in_4bit: bool = False
     report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard], [wandb], [trackio]
     logging_steps: int = 1
     save_steps: int = 50
@@ -363,6 +383,9 @@ class OctrainConfig:
     reuse: list[StageName] = field(default_factory=lambda: [StageName.prompts, StageName.pairs])
     log_level: str = "INFO"
     execution: Execution = Execution.auto
+    # Only for scale=full and scale=paper (hours of GPU time): smoke runs with the same models and
+    # settings must pass first; other scales ignore it.
+    smoke: SmokeMode = SmokeMode.both
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -428,6 +451,11 @@ def validate(config: OctrainConfig) -> None:
         if not model.assistant_name.strip():
             raise ConfigError(f"{role.value}.assistant_name: expected a non-empty name")
         _positive(f"{role.value}.max_model_len", model.max_model_len)
+        if not model.attn_implementation.strip():
+            raise ConfigError(f"{role.value}.attn_implementation: expected sdpa, eager or flash_attention_2")
+        share = model.gpu_memory_utilization
+        if share is not None and not 0 < share <= 1:
+            raise ConfigError(f"{role.value}.gpu_memory_utilization: expected a share in (0, 1] or null, got {share}")
     scale = config.scale
     for key in ("prompts_per_trait", "generic_prompts", "reflections", "interactions"):
         _positive(f"scale.{key}", getattr(scale, key), allow_zero=True)
