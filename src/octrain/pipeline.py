@@ -218,6 +218,10 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
     constitution = resolve_constitution(config)
     preflight(config)
     run_path = Path(run_dir)
+    from octrain.smoke import check_smoke_runs
+
+    # Hours of GPU time at paper scale: prove the same models and settings end to end on tiny counts first.
+    check_smoke_runs(config, run_path)
     # The lock is the first write into the run directory: a read-only one stops here, before any stage.
     with write_failures_reported(run_path), run_lock(run_path):
         return _run_locked(config, run_path, constitution)
