@@ -28,7 +28,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     config = ctx.config
     out = ctx.stage_dir(StageName.dpo)
-    trainer = build_trainer(config.trainer, seed=config.seed)
+    trainer = build_trainer(config.trainer, seed=config.seed, attn_implementation=config.student.attn_implementation)
     trained = trainer.train_dpo(
         ctx.stage_dir(StageName.pairs) / PAIRS_FILE, ModelRef(base=config.student.path), out, config.dpo
     )

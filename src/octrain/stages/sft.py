@@ -54,6 +54,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         fold=dpo.adapter if sequential else None,
         seed=config.seed,
         enable_thinking=config.student.enable_thinking,  # the template as preflight checked it
+        attn_implementation=config.student.attn_implementation,
     )
     # The final adapter carries the student's tokenizer and chat template, so that it stands on
     # its own (AutoTokenizer, vLLM), and its rank is padded to one vLLM can be configured for.

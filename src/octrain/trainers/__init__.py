@@ -15,19 +15,29 @@ __all__ = ["TRLTrainer", "Trainer", "build_trainer"]
 class TRLTrainer:
     """Local LoRA training with TRL (CPU or CUDA; ``accelerate launch`` for several GPUs)."""
 
-    def __init__(self, config: TrainerConfig, *, seed: int = 0) -> None:
+    def __init__(self, config: TrainerConfig, *, seed: int = 0, attn_implementation: str = "sdpa") -> None:
         self.options = config.trl
         self.seed = seed
+        self.attn_implementation = attn_implementation  # the student's kernel: a model setting, not a TRL one
 
     def train_dpo(self, pairs_path: Path, start: ModelRef, output_dir: Path, config: DpoStageConfig) -> ModelRef:
         from octrain.trainers.trl_dpo import train_dpo
 
-        return train_dpo(pairs_path, start, output_dir, config, self.options, seed=self.seed)
+        return train_dpo(
+            pairs_path,
+            start,
+            output_dir,
+            config,
+            self.options,
+            seed=self.seed,
+            attn_implementation=self.attn_implementation,
+        )
 
 
-def build_trainer(config: TrainerConfig, *, seed: int = 0) -> Trainer:
+def build_trainer(config: TrainerConfig, *, seed: int = 0, attn_implementation: str = "sdpa") -> Trainer:
+    """The backend ``config`` names; ``attn_implementation`` is ``student.attn_implementation`` (local backends)."""
     if config.backend is TrainerBackend.trl:
-        return TRLTrainer(config, seed=seed)
+        return TRLTrainer(config, seed=seed, attn_implementation=attn_implementation)
     raise ConfigError(
         f"trainer.backend={config.backend.value}: this backend is not in this version of octrain yet; use trainer=trl"
     )

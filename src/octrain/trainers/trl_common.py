@@ -26,11 +26,25 @@ def precision() -> tuple[bool, bool]:
     return use_cuda, use_cuda and torch.cuda.is_bf16_supported()
 
 
+def gradient_checkpointing(options: TRLOptions) -> tuple[bool, dict[str, Any] | None]:
+    """(enabled, kwargs) for gradient checkpointing: on with CUDA unless the config says otherwise.
+
+    One function, because two places switch it on: the TrainingArguments below and, for a 4-bit
+    student, PEFT's ``prepare_model_for_kbit_training``; they must agree or the second call
+    silently replaces the first one's settings.
+    """
+    use_cuda, _ = precision()
+    enabled = use_cuda if options.gradient_checkpointing is None else options.gradient_checkpointing
+    # Non-reentrant checkpointing works with a frozen base and LoRA: the reentrant kind needs inputs
+    # that require grad, or the adapters get no gradient through the checkpointed blocks.
+    return enabled, ({"use_reentrant": False} if enabled else None)
+
+
 def shared_args(options: TRLOptions, output_dir: Path, *, batch_size: int, seed: int) -> dict[str, Any]:
     """TrainingArguments common to DPO and SFT. The effective batch is reached by accumulation:
     per-device batch x accumulation steps x processes >= ``batch_size``."""
     use_cuda, bf16 = precision()
-    checkpointing = use_cuda if options.gradient_checkpointing is None else options.gradient_checkpointing
+    checkpointing, checkpointing_kwargs = gradient_checkpointing(options)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = min(options.per_device_batch_size, batch_size)
     return {
@@ -41,9 +55,7 @@ def shared_args(options: TRLOptions, output_dir: Path, *, batch_size: int, seed:
         "fp16": False,
         "use_cpu": not use_cuda,
         "gradient_checkpointing": checkpointing,
-        # Non-reentrant checkpointing works with a frozen base and LoRA: the reentrant kind needs inputs
-        # that require grad, or the adapters get no gradient through the checkpointed blocks.
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
+        "gradient_checkpointing_kwargs": checkpointing_kwargs,
         "logging_steps": options.logging_steps,
         "save_steps": options.save_steps,
         "save_total_limit": 2,

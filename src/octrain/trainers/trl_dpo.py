@@ -8,8 +8,10 @@ per-token log-probs TRL already computes for the policy and the reference (captu
 forward hook, so no extra forward pass), and logs the three parts of the loss separately.
 
 The reference is the starting model with the LoRA adapter switched off: one copy of the
-weights in memory. Precision follows the hardware: bf16 on a GPU that supports it, fp32
-on the CPU. Training resumes from the last checkpoint in ``output_dir/checkpoints``.
+weights in memory (with ``trainer.trl.load_in_4bit`` the base, and so the reference, is the
+4-bit one: :mod:`octrain.trainers.model_loading`). Precision follows the hardware: bf16 on a
+GPU that supports it, fp32 on the CPU. Training resumes from the last checkpoint in
+``output_dir/checkpoints``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from octrain.config import DpoStageConfig, TRLOptions
 from octrain.errors import ConfigError
 from octrain.records import ModelRef, PreferencePair, load_records
+from octrain.trainers.model_loading import load_student
 from octrain.trainers.trl_common import (
     ADAPTER_DIR,
     METRICS_FILE,
@@ -127,11 +130,14 @@ def train_dpo(
     options: TRLOptions | None = None,
     *,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> ModelRef:
-    """Train a LoRA adapter with DPO on ``pairs_path``; see :class:`~octrain.trainers.base.Trainer`."""
-    import torch
+    """Train a LoRA adapter with DPO on ``pairs_path``; see :class:`~octrain.trainers.base.Trainer`.
+
+    ``attn_implementation`` is the student's (``student.attn_implementation``): it belongs to the
+    model, not to the trainer options.
+    """
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
 
     from octrain.tiny_model import resolve_model_path
 
@@ -143,7 +149,7 @@ def train_dpo(
     _, bf16 = precision()
     model_path = resolve_model_path(start.base)
     tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model = load_student(model_path, options, attn_implementation=attn_implementation)
     args = build_dpo_args(config, options, output_dir, seed=seed)
     trainer = make_trainer_class()(
         model=model,
@@ -157,12 +163,14 @@ def train_dpo(
     if last:
         logger.info("dpo: resuming from %s", last)
     logger.info(
-        "dpo: %d pairs, batch %d (%d per device x %d accumulation), %s",
+        "dpo: %d pairs, batch %d (%d per device x %d accumulation), %s%s, %s attention",
         len(dataset),
         config.batch_size,
         args.per_device_train_batch_size,
         args.gradient_accumulation_steps,
         "bf16" if bf16 else "fp32",
+        " on a 4-bit NF4 base" if options.load_in_4bit else "",
+        attn_implementation,
     )
     trainer.train(resume_from_checkpoint=last)
     if trainer.accelerator.is_main_process:

@@ -19,6 +19,7 @@ from typing import Any
 from octrain.assistant_mask import tokenize_conversation
 from octrain.config import SftStageConfig, TRLOptions
 from octrain.records import Conversation, load_records
+from octrain.trainers.model_loading import training_student
 from octrain.trainers.trl_common import (
     METRICS_FILE,
     PLOT_FILE,
@@ -109,31 +110,56 @@ def train_sft(
     fold: str | None = None,
     seed: int = 0,
     enable_thinking: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> Path:
     """Train a LoRA adapter on the transcripts; returns the adapter directory.
 
     Args:
         base: the base model (Hub id, directory or ``builtin:tiny-qwen3``).
         fold: an adapter folded into the base before training (sequential mode: the DPO
-            adapter); the new adapter is then an update on top of it.
+            adapter); the new adapter is then an update on top of it. With
+            ``options.load_in_4bit`` the fold is done in full precision and the folded model
+            quantized afterwards (:func:`~octrain.trainers.model_loading.training_student`).
         enable_thinking: the student's ``enable_thinking``, for its chat template.
+        attn_implementation: the student's attention kernel (``student.attn_implementation``).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from octrain.merge import fold_adapter
     from octrain.tiny_model import resolve_model_path
 
     options = options or TRLOptions()
     base_path = resolve_model_path(base)
-    _, bf16 = precision()
     tokenizer = load_tokenizer(base_path)
-    if fold:
-        model = fold_adapter(base_path, fold)
-        if bf16:
-            model = model.to(torch.bfloat16)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    with training_student(
+        base_path, options, attn_implementation=attn_implementation, fold=fold, scratch_dir=output_dir
+    ) as model:
+        return _train(
+            conversations_path,
+            model,
+            tokenizer,
+            output_dir,
+            config,
+            options,
+            seed=seed,
+            base=base,
+            fold=fold,
+            enable_thinking=enable_thinking,
+        )
+
+
+def _train(
+    conversations_path: Path,
+    model: Any,
+    tokenizer: Any,
+    output_dir: Path,
+    config: SftStageConfig,
+    options: TRLOptions,
+    *,
+    seed: int,
+    base: str,
+    fold: str | None,
+    enable_thinking: bool,
+) -> Path:
+    """Train and save, for :func:`train_sft`, while the (possibly scratch-backed) model is open."""
+    _, bf16 = precision()
     trainer = build_sft_trainer(
         conversations_path,
         model,
@@ -149,13 +175,14 @@ def train_sft(
     if last:
         logger.info("sft: resuming from %s", last)
     logger.info(
-        "sft: %d training examples, batch %d (%d per device x %d accumulation), %s, on %s",
+        "sft: %d training examples, batch %d (%d per device x %d accumulation), %s, on %s%s",
         len(trainer.train_dataset),
         config.batch_size,
         trainer.args.per_device_train_batch_size,
         trainer.args.gradient_accumulation_steps,
         "bf16" if bf16 else "fp32",
         f"{base} with {fold} folded in" if fold else base,
+        " (4-bit NF4)" if options.load_in_4bit else "",
     )
     trainer.train(resume_from_checkpoint=last)
     adapter_dir = output_dir / "sft_adapter"
