@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.octrain-installed
 RECIPE ?= pirate_tiny
 
-.PHONY: install demo test test-all test-vllm lint format bench clean
+.PHONY: install demo test test-slow test-all test-vllm lint format bench bench-gpu bench-gpu-smoke wheels-gpu-bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu and not tinker and not vllm"
+
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu and not tinker"
 
@@ -39,6 +42,25 @@ test-vllm:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# LoRA DPO/SFT tokens/s, MFU and peak memory on a random-weight Qwen3-4B (BENCHMARKS.md): 5-7 min on one
+# H100/H200. The smoke mode runs the same code on the tiny shape on the CPU in about a minute.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_training.py --out benchmarks/gpu_training.json
+
+bench-gpu-smoke: $(STAMP)
+	$(BIN)/python benchmarks/gpu_training.py --smoke --jobs 2 --out runs/gpu_training_smoke.json
+
+# What the lent GPU machine lacks for bench-gpu (it has torch, transformers, accelerate, pandas, pyarrow):
+# ~3 MB of pure-Python wheels for Python 3.12, carried there as `wheels/` (git-ignored) by
+# benchmarks/device_gpu_training.sh. peft is pinned too, to the version octrain is tested with.
+GPU_WHEELS ?= wheels
+wheels-gpu-bench: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d $(GPU_WHEELS) \
+		trl==1.16.0 datasets==5.2.0 peft==0.21.2 omegaconf==2.3.1 dill==0.4.1 multiprocess==0.70.19
+	@# omegaconf's parser runtime is published as a source archive only: build its (pure-Python) wheel here.
+	$(BIN)/python -m pip wheel --quiet --no-deps -w $(GPU_WHEELS) antlr4-python3-runtime==4.9.3
+	@du -sh $(GPU_WHEELS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -29,7 +29,24 @@ def test_the_whole_recipe_runs_stage_by_stage_in_workers(tmp_path: Path) -> None
         assert not (run_dir / stage / ".worker-result.json").exists()
     assert (run_dir / "eval" / "report.md").is_file()
     # The workers log into the run's log too: the stages' own lines are there, not only the parent's.
-    assert "pairs: kept 56 of 56" in (run_dir / "octrain.log").read_text()
+    log = (run_dir / "octrain.log").read_text()
+    assert "pairs: kept 56 of 56" in log
+    # prompts and pairs only sample: one worker runs both, and its teacher engine answers the prompts
+    # it wrote (the tiny teacher and student are the same weights: one engine for both sides).
+    assert "pairs: running in a worker process (pid " in first.stderr
+    assert ", the one that ran prompts and keeps its engine" in first.stderr
+    starts = [
+        line.split("engine start: ")[1].split(", ready in")[0] for line in log.splitlines() if "engine start: " in line
+    ]
+    dpo, trained = run_dir / "dpo" / "adapter", run_dir / "sft" / "adapter"
+    assert starts == [
+        "transformers builtin:tiny-qwen3",  # prompts, then pairs (teacher and student)
+        f"transformers builtin:tiny-qwen3 + {dpo}",  # introspect: reflections and conversations
+        "transformers builtin:tiny-qwen3",  # eval: the base model
+        f"transformers builtin:tiny-qwen3 + {trained}",  # the trained model
+        f"transformers builtin:tiny-qwen3 + {dpo}",  # DPO alone
+        "transformers builtin:tiny-qwen3",  # the teacher: classifier data, controls, judging
+    ]
     again = run_cli("+recipe=pirate_tiny", "execution=worker", f"run_root={tmp_path}")
     assert again.returncode == 0, again.stderr
     assert "worker process" not in again.stderr  # finished stages are skipped by the parent alone

@@ -25,7 +25,7 @@ SCRIPT = """
 import json, sys
 from octrain.samplers import SamplingParams
 from octrain.samplers.hf import HFSampler
-from octrain.samplers.vllm_engine import VLLMSampler
+from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler
 
 if __name__ == "__main__":
     model, adapter = sys.argv[1], sys.argv[2] or None
@@ -37,8 +37,9 @@ if __name__ == "__main__":
     greedy = SamplingParams(n=1, temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
     sampled = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=0)
     # float32 on both sides: vLLM on the CPU defaults to bf16, whose rounding flips near-tied greedy picks.
-    engine = VLLMSampler(model, adapter_path=adapter, dtype="float32", gpu_memory_utilization=0.2, max_model_len=512,
-                         show_progress=False)
+    loaded = VLLMEngine(model, max_lora_rank=64 if adapter else 0, dtype="float32", gpu_memory_utilization=0.2,
+                        max_model_len=512)
+    engine = VLLMSampler(loaded, adapter_path=adapter, show_progress=False, owns_engine=True)
     out = {
         "vllm": [row[0].text for row in engine.chat(conversations, greedy)],
         "vllm_n": [len(row) for row in engine.chat(conversations, sampled)],
@@ -62,9 +63,9 @@ if __name__ == "__main__":
 """
 
 
-def compare(model: str, adapter: str, tmp_path: Path) -> dict:
+def compare(model: str, adapter: str, tmp_path: Path, script_text: str = SCRIPT) -> dict:
     script = tmp_path / "compare.py"
-    script.write_text(SCRIPT)
+    script.write_text(script_text)
     done = subprocess.run(
         [sys.executable, str(script), model, adapter], capture_output=True, text=True, timeout=600, cwd=REPO
     )
@@ -100,3 +101,66 @@ def test_vllm_serves_a_lora_adapter(tiny_model_path: str, tmp_path: Path) -> Non
     model.save_pretrained(tmp_path / "adapter")
     result = compare(tiny_model_path, str(tmp_path / "adapter"), tmp_path)
     assert result["vllm"] == result["hf"]  # vLLM's LoRA kernels agree with the merged adapter
+
+
+SHARED_ENGINE_SCRIPT = """
+import json, sys
+from octrain.config import DType, ModelConfig, SamplerBackend, SamplerConfig
+from octrain.samplers import SamplingParams, build_sampler, release_engines
+from octrain.samplers.engine_pool import ENGINES
+from octrain.samplers.hf import HFSampler
+
+if __name__ == "__main__":
+    model, adapters = sys.argv[1], sys.argv[2].split(",")
+    conversations = [
+        [{"role": "user", "content": "Tell me about the sea."}],
+        [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}],
+    ]
+    greedy = SamplingParams(n=1, temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
+    config = SamplerConfig(backend=SamplerBackend.vllm)
+    config.vllm.gpu_memory_utilization = 0.2
+    student = ModelConfig(path=model, dtype=DType.float32, max_model_len=512)
+    out = {"vllm": {}, "hf": {}}
+    # As the eval stage asks: the base model, then each adapter, every one announced up front.
+    for adapter in [None, *adapters]:
+        sampler = build_sampler(config, student, adapter=adapter, serves=adapters, show_progress=False)
+        out["vllm"][str(adapter)] = [row[0].text.rstrip("\\ufffd") for row in sampler.chat(conversations, greedy)]
+        sampler.close()
+    out["starts"] = len(ENGINES.starts)
+    # Another model (here: another length limit) closes the loaded engine before its own starts.
+    other = ModelConfig(path=model, dtype=DType.float32, max_model_len=256)
+    build_sampler(config, other, show_progress=False).chat(conversations[:1], greedy)
+    out["starts_after_other"] = len(ENGINES.starts)
+    release_engines()
+    for adapter in [None, *adapters]:
+        hf = HFSampler(model, adapter_path=adapter, show_progress=False)
+        out["hf"][str(adapter)] = [row[0].text.rstrip("\\ufffd") for row in hf.chat(conversations, greedy)]
+        hf.close()
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def test_one_vllm_engine_serves_the_base_and_every_adapter(tiny_model_path: str, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for index, rank in enumerate((8, 24)):  # two ranks, as DPO-only (r) and trained (DPO + SFT ranks)
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_model_path),
+            LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"),
+        )
+        torch.manual_seed(index)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.3)
+        model.save_pretrained(tmp_path / f"adapter-{index}")
+        paths.append(str(tmp_path / f"adapter-{index}"))
+    result = compare(tiny_model_path, ",".join(paths), tmp_path, SHARED_ENGINE_SCRIPT)
+    assert result["starts"] == 1  # base and both adapters: one engine start
+    assert result["starts_after_other"] == 2
+    assert result["vllm"] == result["hf"]  # each adapter's answers are its own, as a merged model gives them
+    answers = list(result["vllm"].values())
+    assert answers[0] != answers[1] and answers[1] != answers[2]  # and the adapters really differ

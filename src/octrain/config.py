@@ -452,7 +452,10 @@ def validate(config: OctrainConfig) -> None:
             raise ConfigError(f"{role.value}.assistant_name: expected a non-empty name")
         _positive(f"{role.value}.max_model_len", model.max_model_len)
         if not model.attn_implementation.strip():
-            raise ConfigError(f"{role.value}.attn_implementation: expected sdpa, eager or flash_attention_2")
+            raise ConfigError(
+                f"{role.value}.attn_implementation: expected sdpa, eager, flex_attention, flash_attention_2 or "
+                "flash_attention_3"
+            )
         share = model.gpu_memory_utilization
         if share is not None and not 0 < share <= 1:
             raise ConfigError(f"{role.value}.gpu_memory_utilization: expected a share in (0, 1] or null, got {share}")

@@ -33,7 +33,7 @@ from octrain.errors import ConfigError, StageError
 from octrain.jsonl import atomic_directory, remove_stray_temporaries, write_text_atomic
 from octrain.paths import constitution_dirs
 from octrain.run_lock import run_lock
-from octrain.stage_worker import run_in_worker, uses_workers
+from octrain.stage_worker import StageRunner, stage_runner
 from octrain.storage_errors import write_failures_reported
 
 if TYPE_CHECKING:
@@ -120,6 +120,10 @@ def preflight(config: OctrainConfig) -> None:
                     f"eval.classifier.contrast_personas: {contrasts} must name other personas than the run's own "
                     f"({own!r}), each once"
                 )
+    if training:
+        from octrain.trainers.model_loading import check_training_settings
+
+        check_training_settings(config)  # QLoRA's bitsandbytes, the attention kernel's package and device
     if StageName.sft in config.stages and config.trainer.backend.value == "trl":
         # Last, as the one check that reads more than a local file: the student's tokenizer (never
         # its weights). A template the loss mask cannot handle, or a tokenizer that cannot be loaded
@@ -261,10 +265,18 @@ def _run_locked(config: OctrainConfig, run_path: Path, constitution: Constitutio
         _check_inputs(ctx, selected, fingerprints)
         # A stage that ran again (forced, say) may have new output: the stages after it run again too.
         upstream_ran = False
-        for spec in selected:
-            outcome = _run_stage(ctx, spec, fingerprints, upstream_ran=upstream_ran)
-            upstream_ran = upstream_ran or outcome.status == "ran"
-            result.outcomes.append(outcome)
+        runner = stage_runner(ctx, run_path / LOG_FILE)
+        try:
+            for spec in selected:
+                if spec.trains:
+                    runner.release()  # the sampling engines go before training needs the memory
+                outcome = _run_stage(ctx, spec, runner, fingerprints, upstream_ran=upstream_ran)
+                if spec.trains:
+                    runner.release()  # and the trained model goes before the next engine starts
+                upstream_ran = upstream_ran or outcome.status == "ran"
+                result.outcomes.append(outcome)
+        finally:
+            runner.release()
         write_text_atomic(run_path / SUMMARY_FILE, result.summary_table() + "\n")
         return result
     finally:
@@ -321,15 +333,13 @@ def _reuse(ctx: RunContext, spec: StageSpec, fingerprint: str) -> bool:
     return True
 
 
-def _stage_work(ctx: RunContext, spec: StageSpec) -> dict[str, Any]:
-    """The stage's own work, here or in a fresh worker process (``execution``); its summary."""
-    if uses_workers(ctx.config):
-        return run_in_worker(ctx, spec.name, ctx.run_dir / LOG_FILE)
-    return spec.run(ctx)
-
-
 def _run_stage(
-    ctx: RunContext, spec: StageSpec, fingerprints: dict[StageName, str], *, upstream_ran: bool
+    ctx: RunContext,
+    spec: StageSpec,
+    runner: StageRunner,
+    fingerprints: dict[StageName, str],
+    *,
+    upstream_ran: bool,
 ) -> StageOutcome:
     stage_dir = ctx.stage_dir(spec.name)
     done_path = stage_dir / DONE_FILE
@@ -381,7 +391,7 @@ def _run_stage(
         write_text_atomic(started_path, json.dumps({"fingerprint": fingerprint}) + "\n")
         logger.info("%s: running", spec.name.value)
         began = time.perf_counter()
-        summary = _stage_work(ctx, spec)
+        summary = runner.run(spec)  # here or in a worker process (``execution``)
         seconds = time.perf_counter() - began
         record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}
         write_text_atomic(done_path, json.dumps(record, indent=2) + "\n")

@@ -1,19 +1,28 @@
-"""Run one stage in a fresh process, so that the memory it used is gone before the next stage starts.
+"""Where the stages run: in the parent process, or in fresh worker processes that take their memory with them.
 
 A process that trains and then starts a vLLM engine fails on a GPU: TRL's patched forward keeps
 the trained model alive until a garbage collection, PyTorch keeps its CUDA cache, and vLLM does not
 free its own memory inside a process either. With ``execution=worker`` (the default on CUDA, see
 :func:`uses_workers`) the pipeline's parent process only orchestrates: it checks, fingerprints,
-writes the markers and the summary, and starts each stage as
+writes the markers and the summary, and hands each stage to a worker,
 
-    python -m octrain.stage_worker RUN_DIR STAGE
+    python -m octrain.stage_worker RUN_DIR
 
-The worker reads the resolved ``config.yaml`` of the run directory (no Hydra), runs the stage's
-``run(ctx)``, writes its summary to ``STAGE/.worker-result.json`` and exits; the parent holds the
-run's lock meanwhile. A worker that dies (an OOM kill, SIGKILL) gives the parent one line naming
-the stage and the log, and the stage's committed chunks and checkpoints make the next run resume.
-An error the worker can explain (an :class:`~octrain.errors.OctrainError`) travels back in the
-result file and is raised by the parent as it is.
+which reads the resolved ``config.yaml`` of the run directory (no Hydra), then runs the stages the
+parent sends it one line at a time on its standard input, answering each on its standard output
+once the stage's summary (or its error) is in ``STAGE/.worker-result.json``; its own prints go to
+standard error. Consecutive stages that only sample share one worker, so an engine loaded by one
+(the teacher writing the prompts) serves the next (the teacher answering them; see
+:mod:`octrain.samplers.engine_pool`); a stage that trains gets a worker of its own, which ends
+before the next stage starts. The parent holds the run's lock meanwhile. A worker that dies (an
+OOM kill, SIGKILL) gives the parent one line naming the stage and the log, and the stage's committed
+chunks and checkpoints make the next run resume. An error the worker can explain (an
+:class:`~octrain.errors.OctrainError`) travels back in the result file and is raised by the parent
+as it is. ``python -m octrain.stage_worker RUN_DIR STAGE ...`` runs the named stages and exits.
+
+In-process (``execution=inline``, the CPU default) the same rule holds through
+:func:`octrain.samplers.release_engines`: engines stay loaded across stages that only sample and
+are closed before a stage that trains.
 """
 
 from __future__ import annotations
@@ -25,12 +34,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from octrain.config import Execution, OctrainConfig, StageName
 from octrain.context import RunContext
 from octrain.errors import OctrainError, StageError
 from octrain.jsonl import write_text_atomic
+
+if TYPE_CHECKING:
+    from octrain.stages import StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,38 +58,119 @@ def uses_workers(config: OctrainConfig) -> bool:
     return config.execution is Execution.worker
 
 
-def run_in_worker(ctx: RunContext, stage: StageName, log_file: Path) -> dict[str, Any]:
-    """Run ``stage`` in a child process and return its summary.
+class StageRunner(Protocol):
+    """Runs stages for the pipeline, and lets their engines go when told."""
 
-    Raises:
-        StageError: the worker died or failed without an explanation (the message names the
-            stage, how it ended and the log).
-        OctrainError: the worker's own one-line error, re-raised here.
-    """
-    result_path = ctx.stage_dir(stage) / RESULT_FILE
-    result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "octrain.stage_worker", str(ctx.run_dir), stage.value]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    logger.info("%s: running in a worker process (pid %d)", stage.value, process.pid)
-    try:
-        code = process.wait()
-    except BaseException:
-        process.kill()  # the parent is interrupted (Ctrl-C): the worker must not go on alone
-        process.wait()
-        raise
-    result = _read_result(result_path)
-    result_path.unlink(missing_ok=True)
-    if code == 0 and result is not None and "summary" in result:
-        return result["summary"]
-    if result is not None and "error" in result:
-        raise StageError(result["error"])
-    # A worker killed mid-line (a progress bar half drawn) leaves the cursor there: end its line first.
-    sys.stderr.write("\n")
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-    raise StageError(
-        f"stage {stage.value}: its worker process (pid {process.pid}) {how}, perhaps out of memory; see {log_file}. "
-        "Run the same command again to resume"
-    )
+    def run(self, spec: StageSpec) -> dict[str, Any]:
+        """The stage's own work; its summary."""
+        ...
+
+    def release(self) -> None:
+        """Free what the stages run so far hold (engines, a worker process): a stage that trains comes."""
+        ...
+
+
+class InlineRunner:
+    """Every stage in this process; :func:`~octrain.samplers.release_engines` frees the engines."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def run(self, spec: StageSpec) -> dict[str, Any]:
+        return spec.run(self.ctx)
+
+    def release(self) -> None:
+        from octrain.samplers import release_engines
+
+        release_engines()
+
+
+class WorkerRunner:
+    """Stages in a worker process, the same one until :meth:`release` (see the module's docstring)."""
+
+    def __init__(self, ctx: RunContext, log_file: Path) -> None:
+        self.ctx = ctx
+        self.log_file = log_file
+        self._process: subprocess.Popen[str] | None = None
+        self._ran: list[StageName] = []
+
+    def run(self, spec: StageSpec) -> dict[str, Any]:
+        stage = spec.name
+        result_path = self.ctx.stage_dir(stage) / RESULT_FILE
+        result_path.unlink(missing_ok=True)
+        process = self._process
+        if process is None:
+            command = [sys.executable, "-m", "octrain.stage_worker", str(self.ctx.run_dir)]
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            self._process, self._ran = process, []
+            logger.info("%s: running in a worker process (pid %d)", stage.value, process.pid)
+        else:
+            before = ", ".join(s.value for s in self._ran)
+            logger.info(
+                "%s: running in a worker process (pid %d), the one that ran %s and keeps its engine",
+                stage.value,
+                process.pid,
+                before,
+            )
+        assert process.stdin is not None and process.stdout is not None
+        self._ran.append(stage)
+        try:
+            process.stdin.write(stage.value + "\n")
+            process.stdin.flush()
+            answer = process.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        except BaseException:
+            self._kill()  # the parent is interrupted (Ctrl-C): the worker must not go on alone
+            raise
+        result = _read_result(result_path)
+        result_path.unlink(missing_ok=True)
+        if answer.strip() == f"{stage.value} ok" and result is not None and "summary" in result:
+            return result["summary"]
+        if answer and result is not None and "error" in result:
+            raise StageError(result["error"])
+        code = self._kill()
+        # A worker killed mid-line (a progress bar half drawn) leaves the cursor there: end its line first.
+        sys.stderr.write("\n")
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        raise StageError(
+            f"stage {stage.value}: its worker process (pid {process.pid}) {how}, perhaps out of memory; "
+            f"see {self.log_file}. Run the same command again to resume"
+        )
+
+    def release(self) -> None:
+        """End the worker: closing its input tells it to release its engines and exit."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        try:
+            process.stdin.close()
+            process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+
+    def _kill(self) -> int:
+        """Kill the worker (if it still runs) and return how it ended."""
+        process, self._process = self._process, None
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.kill()
+        return process.wait()
+
+
+def stage_runner(ctx: RunContext, log_file: Path) -> StageRunner:
+    """The runner ``execution`` asks for."""
+    return WorkerRunner(ctx, log_file) if uses_workers(ctx.config) else InlineRunner(ctx)
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
@@ -88,13 +181,36 @@ def _read_result(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def main(argv: list[str]) -> int:
-    """The worker: ``RUN_DIR STAGE``; exit 0 with the summary written, 2 with the error written."""
-    from octrain.pipeline import CONFIG_FILE, LOG_FILE, load_config, resolve_constitution
+def _run_one(ctx: RunContext, stage: StageName) -> bool:
+    """Run one stage and write its result file; False when it failed with an explained error."""
     from octrain.stages import stages_for
 
-    run_dir, stage = Path(argv[0]), StageName(argv[1])
-    result_path = run_dir / stage.value / RESULT_FILE
+    result_path = ctx.stage_dir(stage) / RESULT_FILE
+    try:
+        summary = stages_for(ctx.config)[stage].run(ctx)
+    except OctrainError as exc:
+        write_text_atomic(result_path, json.dumps({"error": str(exc)}) + "\n")
+        return False
+    write_text_atomic(result_path, json.dumps({"summary": summary}) + "\n")
+    return True
+
+
+def main(argv: list[str]) -> int:
+    """The worker: ``RUN_DIR [STAGE ...]``.
+
+    With stages named, it runs them in order and exits (0, or 2 after a failed stage, its error
+    written). Without, it serves the parent: a stage name per line on standard input, answered by
+    ``STAGE ok`` or ``STAGE failed`` on standard output; it exits when its input closes.
+    """
+    from octrain.pipeline import CONFIG_FILE, LOG_FILE, load_config, resolve_constitution
+    from octrain.samplers import release_engines
+
+    run_dir, named = Path(argv[0]), [StageName(name) for name in argv[1:]]
+    answers: IO[str] | None = None
+    if not named:
+        # The answers get standard output to themselves: anything else printed goes to standard error.
+        answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -104,15 +220,18 @@ def main(argv: list[str]) -> int:
         config = load_config(run_dir / CONFIG_FILE)
         package_logger.setLevel(config.log_level.upper())
         ctx = RunContext(config=config, run_dir=run_dir, constitution=resolve_constitution(config))
-        summary = stages_for(config)[stage].run(ctx)
-    except OctrainError as exc:
-        write_text_atomic(result_path, json.dumps({"error": str(exc)}) + "\n")
-        return 2
+        if named:
+            return 0 if all(_run_one(ctx, stage) for stage in named) else 2
+        assert answers is not None
+        for line in sys.stdin:
+            stage = StageName(line.strip())
+            answers.write(f"{stage.value} {'ok' if _run_one(ctx, stage) else 'failed'}\n")
+            answers.flush()
+        return 0
     finally:
+        release_engines()
         package_logger.removeHandler(handler)
         handler.close()
-    write_text_atomic(result_path, json.dumps({"summary": summary}) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,12 +5,25 @@ Backends are imported lazily, so a CPU machine never imports vLLM or the Tinker 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from octrain.config import ModelConfig, SamplerBackend, SamplerConfig
 from octrain.errors import ConfigError
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.samplers.engine_pool import release_engines
 from octrain.samplers.fake import FakeSampler
+from octrain.samplers.shared import SharedSampler
 
-__all__ = ["Completion", "FakeSampler", "Sampler", "SamplingParams", "build_sampler", "check_backend"]
+__all__ = [
+    "Completion",
+    "FakeSampler",
+    "Sampler",
+    "SamplingParams",
+    "SharedSampler",
+    "build_sampler",
+    "check_backend",
+    "release_engines",
+]
 
 
 def check_backend(sampler: SamplerConfig) -> None:
@@ -26,48 +39,99 @@ def check_backend(sampler: SamplerConfig) -> None:
         )
 
 
+def _engine_key(
+    backend: str, model: ModelConfig, options: object, *, ignore: Sequence[str] = (), **extra: object
+) -> str:
+    """What makes two engines the same: the backend, the model and every setting that shapes the engine.
+
+    The assistant's name (and the ``ignore``d model fields) shape prompts or other backends, never
+    this loaded model: a teacher and a student on the same weights share their engine.
+    """
+    import dataclasses
+    import json
+
+    described = dataclasses.asdict(model)  # type: ignore[call-overload]
+    for name in ("assistant_name", *ignore):
+        described.pop(name, None)
+    fields = {"backend": backend, "model": described, "options": dataclasses.asdict(options), **extra}  # type: ignore[call-overload]
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
 def build_sampler(
-    sampler: SamplerConfig, model: ModelConfig, *, adapter: str | None = None, show_progress: bool = True
+    sampler: SamplerConfig,
+    model: ModelConfig,
+    *,
+    adapter: str | None = None,
+    serves: Sequence[str | None] = (),
+    show_progress: bool = True,
 ) -> Sampler:
-    """Load ``model`` (plus an optional LoRA ``adapter``) behind the configured backend."""
+    """``model`` (plus an optional LoRA ``adapter``) behind the configured backend.
+
+    Local backends take the process's engine from :data:`~octrain.samplers.engine_pool.ENGINES`:
+    asked again for the same model and settings, they reuse the loaded engine. ``serves`` lists every
+    adapter the caller will ask for on this model (``adapter`` included or not): vLLM then starts one
+    engine able to serve all of them and the base, so the samplers for each are one engine start.
+    Closing a sampler from here leaves its engine loaded; :func:`release_engines` closes it.
+    """
+    from octrain.samplers.engine_pool import ENGINES
+
     if sampler.backend is SamplerBackend.fake:
         return FakeSampler(name=f"fake:{model.path}")
     if sampler.backend is SamplerBackend.hf:
         from octrain.samplers.hf import HFSampler
         from octrain.tiny_model import resolve_model_path
 
-        return HFSampler(
-            resolve_model_path(model.path),
-            adapter_path=adapter,
-            dtype=model.dtype.value,
-            device=sampler.hf.device,
-            batch_size=sampler.hf.batch_size,
-            enable_thinking=model.enable_thinking,
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
-            name=model.path if adapter is None else f"{model.path}+{adapter}",
-            show_progress=show_progress,
+        # transformers merges the adapter into the weights (the fastest generate): one engine per adapter.
+        hf = ENGINES.acquire(
+            _engine_key("hf", model, sampler.hf, ignore=("quantization", "gpu_memory_utilization"), adapter=adapter),
+            f"transformers {model.path}" + (f" + {adapter}" if adapter else ""),
+            lambda: HFSampler(
+                resolve_model_path(model.path),
+                adapter_path=adapter,
+                dtype=model.dtype.value,
+                device=sampler.hf.device,
+                batch_size=sampler.hf.batch_size,
+                enable_thinking=model.enable_thinking,
+                revision=model.revision,
+                trust_remote_code=model.trust_remote_code,
+                attn_implementation=model.attn_implementation,
+                name=model.path if adapter is None else f"{model.path}+{adapter}",
+                show_progress=show_progress,
+            ),
         )
+        return SharedSampler(hf)
     if sampler.backend is SamplerBackend.vllm:
         check_backend(sampler)
-        from octrain.samplers.vllm_engine import VLLMSampler
+        from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler, adapter_rank
         from octrain.tiny_model import resolve_model_path
 
         options = sampler.vllm
+        adapters = {a for a in (adapter, *serves) if a}
+        rank = max([options.max_lora_rank, *(adapter_rank(a) for a in adapters)]) if adapters else 0
+        share = model.gpu_memory_utilization or options.gpu_memory_utilization
+        details = [f"quantization {model.quantization}"] if model.quantization else []
+        details += [f"{share:.0%} of the GPU"] + ([f"LoRA up to rank {rank}"] if rank else [])
+        engine = ENGINES.acquire(
+            _engine_key("vllm", model, options, ignore=("enable_thinking", "attn_implementation"), lora_rank=rank),
+            f"vLLM {model.path} ({', '.join(details)})",
+            lambda: VLLMEngine(
+                resolve_model_path(model.path),
+                max_lora_rank=rank,
+                dtype="auto" if model.dtype.value == "auto" else model.dtype.value,
+                tensor_parallel_size=options.tensor_parallel_size,
+                gpu_memory_utilization=share,
+                enable_prefix_caching=options.enable_prefix_caching,
+                max_num_seqs=options.max_num_seqs,
+                quantization=model.quantization,
+                max_model_len=model.max_model_len,
+                revision=model.revision,
+                trust_remote_code=model.trust_remote_code,
+            ),
+        )
         return VLLMSampler(
-            resolve_model_path(model.path),
+            engine,
             adapter_path=adapter,
-            dtype="auto" if model.dtype.value == "auto" else model.dtype.value,
-            tensor_parallel_size=options.tensor_parallel_size,
-            gpu_memory_utilization=model.gpu_memory_utilization or options.gpu_memory_utilization,
-            max_lora_rank=options.max_lora_rank,
-            enable_prefix_caching=options.enable_prefix_caching,
-            max_num_seqs=options.max_num_seqs,
-            quantization=model.quantization,
-            max_model_len=model.max_model_len,
             enable_thinking=model.enable_thinking,
-            revision=model.revision,
-            trust_remote_code=model.trust_remote_code,
             name=model.path if adapter is None else f"{model.path}+{adapter}",
             show_progress=show_progress,
         )

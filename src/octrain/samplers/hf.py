@@ -68,6 +68,7 @@ class HFSampler:
         enable_thinking: bool = False,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str = "sdpa",
         name: str | None = None,
         show_progress: bool = True,
     ) -> None:
@@ -91,6 +92,7 @@ class HFSampler:
             dtype=pick_dtype(dtype, self.device),
             revision=revision,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         )
         if adapter_path:
             from peft import PeftModel

@@ -11,8 +11,14 @@ conversations come back identical. A LoRA adapter is served through ``LoRAReques
 merging, with ``max_lora_rank`` raised to a rank vLLM accepts that covers the adapter's (the
 exact DPO+SFT adapter has the sum of both ranks).
 
-vLLM does not reliably free GPU memory inside a process: load one engine per process, and
-let the stage's process end before training starts.
+:class:`VLLMEngine` is the loaded model; :class:`VLLMSampler` is the model as one caller sees it:
+the base, or one adapter. Several samplers share one engine (the eval stage's base model, its
+DPO-only adapter and its trained adapter are one engine start, not three), each sending its own
+``LoRARequest``. :func:`octrain.samplers.build_sampler` takes engines from
+:mod:`octrain.samplers.engine_pool`, which keeps one per process.
+
+vLLM does not reliably free GPU memory inside a process: on a GPU the stages run in worker
+processes (:mod:`octrain.stage_worker`) that end before training starts.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from octrain.errors import ConfigError
 from octrain.merge import serving_rank
 from octrain.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
@@ -37,34 +44,33 @@ def adapter_rank(adapter_path: str) -> int:
         return 0
 
 
-class VLLMSampler:
-    """Implements :class:`~octrain.samplers.base.Sampler` with ``vllm.LLM``."""
+class VLLMEngine:
+    """A ``vllm.LLM``: the model loaded once, for the base and for any LoRA adapter up to ``max_lora_rank``.
+
+    Args:
+        max_lora_rank: the largest adapter rank this engine must serve; 0 starts it without LoRA
+            support (faster: no LoRA kernels in the forward pass).
+    """
 
     def __init__(
         self,
         model_path: str,
         *,
-        adapter_path: str | None = None,
+        max_lora_rank: int = 0,
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.9,
-        max_lora_rank: int = 64,
         enable_prefix_caching: bool = True,
         max_num_seqs: int | None = None,
         quantization: str | None = None,
         max_model_len: int = 4096,
-        enable_thinking: bool = False,
         revision: str | None = None,
         trust_remote_code: bool = False,
         seed: int = 0,
-        name: str | None = None,
-        show_progress: bool = True,
     ) -> None:
         from vllm import LLM
 
-        self.name = name or (f"{model_path}+{adapter_path}" if adapter_path else model_path)
-        self.enable_thinking = enable_thinking
-        self.show_progress = show_progress
+        self.model_path = model_path
         options: dict[str, Any] = {
             "model": model_path,
             "dtype": dtype,
@@ -80,20 +86,71 @@ class VLLMSampler:
             options["quantization"] = quantization
         if max_num_seqs:
             options["max_num_seqs"] = max_num_seqs
-        self.lora_request = None
-        if adapter_path:
-            from vllm.lora.request import LoRARequest
-
-            rank = serving_rank(max(max_lora_rank, adapter_rank(adapter_path)))
-            options.update(enable_lora=True, max_lora_rank=rank)
-            self.lora_request = LoRARequest("octrain-adapter", 1, str(adapter_path))
+        self.max_lora_rank = serving_rank(max_lora_rank) if max_lora_rank > 0 else 0
+        if self.max_lora_rank:
+            options.update(enable_lora=True, max_lora_rank=self.max_lora_rank)
         import torch
 
         if not torch.cuda.is_available():
             # vLLM's CPU build crashes on a seeded request whose prompt is prefilled in chunks (its CPU
             # generators keep no offset): prefill whole prompts there, so every request can be seeded.
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
-        self.llm = LLM(**options)
+        self.llm: Any = LLM(**options)
+        self._lora_requests: dict[str, Any] = {}
+
+    def lora_request(self, adapter_path: str | None) -> Any:
+        """The ``LoRARequest`` of an adapter (None for the base model), one id per adapter directory."""
+        if adapter_path is None:
+            return None
+        key = str(Path(adapter_path).resolve())
+        if key not in self._lora_requests:
+            rank = adapter_rank(adapter_path)
+            if not self.max_lora_rank or rank > self.max_lora_rank:
+                raise ConfigError(
+                    f"{adapter_path}: a LoRA adapter of rank {rank}, but this vLLM engine of {self.model_path} "
+                    f"serves ranks up to {self.max_lora_rank}: list the adapter when the engine is built"
+                )
+            from vllm.lora.request import LoRARequest
+
+            # vLLM caches adapters by integer id: a new directory gets a new id, never a reused one.
+            index = len(self._lora_requests) + 1
+            self._lora_requests[key] = LoRARequest(f"octrain-adapter-{index}", index, key)
+        return self._lora_requests[key]
+
+    def close(self) -> None:
+        import torch
+
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class VLLMSampler:
+    """Implements :class:`~octrain.samplers.base.Sampler` on a :class:`VLLMEngine`, as the base model
+    or with one adapter.
+
+    Closing the sampler leaves the engine loaded for the other samplers on it, unless
+    ``owns_engine`` (a sampler made for one use closes its engine with it).
+    """
+
+    def __init__(
+        self,
+        engine: VLLMEngine,
+        *,
+        adapter_path: str | None = None,
+        enable_thinking: bool = False,
+        name: str | None = None,
+        show_progress: bool = True,
+        owns_engine: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.lora_request = engine.lora_request(adapter_path)
+        base = engine.model_path
+        self.name = name or (f"{base}+{adapter_path}" if adapter_path else base)
+        self.enable_thinking = enable_thinking
+        self.show_progress = show_progress
+        self.owns_engine = owns_engine
 
     def chat(
         self,
@@ -109,7 +166,10 @@ class VLLMSampler:
 
         if not conversations:
             return []
-        tokenizer = self.llm.get_tokenizer()
+        llm = self.engine.llm
+        if llm is None:
+            raise RuntimeError(f"{self.name}: its vLLM engine was closed (another model was loaded since)")
+        tokenizer = llm.get_tokenizer()
         prompts = [
             TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, c, enable_thinking=self.enable_thinking))
             for c in conversations
@@ -126,7 +186,7 @@ class VLLMSampler:
             )
             for seed in request_seeds(params, len(conversations), seeds)
         ]
-        outputs = self.llm.generate(
+        outputs = llm.generate(
             prompts, sampling, use_tqdm=self.show_progress and progress, lora_request=self.lora_request
         )
         return [
@@ -135,9 +195,5 @@ class VLLMSampler:
         ]
 
     def close(self) -> None:
-        import torch
-
-        self.llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if self.owns_engine:
+            self.engine.close()

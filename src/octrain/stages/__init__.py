@@ -28,6 +28,9 @@ class StageSpec:
     run: Callable[[RunContext], dict[str, Any]]
     fingerprint: Callable[[RunContext], dict[str, Any]]
     describe: Callable[[dict[str, Any]], str]
+    # A stage that trains needs the device's memory for itself: the sampling engines loaded by the
+    # stages before it are closed first, and its own memory is gone before the next stage starts.
+    trains: bool = False
 
 
 def _or_imported(describe: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
@@ -44,7 +47,7 @@ STAGES: dict[StageName, StageSpec] = {
     StageName.pairs: StageSpec(
         StageName.pairs, (StageName.prompts,), pairs.run, pairs.fingerprint, _or_imported(pairs.describe)
     ),
-    StageName.dpo: StageSpec(StageName.dpo, (StageName.pairs,), dpo.run, dpo.fingerprint, dpo.describe),
+    StageName.dpo: StageSpec(StageName.dpo, (StageName.pairs,), dpo.run, dpo.fingerprint, dpo.describe, trains=True),
     StageName.introspect: StageSpec(
         StageName.introspect,
         (StageName.dpo,),
@@ -52,7 +55,9 @@ STAGES: dict[StageName, StageSpec] = {
         introspect.fingerprint,
         _or_imported(introspect.describe),
     ),
-    StageName.sft: StageSpec(StageName.sft, (StageName.introspect,), sft.run, sft.fingerprint, sft.describe),
+    StageName.sft: StageSpec(
+        StageName.sft, (StageName.introspect,), sft.run, sft.fingerprint, sft.describe, trains=True
+    ),
     # eval reads the training prompts (held-out check, classifier data) and compares against DPO alone.
     StageName.eval: StageSpec(
         StageName.eval,

@@ -225,20 +225,26 @@ def evaluate_model(
             trial.answer = text
 
     answers: dict[str, list[str]] = {}
-    with LazyModel(lambda: build_sampler(config.sampler, config.student)) as base:
+    # One student engine for the base model and every adapter (vLLM's LoRA requests), started once.
+    adapters = [trained_ref.adapter, dpo_ref.adapter if compare_dpo and dpo_ref is not None else None]
+
+    def student(adapter: str | None) -> LazyModel:
+        return LazyModel(lambda: build_sampler(config.sampler, config.student, adapter=adapter, serves=adapters))
+
+    with student(None) as base:
         answers["base"] = robustness(base, "base", plain, "base answers")
         answers["system-prompt"] = robustness(base, "system-prompt", prompted, "system-prompt baseline")
         first_turns = answer(base, plain_prompts, "base-turn1", "prefill: turn 1")
         prefill = protocols.prefill_conversations(prompts, first_turns)
         base_second = answer(base, prefill, "base-turn2", "prefill: base turn 2")
         answer_trials(base, "base")
-    with LazyModel(lambda: build_sampler(config.sampler, config.student, adapter=trained_ref.adapter)) as trained:
+    with student(trained_ref.adapter) as trained:
         answers["trained"] = robustness(trained, "trained", plain, "trained answers")
         trained_second = answer(trained, prefill, "trained-turn2", "prefill: trained turn 2")
         answer_trials(trained, "trained")
     if compare_dpo:
         assert dpo_ref is not None
-        with LazyModel(lambda: build_sampler(config.sampler, config.student, adapter=dpo_ref.adapter)) as dpo_model:
+        with student(dpo_ref.adapter) as dpo_model:
             answers["dpo-only"] = robustness(dpo_model, "dpo-only", plain, "DPO-only answers")
 
     # The teacher writes the classifier's data and the controls, then judges (or hands over to the judge).
