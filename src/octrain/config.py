@@ -138,6 +138,9 @@ class TinkerOptions:
 @dataclass
 class SamplerConfig:
     backend: SamplerBackend = SamplerBackend.hf
+    # Independent engines that share each sampling call (data parallel): one per GPU, or per group of
+    # sampler.vllm.tensor_parallel_size GPUs, each in a process of its own on its own devices.
+    data_parallel_size: int = 1
     hf: HFSamplerOptions = field(default_factory=HFSamplerOptions)
     vllm: VLLMSamplerOptions = field(default_factory=VLLMSamplerOptions)
     tinker: TinkerOptions = field(default_factory=TinkerOptions)
@@ -161,6 +164,10 @@ class TRLOptions:
 @dataclass
 class TrainerConfig:
     backend: TrainerBackend = TrainerBackend.trl
+    # Training processes: more than 1 launches the training stages with `accelerate launch`
+    # (one process per GPU); accelerate_config names a file in configs/accelerate/ (ddp, fsdp2, ...) or a path.
+    num_processes: int = 1
+    accelerate_config: str | None = None
     trl: TRLOptions = field(default_factory=TRLOptions)
     tinker: TinkerOptions = field(default_factory=TinkerOptions)
 
@@ -530,6 +537,8 @@ def validate(config: OctrainConfig) -> None:
     _positive("trainer.trl.per_device_batch_size", config.trainer.trl.per_device_batch_size)
     _positive("trainer.trl.save_steps", config.trainer.trl.save_steps)
     _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)
+    _positive("sampler.data_parallel_size", config.sampler.data_parallel_size)
+    _positive("trainer.num_processes", config.trainer.num_processes)
     if not 0 < config.sampler.vllm.gpu_memory_utilization <= 1:
         raise ConfigError("sampler.vllm.gpu_memory_utilization: expected a share in (0, 1]")
     if not config.stages:
