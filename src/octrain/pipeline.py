@@ -37,6 +37,9 @@ from octrain.stage_worker import StageRunner, stage_runner
 from octrain.storage_errors import write_failures_reported
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from octrain.distributed import Launch
     from octrain.stages import StageSpec
 
 logger = logging.getLogger(__name__)
@@ -222,8 +225,11 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
     constitution = resolve_constitution(config)
     preflight(config)
     run_path = Path(run_dir)
+    from octrain.distributed import world_size
     from octrain.smoke import check_smoke_runs
 
+    if world_size() > 1:
+        return _run_launched(config, run_path, constitution)
     # Hours of GPU time at paper scale: prove the same models and settings end to end on tiny counts first.
     check_smoke_runs(config, run_path)
     # The lock is the first write into the run directory: a read-only one stops here, before any stage.
@@ -231,7 +237,39 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
         return _run_locked(config, run_path, constitution)
 
 
-def _run_locked(config: OctrainConfig, run_path: Path, constitution: Constitution) -> RunResult:
+def _run_launched(config: OctrainConfig, run_path: Path, constitution: Constitution) -> RunResult:
+    """``run`` in one rank of ``accelerate launch -m octrain``: rank 0 runs the pipeline, the others
+    join its training stages (see :mod:`octrain.distributed`)."""
+    from octrain.distributed import follow, meet
+    from octrain.smoke import check_smoke_runs
+    from octrain.stages import stages_for
+
+    if config.trainer.num_processes > 1:
+        raise ConfigError(
+            "trainer.num_processes: octrain was started by a launcher (accelerate launch, torchrun), which already "
+            "made the training processes; drop trainer.num_processes, or run plain python -m octrain with it"
+        )
+    launch = meet(run_path, OmegaConf.to_yaml(OmegaConf.structured(config)))
+    check_smoke_runs(config, run_path)  # each smoke run is a launch of its own, on every rank alike
+    if not launch.main:
+        ctx = RunContext(config=config, run_dir=run_path, constitution=constitution)
+        training = [spec for spec in stages_for(config).values() if spec.trains and spec.name in config.stages]
+        follow(launch, [(spec.name.value, lambda spec=spec: spec.run(ctx)) for spec in training])
+        return RunResult(run_path)
+    try:
+        with write_failures_reported(run_path), run_lock(run_path):
+            launch.forget_earlier_launches()  # under the lock: no other launch is working here now
+            result = _run_locked(config, run_path, constitution, launch=launch)
+    except BaseException as exc:
+        launch.tell("end", "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    launch.tell("end", "end")
+    return result
+
+
+def _run_locked(
+    config: OctrainConfig, run_path: Path, constitution: Constitution, *, launch: Launch | None = None
+) -> RunResult:
     from octrain.stages import stages_for
 
     handler = _RunLogHandler(run_path / LOG_FILE, encoding="utf-8")
@@ -265,12 +303,14 @@ def _run_locked(config: OctrainConfig, run_path: Path, constitution: Constitutio
         _check_inputs(ctx, selected, fingerprints)
         # A stage that ran again (forced, say) may have new output: the stages after it run again too.
         upstream_ran = False
-        runner = stage_runner(ctx, run_path / LOG_FILE)
+        runner = stage_runner(ctx, run_path / LOG_FILE, launched=launch is not None)
         try:
             for spec in selected:
                 if spec.trains:
                     runner.release()  # the sampling engines go before training needs the memory
-                outcome = _run_stage(ctx, spec, runner, fingerprints, upstream_ran=upstream_ran)
+                # Under a launcher the other ranks train with this one: they start when told to.
+                tell = _teller(launch, spec) if launch is not None and spec.trains else None
+                outcome = _run_stage(ctx, spec, runner, fingerprints, upstream_ran=upstream_ran, tell=tell)
                 if spec.trains:
                     runner.release()  # and the trained model goes before the next engine starts
                 upstream_ran = upstream_ran or outcome.status == "ran"
@@ -282,6 +322,13 @@ def _run_locked(config: OctrainConfig, run_path: Path, constitution: Constitutio
     finally:
         package_logger.removeHandler(handler)
         handler.close()
+
+
+def _teller(launch: Launch, spec: StageSpec) -> Callable[[str], None]:
+    def tell(action: str) -> None:
+        launch.tell(spec.name.value, action)
+
+    return tell
 
 
 # Where runs that can share a stage's output live, relative to a root: runs (``<root>/<run>``)
@@ -340,6 +387,24 @@ def _run_stage(
     fingerprints: dict[StageName, str],
     *,
     upstream_ran: bool,
+    tell: Callable[[str], None] | None = None,
+) -> StageOutcome:
+    """Run, skip or reuse one stage. ``tell`` (under a launcher, for a training stage) hears "train"
+    just before the stage's work starts, and "skip" when it does not run."""
+    outcome = _run_or_skip_stage(ctx, spec, runner, fingerprints, upstream_ran=upstream_ran, tell=tell)
+    if tell is not None and outcome.status != "ran":
+        tell("skip")
+    return outcome
+
+
+def _run_or_skip_stage(
+    ctx: RunContext,
+    spec: StageSpec,
+    runner: StageRunner,
+    fingerprints: dict[StageName, str],
+    *,
+    upstream_ran: bool,
+    tell: Callable[[str], None] | None,
 ) -> StageOutcome:
     stage_dir = ctx.stage_dir(spec.name)
     done_path = stage_dir / DONE_FILE
@@ -391,6 +456,8 @@ def _run_stage(
         write_text_atomic(started_path, json.dumps({"fingerprint": fingerprint}) + "\n")
         logger.info("%s: running", spec.name.value)
         began = time.perf_counter()
+        if tell is not None:
+            tell("train")
         summary = runner.run(spec)  # here or in a worker process (``execution``)
         seconds = time.perf_counter() - began
         record = {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary}

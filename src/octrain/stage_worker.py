@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from octrain.config import Execution, OctrainConfig, StageName
 from octrain.context import RunContext
+from octrain.distributed import environment_without_launch, is_main_process
 from octrain.errors import OctrainError, StageError
 from octrain.jsonl import write_text_atomic
 
@@ -106,7 +107,9 @@ class WorkerRunner:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # A worker is no rank of a launch this process may belong to: vLLM would take the
+                # launcher's variables for its own process group.
+                env={**environment_without_launch(), "PYTHONUNBUFFERED": "1"},
             )
             self._process, self._ran = process, []
             logger.info("%s: running in a worker process (pid %d)", stage.value, process.pid)
@@ -135,14 +138,7 @@ class WorkerRunner:
             return result["summary"]
         if answer and result is not None and "error" in result:
             raise StageError(result["error"])
-        code = self._kill()
-        # A worker killed mid-line (a progress bar half drawn) leaves the cursor there: end its line first.
-        sys.stderr.write("\n")
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        raise StageError(
-            f"stage {stage.value}: its worker process (pid {process.pid}) {how}, perhaps out of memory; "
-            f"see {self.log_file}. Run the same command again to resume"
-        )
+        raise _died(stage, "its worker process", process.pid, self._kill(), self.log_file)
 
     def release(self) -> None:
         """End the worker: closing its input tells it to release its engines and exit."""
@@ -168,9 +164,96 @@ class WorkerRunner:
         return process.wait()
 
 
-def stage_runner(ctx: RunContext, log_file: Path) -> StageRunner:
-    """The runner ``execution`` asks for."""
-    return WorkerRunner(ctx, log_file) if uses_workers(ctx.config) else InlineRunner(ctx)
+class AccelerateRunner:
+    """A training stage on ``trainer.num_processes`` processes: ``accelerate launch`` of a worker per rank.
+
+    Every rank trains; rank 0 writes the adapter, the metrics and the result file
+    (:func:`octrain.distributed.is_main_process`), and the launch ends when all ranks have.
+    """
+
+    def __init__(self, ctx: RunContext, log_file: Path) -> None:
+        self.ctx = ctx
+        self.log_file = log_file
+
+    def run(self, spec: StageSpec) -> dict[str, Any]:
+        from octrain.accelerate_configs import check_accelerate_config, find_accelerate_config, launch_command
+
+        stage, trainer = spec.name, self.ctx.config.trainer
+        config_file = find_accelerate_config(trainer.accelerate_config or DEFAULT_ACCELERATE_CONFIG)
+        check_accelerate_config(config_file, trainer.num_processes)
+        command = launch_command(
+            config_file, trainer.num_processes, ["octrain.stage_worker", str(self.ctx.run_dir), stage.value]
+        )
+        result_path = self.ctx.stage_dir(stage) / RESULT_FILE
+        result_path.unlink(missing_ok=True)
+        process = subprocess.Popen(command, env={**environment_without_launch(), "PYTHONUNBUFFERED": "1"})
+        logger.info(
+            "%s: training on %d processes (accelerate launch --config_file %s, pid %d)",
+            stage.value,
+            trainer.num_processes,
+            config_file,
+            process.pid,
+        )
+        try:
+            code = process.wait()
+        except BaseException:
+            process.kill()  # Ctrl-C: the launcher ends its ranks when it goes
+            process.wait()
+            raise
+        result = _read_result(result_path)
+        result_path.unlink(missing_ok=True)
+        if code == 0 and result is not None and "summary" in result:
+            return result["summary"]
+        if result is not None and "error" in result:
+            raise StageError(result["error"])
+        raise _died(stage, "accelerate launch", process.pid, code, self.log_file)
+
+    def release(self) -> None:
+        pass  # its processes are gone when run() returns
+
+
+# trainer.num_processes without trainer.accelerate_config: plain data parallelism, the setup that
+# needs nothing beyond the GPUs.
+DEFAULT_ACCELERATE_CONFIG = "ddp"
+
+
+class SplitRunner:
+    """Sampling stages on one runner, training stages on another."""
+
+    def __init__(self, sampling: StageRunner, training: StageRunner) -> None:
+        self.sampling, self.training = sampling, training
+
+    def run(self, spec: StageSpec) -> dict[str, Any]:
+        return (self.training if spec.trains else self.sampling).run(spec)
+
+    def release(self) -> None:
+        self.sampling.release()
+        self.training.release()
+
+
+def stage_runner(ctx: RunContext, log_file: Path, *, launched: bool = False) -> StageRunner:
+    """The runner ``execution`` and ``trainer.num_processes`` ask for.
+
+    ``launched``: this process is rank 0 of ``accelerate launch -m octrain``, whose training stages
+    must run here, in the rank, with the others (:mod:`octrain.distributed`).
+    """
+    sampling: StageRunner = WorkerRunner(ctx, log_file) if uses_workers(ctx.config) else InlineRunner(ctx)
+    if launched:
+        return SplitRunner(sampling, InlineRunner(ctx))
+    if ctx.config.trainer.num_processes > 1:
+        return SplitRunner(sampling, AccelerateRunner(ctx, log_file))
+    return sampling
+
+
+def _died(stage: StageName, what: str, pid: int, code: int, log_file: Path) -> StageError:
+    """The one line for a worker that ended without a result."""
+    # A worker killed mid-line (a progress bar half drawn) leaves the cursor there: end its line first.
+    sys.stderr.write("\n")
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    return StageError(
+        f"stage {stage.value}: {what} (pid {pid}) {how}, perhaps out of memory; see {log_file}. "
+        "Run the same command again to resume"
+    )
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
@@ -186,12 +269,15 @@ def _run_one(ctx: RunContext, stage: StageName) -> bool:
     from octrain.stages import stages_for
 
     result_path = ctx.stage_dir(stage) / RESULT_FILE
+    writes = is_main_process()  # under accelerate launch, rank 0 alone answers for the stage
     try:
         summary = stages_for(ctx.config)[stage].run(ctx)
     except OctrainError as exc:
-        write_text_atomic(result_path, json.dumps({"error": str(exc)}) + "\n")
+        if writes:
+            write_text_atomic(result_path, json.dumps({"error": str(exc)}) + "\n")
         return False
-    write_text_atomic(result_path, json.dumps({"summary": summary}) + "\n")
+    if writes:
+        write_text_atomic(result_path, json.dumps({"summary": summary}) + "\n")
     return True
 
 
@@ -212,7 +298,10 @@ def main(argv: list[str]) -> int:
         answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
         os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    # Only rank 0 of a launch writes the run's log; the other ranks' lines go to their standard error.
+    handler: logging.Handler = (
+        logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8") if is_main_process() else logging.NullHandler()
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger = logging.getLogger("octrain")
     package_logger.addHandler(handler)

@@ -21,6 +21,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.distributed import is_main_process
     from octrain.stages.pairs import PAIRS_FILE
     from octrain.trainers import build_trainer
     from octrain.trainers.trl_common import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
@@ -32,6 +33,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trained = trainer.train_dpo(
         ctx.stage_dir(StageName.pairs) / PAIRS_FILE, ModelRef(base=config.student.path), out, config.dpo
     )
+    if not is_main_process():
+        return {}  # another rank of a multi-process training: rank 0 saved the adapter and reports
     rows = read_metrics(out / METRICS_FILE)
     last = rows[-1] if rows else {}
     return {

@@ -32,6 +32,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.distributed import is_main_process
     from octrain.errors import ConfigError
     from octrain.merge import combine_adapters, merge_into_weights
     from octrain.stages.introspect import SFT_FILE
@@ -56,6 +57,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         enable_thinking=config.student.enable_thinking,  # the template as preflight checked it
         attn_implementation=config.student.attn_implementation,
     )
+    if not is_main_process():
+        return {}  # another rank of a multi-process training: rank 0 saved the adapter and writes the rest
     # The final adapter carries the student's tokenizer and chat template, so that it stands on
     # its own (AutoTokenizer, vLLM), and its rank is padded to one vLLM can be configured for.
     combine_adapters(
