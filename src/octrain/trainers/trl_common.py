@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 from octrain.config import LoraSettings, TRLOptions
 from octrain.jsonl import atomic_directory
 from octrain.trainers.checkpoints import last_complete_checkpoint
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
@@ -101,3 +104,24 @@ def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
     with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+
+
+def on_one_device(args: Any) -> Any:
+    """Keep a one-process training on one GPU when the machine shows several.
+
+    Given several visible GPUs and no launcher, transformers' Trainer would wrap the model in
+    ``torch.nn.DataParallel``, which TRL refuses (and which is slower than DDP anyway): the stage
+    would stop. It trains on the first GPU instead; ``trainer.num_processes=N`` uses all of them.
+    """
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        _ = args._setup_devices  # transformers counts the GPUs here; the count is then set to one
+        args._n_gpu = 1
+        logger.warning(
+            "%d GPUs are visible but this training is one process: it uses the first; "
+            "trainer.num_processes=%d trains on all of them",
+            torch.cuda.device_count(),
+            torch.cuda.device_count(),
+        )
+    return args

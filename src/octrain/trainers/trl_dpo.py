@@ -32,6 +32,7 @@ from octrain.trainers.trl_common import (
     last_checkpoint,
     load_tokenizer,
     lora_config,
+    on_one_device,
     precision,
     save_adapter,
     shared_args,
@@ -150,7 +151,7 @@ def train_dpo(
     model_path = resolve_model_path(start.base)
     tokenizer = load_tokenizer(model_path)
     model = load_student(model_path, options, attn_implementation=attn_implementation)
-    args = build_dpo_args(config, options, output_dir, seed=seed)
+    args = on_one_device(build_dpo_args(config, options, output_dir, seed=seed))
     trainer = make_trainer_class()(
         model=model,
         args=args,

@@ -26,6 +26,7 @@ from octrain.trainers.trl_common import (
     last_checkpoint,
     load_tokenizer,
     lora_config,
+    on_one_device,
     precision,
     save_adapter,
     shared_args,
@@ -95,6 +96,7 @@ def build_sft_trainer(
         num_train_epochs=config.epochs,
         **shared_args(options, output_dir, batch_size=config.batch_size, seed=seed),
     )
+    args = on_one_device(args)
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(config.lora)
     )
