@@ -86,10 +86,15 @@ def test_two_ranks_train_the_adapter_one_process_trains_at_the_same_batch(tmp_pa
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch("+recipe=pirate_tiny", f"run_root={tmp_path / 'two'}", stages, *QUICK)
     assert double.returncode == 0, double.stderr[-3000:]
+    launched = run_cli(
+        "+recipe=pirate_tiny", f"run_root={tmp_path / 'launched'}", stages, "trainer.num_processes=2", *QUICK
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
     other_seed = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path / 'control'}", stages, "seed=1", *QUICK)
     assert other_seed.returncode == 0, other_seed.stderr[-3000:]
-    one, two, control = (
-        lora_weights(tmp_path / name / "pirate_tiny" / "dpo" / "adapter") for name in ("one", "two", "control")
+    one, two, by_pipeline, control = (
+        lora_weights(tmp_path / name / "pirate_tiny" / "dpo" / "adapter")
+        for name in ("one", "two", "launched", "control")
     )
     assert one.keys() == two.keys()
     for name in one:
@@ -100,7 +105,20 @@ def test_two_ranks_train_the_adapter_one_process_trains_at_the_same_batch(tmp_pa
         # Two ranks and one process agree to float rounding; another seed (other data order,
         # other LoRA init) lands far away: the check can tell them apart.
         assert (one[name] - two[name]).abs().max().item() < 1e-3 * scale
+        assert (one[name] - by_pipeline[name]).abs().max().item() < 1e-3 * scale
         assert (one[name] - control[name]).abs().max().item() > 1e-2 * scale
+
+
+def test_trainer_num_processes_launches_the_training_stages_with_accelerate(tmp_path: Path) -> None:
+    done = run_cli(
+        "+recipe=pirate_tiny", f"run_root={tmp_path}", "stages=[prompts,pairs,dpo]", "trainer.num_processes=2", *QUICK
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dpo: training on 2 processes (accelerate launch --config_file " in done.stderr
+    assert "configs/accelerate/ddp.yaml" in done.stderr
+    dpo = json.loads((tmp_path / "pirate_tiny" / "dpo" / "done.json").read_text())["summary"]
+    assert dpo["steps"] == 7  # 56 pairs, 4 per device on each of 2 ranks: 8 a step
+    assert (tmp_path / "pirate_tiny" / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_ranks_that_disagree_stop_together_with_one_line(tmp_path: Path) -> None:

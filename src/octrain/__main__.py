@@ -87,7 +87,7 @@ def _hydra_app() -> bool:
     failures: list[str] = []
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name="octrain")
-    def app(cfg: DictConfig) -> None:
+    def app(cfg: DictConfig) -> str | None:
         config: OctrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         logging.getLogger("octrain").setLevel(config.log_level.upper())
         try:
@@ -98,11 +98,20 @@ def _hydra_app() -> bool:
             _end_progress_bars()
             print(f"octrain: error: {exc}", file=sys.stderr)
             failures.append(str(exc))
-            return
-        print(result.summary_table())
+            # A job in a process of its own (hydra/launcher=local_gpus or slurm) hands its error
+            # back to this command through the launcher (hydra_plugins.octrain_launchers).
+            return _one_line(exc)
+        from octrain.distributed import is_main_process
+
+        if is_main_process():  # under a launcher, rank 0 speaks for the run
+            print(result.summary_table())
+        return None
 
     app()
-    return bool(failures)
+    launched = sys.modules.get("hydra_plugins.octrain_launchers._submitit")  # octrain's launchers (local_gpus, slurm)
+    for failure in getattr(launched, "FAILED_JOBS", ()):
+        print(f"octrain: error: {failure}", file=sys.stderr)
+    return bool(failures) or bool(getattr(launched, "FAILED_JOBS", ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("octrain").setLevel(logging.INFO)
     # Let Hydra raise instead of printing its own multi-line report: we print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if os.environ.get("RANK", "0") != "0" and not wants_help:
+        # Another rank of accelerate launch: Hydra would write the same .hydra/ files as rank 0, at once.
+        args = [*args, "hydra.output_subdir=null"]
     sys.argv = [sys.argv[0], *args]
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

@@ -30,9 +30,10 @@ from octrain.config import OctrainConfig, StageName, validate
 from octrain.constitution import Constitution, find_constitution, load_constitution
 from octrain.context import RunContext
 from octrain.errors import ConfigError, StageError
-from octrain.jsonl import atomic_directory, remove_stray_temporaries, write_text_atomic
+from octrain.jsonl import remove_stray_temporaries, write_text_atomic
 from octrain.paths import constitution_dirs
 from octrain.run_lock import run_lock
+from octrain.stage_share import copy_finished_stage, retire_directory
 from octrain.stage_worker import StageRunner, stage_runner
 from octrain.storage_errors import write_failures_reported
 
@@ -127,6 +128,17 @@ def preflight(config: OctrainConfig) -> None:
         from octrain.trainers.model_loading import check_training_settings
 
         check_training_settings(config)  # QLoRA's bitsandbytes, the attention kernel's package and device
+        if config.trainer.num_processes > 1:
+            from octrain.accelerate_configs import check_accelerate_config, find_accelerate_config
+            from octrain.stage_worker import DEFAULT_ACCELERATE_CONFIG
+            from octrain.trainers.trl_common import gradient_checkpointing
+
+            check_accelerate_config(
+                find_accelerate_config(config.trainer.accelerate_config or DEFAULT_ACCELERATE_CONFIG),
+                config.trainer.num_processes,
+                gradient_checkpointing=gradient_checkpointing(config.trainer.trl)[0],
+                load_in_4bit=config.trainer.trl.load_in_4bit,
+            )
     if StageName.sft in config.stages and config.trainer.backend.value == "trl":
         # Last, as the one check that reads more than a local file: the student's tokenizer (never
         # its weights). A template the loss mask cannot handle, or a tokenizer that cannot be loaded
@@ -374,8 +386,10 @@ def _reuse(ctx: RunContext, spec: StageSpec, fingerprint: str) -> bool:
     source = _find_reusable(ctx.config, ctx.run_dir, spec.name, fingerprint)
     if source is None:
         return False
-    with atomic_directory(ctx.stage_dir(spec.name)) as staging:  # the copy appears whole or not at all
-        shutil.copytree(source, staging, dirs_exist_ok=True)
+    # The copy appears whole or not at all, and counts only if the source stayed the same finished
+    # stage while it was read (a sibling may be clearing it to run it afresh).
+    if not copy_finished_stage(source, ctx.stage_dir(spec.name), DONE_FILE):
+        return False
     logger.info("%s: same settings and inputs as %s: reusing its output", spec.name.value, source)
     return True
 
@@ -445,7 +459,7 @@ def _run_or_skip_stage(
             else:
                 reason = "its settings or inputs changed since it last ran"
             logger.info("%s: %s: clearing %s and running it afresh", spec.name.value, reason, stage_dir)
-            shutil.rmtree(stage_dir)
+            retire_directory(stage_dir)  # in one rename: a run copying it meanwhile sees it whole or gone
     elif started is not None:
         logger.info("%s: resuming an interrupted run", spec.name.value)
         # A kill between writing a temporary and renaming it leaves the temporary; the run lock is held.

@@ -177,12 +177,23 @@ class AccelerateRunner:
 
     def run(self, spec: StageSpec) -> dict[str, Any]:
         from octrain.accelerate_configs import check_accelerate_config, find_accelerate_config, launch_command
+        from octrain.trainers.trl_common import gradient_checkpointing
 
         stage, trainer = spec.name, self.ctx.config.trainer
         config_file = find_accelerate_config(trainer.accelerate_config or DEFAULT_ACCELERATE_CONFIG)
-        check_accelerate_config(config_file, trainer.num_processes)
+        setup = check_accelerate_config(
+            config_file,
+            trainer.num_processes,
+            gradient_checkpointing=gradient_checkpointing(trainer.trl)[0],
+            load_in_4bit=trainer.trl.load_in_4bit,
+        )
+        for note in setup.notes:
+            logger.info("%s: %s", stage.value, note)
         command = launch_command(
-            config_file, trainer.num_processes, ["octrain.stage_worker", str(self.ctx.run_dir), stage.value]
+            config_file,
+            trainer.num_processes,
+            ["octrain.stage_worker", str(self.ctx.run_dir), stage.value],
+            main_process_port=0,  # a free port: two launches on one machine must not race for 29500
         )
         result_path = self.ctx.stage_dir(stage) / RESULT_FILE
         result_path.unlink(missing_ok=True)

@@ -99,10 +99,19 @@ def last_checkpoint(checkpoint_dir: str | Path, *, stage: str) -> str | None:
     return last_complete_checkpoint(checkpoint_dir, stage=stage)
 
 
-def save_adapter(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save the adapter so that ``target`` appears complete or not at all."""
+def save_trained_adapter(trainer: Any, tokenizer: Any, target: Path) -> None:
+    """Save the trainer's adapter so that ``target`` appears complete or not at all. Call on every rank.
+
+    Under FSDP2 and ZeRO-3 each rank holds a shard of the weights: gathering them is a collective
+    all ranks join (:func:`octrain.accelerate_configs.gathered_state_dict`); rank 0 then writes.
+    """
+    from octrain.accelerate_configs import gathered_state_dict
+
+    state = gathered_state_dict(trainer)
+    if not trainer.accelerator.is_main_process:
+        return
     with atomic_directory(target) as staging:
-        model.save_pretrained(staging)
+        trainer.model.save_pretrained(staging, state_dict=state)
         tokenizer.save_pretrained(staging)
 
 

@@ -34,7 +34,7 @@ from octrain.trainers.trl_common import (
     lora_config,
     on_one_device,
     precision,
-    save_adapter,
+    save_trained_adapter,
     shared_args,
 )
 from octrain.training_report import plot_metrics, write_metrics
@@ -174,8 +174,8 @@ def train_dpo(
         attn_implementation,
     )
     trainer.train(resume_from_checkpoint=last)
+    save_trained_adapter(trainer, tokenizer, output_dir / ADAPTER_DIR)  # every rank: a gather under FSDP2 / ZeRO-3
     if trainer.accelerator.is_main_process:
-        save_adapter(trainer.model, tokenizer, output_dir / ADAPTER_DIR)
         rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
         plot_metrics(output_dir / PLOT_FILE, rows, DPO_PANELS)
     result = ModelRef(base=start.base, adapter=ADAPTER_DIR)

@@ -28,7 +28,7 @@ from octrain.trainers.trl_common import (
     lora_config,
     on_one_device,
     precision,
-    save_adapter,
+    save_trained_adapter,
     shared_args,
 )
 from octrain.training_report import plot_metrics, write_metrics
@@ -188,8 +188,8 @@ def _train(
     )
     trainer.train(resume_from_checkpoint=last)
     adapter_dir = output_dir / "sft_adapter"
+    save_trained_adapter(trainer, tokenizer, adapter_dir)  # every rank: a gather under FSDP2 / ZeRO-3
     if trainer.accelerator.is_main_process:
-        save_adapter(trainer.model, tokenizer, adapter_dir)
         rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
         plot_metrics(output_dir / PLOT_FILE, rows, SFT_PANELS)
     return adapter_dir
