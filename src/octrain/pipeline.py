@@ -94,6 +94,10 @@ def preflight(config: OctrainConfig) -> None:
     from octrain.samplers import check_backend
 
     check_backend(config.sampler)
+    if config.sampler.data_parallel_size > 1:
+        from octrain.samplers.sharded import plan_devices
+
+        plan_devices(config.sampler)  # enough GPUs for every shard, said before any stage starts
     training = {StageName.dpo, StageName.sft} & set(config.stages)
     if training and config.trainer.backend.value != "trl":
         raise ConfigError(

@@ -72,18 +72,23 @@ def build_sampler(
     adapter the caller will ask for on this model (``adapter`` included or not): vLLM then starts one
     engine able to serve all of them and the base, so the samplers for each are one engine start.
     Closing a sampler from here leaves its engine loaded; :func:`release_engines` closes it.
+
+    With ``sampler.data_parallel_size > 1`` (transformers and vLLM) the engine is that many engine
+    processes, each on its own GPU or group of ``sampler.vllm.tensor_parallel_size`` GPUs, sharing
+    every call (:mod:`octrain.samplers.sharded`); the answers are the same as one engine's.
     """
     from octrain.samplers.engine_pool import ENGINES
 
     if sampler.backend is SamplerBackend.fake:
         return FakeSampler(name=f"fake:{model.path}")
+    if sampler.data_parallel_size > 1 and sampler.backend in (SamplerBackend.hf, SamplerBackend.vllm):
+        return _build_sharded(sampler, model, adapter=adapter, serves=serves, show_progress=show_progress)
     if sampler.backend is SamplerBackend.hf:
         from octrain.samplers.hf import HFSampler
         from octrain.tiny_model import resolve_model_path
 
-        # transformers merges the adapter into the weights (the fastest generate): one engine per adapter.
         hf = ENGINES.acquire(
-            _engine_key("hf", model, sampler.hf, ignore=("quantization", "gpu_memory_utilization"), adapter=adapter),
+            _hf_key(sampler, model, adapter),
             f"transformers {model.path}" + (f" + {adapter}" if adapter else ""),
             lambda: HFSampler(
                 resolve_model_path(model.path),
@@ -102,18 +107,15 @@ def build_sampler(
         return SharedSampler(hf)
     if sampler.backend is SamplerBackend.vllm:
         check_backend(sampler)
-        from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler, adapter_rank
+        from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler
         from octrain.tiny_model import resolve_model_path
 
         options = sampler.vllm
-        adapters = {a for a in (adapter, *serves) if a}
-        rank = max([options.max_lora_rank, *(adapter_rank(a) for a in adapters)]) if adapters else 0
+        rank = _vllm_lora_rank(sampler, adapter, serves)
         share = model.gpu_memory_utilization or options.gpu_memory_utilization
-        details = [f"quantization {model.quantization}"] if model.quantization else []
-        details += [f"{share:.0%} of the GPU"] + ([f"LoRA up to rank {rank}"] if rank else [])
         engine = ENGINES.acquire(
-            _engine_key("vllm", model, options, ignore=("enable_thinking", "attn_implementation"), lora_rank=rank),
-            f"vLLM {model.path} ({', '.join(details)})",
+            _vllm_key(sampler, model, rank),
+            _vllm_label(sampler, model, rank),
             lambda: VLLMEngine(
                 resolve_model_path(model.path),
                 max_lora_rank=rank,
@@ -138,4 +140,78 @@ def build_sampler(
     raise ConfigError(
         f"sampler.backend={sampler.backend.value}: this backend is not in this version of octrain yet; "
         "use sampler=hf (any machine), sampler=vllm (GPU) or sampler=fake (dry run)"
+    )
+
+
+def _hf_key(sampler: SamplerConfig, model: ModelConfig, adapter: str | None, **extra: object) -> str:
+    # transformers merges the adapter into the weights (the fastest generate): one engine per adapter.
+    ignore = ("quantization", "gpu_memory_utilization")
+    return _engine_key("hf", model, sampler.hf, ignore=ignore, adapter=adapter, **extra)
+
+
+def _vllm_lora_rank(sampler: SamplerConfig, adapter: str | None, serves: Sequence[str | None]) -> int:
+    """The LoRA rank a vLLM engine must serve for ``adapter`` and ``serves`` (0: no LoRA at all)."""
+    from octrain.samplers.vllm_engine import adapter_rank
+
+    adapters = {a for a in (adapter, *serves) if a}
+    return max([sampler.vllm.max_lora_rank, *(adapter_rank(a) for a in adapters)]) if adapters else 0
+
+
+def _vllm_key(sampler: SamplerConfig, model: ModelConfig, rank: int, **extra: object) -> str:
+    # One vLLM engine serves the base and every adapter up to its rank: the adapter is not in the key.
+    ignore = ("enable_thinking", "attn_implementation")
+    return _engine_key("vllm", model, sampler.vllm, ignore=ignore, lora_rank=rank, **extra)
+
+
+def _vllm_label(sampler: SamplerConfig, model: ModelConfig, rank: int) -> str:
+    share = model.gpu_memory_utilization or sampler.vllm.gpu_memory_utilization
+    details = [f"quantization {model.quantization}"] if model.quantization else []
+    if sampler.vllm.tensor_parallel_size > 1:
+        details.append(f"tensor parallel over {sampler.vllm.tensor_parallel_size} GPUs")
+    details += [f"{share:.0%} of the GPU"] + ([f"LoRA up to rank {rank}"] if rank else [])
+    return f"vLLM {model.path} ({', '.join(details)})"
+
+
+def _build_sharded(
+    sampler: SamplerConfig,
+    model: ModelConfig,
+    *,
+    adapter: str | None,
+    serves: Sequence[str | None],
+    show_progress: bool,
+) -> Sampler:
+    """``sampler.data_parallel_size`` engine processes behind one sampler (:mod:`octrain.samplers.sharded`).
+
+    The pool holds the whole :class:`~octrain.samplers.sharded.ShardedEngine` under the key the
+    single engine would have, plus the shard count: the samplers for the base and for each adapter
+    of one vLLM model share the same processes, and :func:`release_engines` ends them.
+    """
+    from octrain.samplers.engine_pool import ENGINES
+    from octrain.samplers.sharded import ShardedEngine, ShardedSampler, plan_devices
+
+    shards = sampler.data_parallel_size
+    if sampler.backend is SamplerBackend.vllm:
+        check_backend(sampler)
+        rank = _vllm_lora_rank(sampler, adapter, serves)
+        key, label = _vllm_key(sampler, model, rank, shards=shards), _vllm_label(sampler, model, rank)
+    else:
+        key = _hf_key(sampler, model, adapter, shards=shards)
+        label = f"transformers {model.path}" + (f" + {adapter}" if adapter else "")
+    devices = plan_devices(sampler)  # too few GPUs: a ConfigError before any engine is touched
+    on_gpus = [group for group in devices if group]
+    where = "; ".join("GPU " + ",".join(group) for group in on_gpus) if on_gpus else f"{shards} CPU processes"
+    label = f"{shards} x {label} on {where}"
+
+    def load() -> ShardedEngine:
+        return ShardedEngine(sampler, model, devices=devices, adapter=adapter, serves=serves)
+
+    engine = ENGINES.acquire(key, label, load)
+    if not engine.usable:  # a shard died or a call was interrupted since it started: start afresh
+        ENGINES.release()
+        engine = ENGINES.acquire(key, label, load)
+    return ShardedSampler(
+        engine,
+        adapter=adapter,
+        name=model.path if adapter is None else f"{model.path}+{adapter}",
+        show_progress=show_progress,
     )
