@@ -54,6 +54,7 @@ def lora_weights(adapter: Path) -> dict:
     return load_file(adapter / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_whole_recipe_under_two_processes_makes_one_set_of_files(tmp_path: Path) -> None:
     done = launch("+recipe=pirate_tiny", f"run_root={tmp_path}", *QUICK)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -109,6 +110,7 @@ def test_two_ranks_train_the_adapter_one_process_trains_at_the_same_batch(tmp_pa
         assert (one[name] - control[name]).abs().max().item() > 1e-2 * scale
 
 
+@pytest.mark.slow
 def test_trainer_num_processes_launches_the_training_stages_with_accelerate(tmp_path: Path) -> None:
     done = run_cli(
         "+recipe=pirate_tiny", f"run_root={tmp_path}", "stages=[prompts,pairs,dpo]", "trainer.num_processes=2", *QUICK

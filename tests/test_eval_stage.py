@@ -99,7 +99,7 @@ def rig(monkeypatch: pytest.MonkeyPatch, run_dir: Path, config, judge=teacher) -
     dpo_adapter = str(run_dir / "dpo" / "adapter")
     built: list[tuple[str, FakeSampler]] = []
 
-    def rigged(sampler_config, model, *, adapter=None, show_progress=True):
+    def rigged(sampler_config, model, *, adapter=None, serves=(), show_progress=True):
         if model.path != "builtin:tiny-qwen3":
             raise AssertionError(model.path)
         if adapter is None:

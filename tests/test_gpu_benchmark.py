@@ -107,6 +107,7 @@ def test_synthetic_tokenizer_gives_one_token_a_word_and_the_full_vocabulary() ->
     ]
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_configuration_and_records_a_broken_one(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {**os.environ, "OCTRAIN_GPU_BENCH_BROKEN": "1", "PYTHONUNBUFFERED": "1"}

@@ -1,6 +1,8 @@
-"""The command line: ``python -m octrain +recipe=NAME [key=value ...]``.
+"""The command line: ``octrain +recipe=NAME [key=value ...]`` (or ``python -m octrain ...``).
 
-This is the only module that knows about Hydra. It composes the configs under
+A first argument that names a subcommand (``octrain info``, ``octrain constitution list``, ...)
+goes to :mod:`octrain.cli`, as does ``--help`` alone, which shows both forms. Everything else
+is a recipe run, and this is the only module that knows about Hydra. It composes the configs under
 ``configs/`` and the chosen recipe from ``recipes/`` onto the typed schema, converts the
 result to :class:`~octrain.config.OctrainConfig` once, and hands it to
 :func:`octrain.pipeline.run` with the run directory Hydra chose (``runs/<name>``, or one
@@ -9,6 +11,9 @@ subdirectory per job in a ``-m`` sweep).
 Errors a user can fix (an unknown recipe, a misspelled key, a bad value, a malformed
 file, a run directory that cannot be written or a full disk) print as one line on stderr and
 exit with status 2.
+
+Hydra's shell completion (``-sc install=bash``, and the ``-sc query=bash`` its script runs on
+each Tab) needs no recipe, so it skips the recipe check and goes to Hydra.
 """
 
 from __future__ import annotations
@@ -28,6 +33,26 @@ from octrain.paths import available_recipes, configs_dir  # noqa: E402
 
 USAGE = "usage: python -m octrain +recipe=NAME [key=value ...]   (-m for a sweep over comma-separated values)"
 _RECIPE_ARG = re.compile(r"^\+{0,2}recipe=(.*)$")
+# What Hydra does without a recipe: its help, the composed config, its own info, shell completion.
+_NO_RECIPE_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "-sc", "--shell-completion")
+# A bare word, which Hydra would never take: a subcommand, or a misspelling of one.
+_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_PYTHON_M = re.compile(r"^\s*\S*python[0-9.]*\s+-m\s+octrain(?=\s|$)")
+
+
+def _completion_line() -> None:
+    """Let a completion query come from ``python -m octrain ...`` too: Hydra strips ``python
+    script.py`` or an app's name from ``COMP_LINE``, and would read ``-m octrain`` as a sweep
+    flag and an override."""
+    line = os.environ.get("COMP_LINE")
+    if line is not None:
+        os.environ["COMP_LINE"] = _PYTHON_M.sub("octrain", line, count=1)
+
+
+def _commands_line() -> str:
+    from octrain.cli import SUBCOMMANDS
+
+    return f"commands: {', '.join(SUBCOMMANDS)} (octrain --help)"
 
 
 def _recipe_problem(argv: list[str]) -> str | None:
@@ -36,7 +61,7 @@ def _recipe_problem(argv: list[str]) -> str | None:
     listing = "available recipes: " + (", ".join(known) or "none (no recipes/ directory found)")
     values = [m.group(1) for m in (_RECIPE_ARG.match(arg) for arg in argv) if m]
     if not values:
-        return f"no recipe given.\n{USAGE}\n{listing}"
+        return f"no recipe given.\n{USAGE}\n{listing}\n{_commands_line()}"
     for value in values:
         for name in value.split(","):
             if name.strip() not in known:
@@ -116,7 +141,24 @@ def _hydra_app() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    wants_help = any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or a.startswith("--cfg") for a in args)
+    if args:
+        from octrain.cli import NOT_YET, SUBCOMMANDS
+
+        if args[0] in SUBCOMMANDS or args[0] in NOT_YET or args in (["-h"], ["--help"]):
+            from octrain.cli import main as cli_main
+
+            return cli_main(args)
+        if _WORD.match(args[0]):
+            known = ", ".join(available_recipes()) or "none"
+            print(
+                f"octrain: error: unknown command {args[0]!r}; {_commands_line()}; "
+                f"or run a recipe: octrain +recipe=NAME (recipes: {known})",
+                file=sys.stderr,
+            )
+            return 2
+    wants_help = any(a in _NO_RECIPE_FLAGS or a.startswith(("--cfg", "--shell-completion=")) for a in args)
+    if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in args):
+        _completion_line()
     if not wants_help:
         problem = _recipe_problem(args)
         if problem:

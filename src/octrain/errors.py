@@ -23,3 +23,7 @@ class DataFormatError(OctrainError, ValueError):
 
 class StageError(OctrainError, RuntimeError):
     """A pipeline stage cannot run, for example because its inputs are missing."""
+
+
+class RegistryError(OctrainError, LookupError):
+    """The checkpoint registry has no such entry, or cannot be read or written."""

@@ -329,6 +329,10 @@ def _run_locked(
                 outcome = _run_stage(ctx, spec, runner, fingerprints, upstream_ran=upstream_ran, tell=tell)
                 if spec.trains:
                     runner.release()  # and the trained model goes before the next engine starts
+                if spec.trains and outcome.status == "ran":
+                    from octrain.registry import register_stage
+
+                    register_stage(run_path, spec.name.value, Path(config.run_root))  # a warning if it cannot
                 upstream_ran = upstream_ran or outcome.status == "ran"
                 result.outcomes.append(outcome)
         finally:

@@ -1,0 +1,188 @@
+"""``octrain info``: what this installation can do, for a bug report or before a long run.
+
+Versions of octrain and the libraries it runs on (each missing one with the extra that gives
+it and what that enables), the GPUs torch sees, which sampler and trainer backends are usable
+here, and the run root with its runs and checkpoint registry. ``--json`` prints the same as
+one JSON object for scripts.
+
+Versions come from the installed distributions' metadata, so that no optional library is
+imported (vLLM's import alone takes seconds and may touch the GPU); only torch is imported,
+to count the GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from octrain.registry import REGISTRY_FILE
+
+# (distribution, how to install it when missing, what it enables); None for core dependencies.
+PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
+    ("octrain", None, None),
+    ("torch", None, None),
+    ("transformers", None, None),
+    ("trl", None, None),
+    ("peft", None, None),
+    ("accelerate", None, None),
+    ("datasets", None, None),
+    ("hydra-core", None, None),
+    ("vllm", "pip install -e '.[vllm]'", "sampler=vllm (fast sampling on a CUDA GPU)"),
+    ("tinker", "pip install -e '.[tinker]'", "the Tinker client (its backends are not in this version of octrain)"),
+    ("bitsandbytes", "pip install -e '.[quant]'", "QLoRA: trainer.trl.load_in_4bit=true"),
+    ("deepspeed", "pip install deepspeed", "accelerate=zero2 and accelerate=zero3"),
+    ("submitit", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
+    ("hydra-submitit-launcher", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
+)
+RUN_CONFIG = "config.yaml"  # octrain.pipeline.CONFIG_FILE, named here to keep the pipeline unimported
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gpus() -> tuple[list[dict[str, Any]], str | None]:
+    """The CUDA devices torch sees, and the CUDA version torch was built for (None for a CPU build)."""
+    if importlib.util.find_spec("torch") is None:
+        return [], None
+    import torch
+
+    devices = (
+        [
+            {"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+            for i, props in ((i, torch.cuda.get_device_properties(i)) for i in range(torch.cuda.device_count()))
+        ]
+        if torch.cuda.is_available()
+        else []
+    )
+    return devices, torch.version.cuda
+
+
+def _backends(versions: dict[str, str | None], cuda: bool) -> dict[str, dict[str, Any]]:
+    """Each backend, whether it can run here, and why not."""
+
+    def entry(usable: bool, note: str) -> dict[str, Any]:
+        return {"usable": usable, "note": note}
+
+    vllm = versions["vllm"]
+    if vllm is None:
+        vllm_entry = entry(False, "vLLM is not installed: pip install -e '.[vllm]'")
+    elif cuda or "cpu" in vllm:
+        vllm_entry = entry(True, "on the GPU" if cuda else "the CPU build of vLLM")
+    else:
+        vllm_entry = entry(False, "vLLM is installed but no CUDA GPU is visible")
+    not_here = "not in this version of octrain"
+    return {
+        "sampler=fake": entry(True, "canned answers, for a dry run of the pipeline"),
+        "sampler=hf": entry(versions["transformers"] is not None, "transformers generate(), any machine"),
+        "sampler=vllm": vllm_entry,
+        "sampler=tinker": entry(False, not_here),
+        "trainer=trl": entry(
+            versions["trl"] is not None, "LoRA DPO and SFT with TRL" + (" on the GPU" if cuda else "")
+        ),
+        "trainer=tinker": entry(False, not_here),
+        "qlora": entry(
+            versions["bitsandbytes"] is not None,
+            "trainer.trl.load_in_4bit=true"
+            if versions["bitsandbytes"]
+            else "bitsandbytes is not installed: pip install -e '.[quant]'",
+        ),
+        "launchers": entry(
+            versions["submitit"] is not None and versions["hydra-submitit-launcher"] is not None,
+            "hydra/launcher=local_gpus|slurm"
+            if versions["submitit"] and versions["hydra-submitit-launcher"]
+            else "pip install -e '.[cluster]'",
+        ),
+    }
+
+
+def _runs(run_root: Path) -> dict[str, Any]:
+    """The run root: how many runs it holds (a run directory has its config.yaml; a sweep's
+    jobs are one level down) and the checkpoint registry, if one was written."""
+    runs = 0
+    if run_root.is_dir():
+        for child in run_root.iterdir():
+            if (child / RUN_CONFIG).is_file():
+                runs += 1
+            elif child.is_dir():
+                runs += sum((job / RUN_CONFIG).is_file() for job in child.iterdir() if job.is_dir())
+    registry = run_root / REGISTRY_FILE
+    return {
+        "run_root": str(run_root),
+        "exists": run_root.is_dir(),
+        "runs": runs,
+        "registry": str(registry) if registry.is_file() else None,
+    }
+
+
+def collect(run_root: Path) -> dict[str, Any]:
+    versions = {name: _version(name) for name, _, _ in PACKAGES}
+    gpus, cuda_build = _gpus()
+    return {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "versions": versions,
+        "missing": {
+            name: {"install": install, "enables": enables}
+            for name, install, enables in PACKAGES
+            if versions[name] is None and install is not None
+        },
+        "torch_cuda": cuda_build,
+        "gpus": gpus,
+        "backends": _backends(versions, bool(gpus)),
+        "tinker_api_key": bool(os.environ.get("TINKER_API_KEY")),
+        **_runs(run_root),
+    }
+
+
+def _print(info: dict[str, Any]) -> None:
+    print(f"python        {info['python']} ({info['executable']})")
+    for name, version in info["versions"].items():
+        print(f"{name:<24}{version or 'not installed'}")
+    if info["missing"]:
+        print("missing:")
+        for name, how in info["missing"].items():
+            print(f"  {name}: {how['install']}  enables {how['enables']}")
+    print(f"GPUs (torch {'built for CUDA ' + info['torch_cuda'] if info['torch_cuda'] else 'CPU build'}):")
+    for gpu in info["gpus"]:
+        print(f"  {gpu['index']}: {gpu['name']}, {gpu['memory_gib']} GiB")
+    if not info["gpus"]:
+        print("  none visible")
+    print("backends:")
+    for name, backend in info["backends"].items():
+        print(f"  {name:<16}{'usable' if backend['usable'] else 'no':<8}{backend['note']}")
+    where = "" if info["exists"] else " (does not exist yet)"
+    print(f"run root      {info['run_root']}{where}: {info['runs']} runs")
+    print(f"registry      {info['registry'] or 'none'}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    info = collect(Path(args.run_root))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print(info)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="versions, GPUs, usable backends, the run root and registry",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        epilog="examples:\n  octrain info\n  octrain info --json --run-root /scratch/runs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run-root", default="runs", help="where runs are written (the config's run_root)")
+    parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    parser.set_defaults(func=_run)

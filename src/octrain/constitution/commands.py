@@ -1,0 +1,82 @@
+"""Converting and validating constitution files, shared by ``octrain constitution`` and
+``python -m octrain.constitution``.
+
+``convert`` takes the format from OUT's extension unless ``--to`` names it (the paper keeps
+JSON in ``.txt`` files: ``--to json``), prints what the target format cannot hold, and
+writes OUT atomically, so a failed run never leaves half a file. ``validate`` prints one
+line per file and exits 0 when every file loads, 2 otherwise, for scripts and CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from octrain.constitution.convert import EXTENSION_FORMATS, FORMATS, not_kept, render
+from octrain.constitution.load import load_constitution
+from octrain.errors import DataFormatError
+from octrain.jsonl import write_text_atomic
+
+
+def log_notes_to_stderr() -> None:
+    """Send the loader's notes (a merged near-duplicate) and warnings (a repeated question) to
+    stderr, so that stdout keeps one line per file."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("octrain").setLevel(logging.INFO)
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="IN")
+    parser.add_argument("out", metavar="OUT")
+    parser.add_argument("--to", choices=FORMATS, help="the format to write (default: from OUT's extension)")
+
+
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", metavar="FILE", nargs="+")
+
+
+def convert(source: str, out: str, target: str | None, who: str = "octrain") -> int:
+    """Write ``source`` as ``out``; 0, or 2 with one line on stderr prefixed by ``who``."""
+    out_path = Path(out)
+    target = target or EXTENSION_FORMATS.get(out_path.suffix.lower())
+    if target is None:
+        print(
+            f"{who}: error: {out}: cannot tell the format from '{out_path.suffix}'; give --to ({', '.join(FORMATS)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        constitution = load_constitution(source)
+    except DataFormatError as exc:
+        print(f"{who}: error: {exc}", file=sys.stderr)
+        return 2
+    write_text_atomic(out_path, render(constitution, target))
+    print(
+        f"{source} -> {out} ({target}): {len(constitution.traits)} traits, {constitution.question_count} seed "
+        f"questions, {constitution.additional_count} additional questions"
+    )
+    for item in not_kept(constitution, target, out_path.stem):
+        print(f"  not kept in {target}: {item}")
+    return 0
+
+
+def validate(files: list[str]) -> int:
+    """One line per file on stdout; 0 when every file loads, else 2."""
+    status = 0
+    for name in files:
+        try:
+            constitution = load_constitution(name)
+        except DataFormatError as exc:
+            print(exc)
+            status = 2
+        except OSError as exc:
+            print(f"{name}: cannot read the file ({exc.strerror})")
+            status = 2
+        else:
+            print(
+                f"{name}: ok ({len(constitution.traits)} traits, {constitution.question_count} seed questions, "
+                f"{constitution.additional_count} additional questions)"
+            )
+    return status

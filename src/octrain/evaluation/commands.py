@@ -1,0 +1,276 @@
+"""The standalone evaluation commands, shared by ``octrain eval`` and ``python -m octrain.evaluation``.
+
+Each command is an :class:`EvalCommand`: its arguments, an example and the function that runs
+it. Both command lines add the same parsers with :func:`add_commands` and run them with
+:func:`run_command`, so they differ only in the name they print before an error or a note
+(``octrain`` or ``octrain.evaluation``). Results print as JSON on stdout.
+
+* ``classifier`` trains a persona classifier on ``{"text", "label"}`` rows and reports accuracy,
+  macro-F1 and the confusion matrix.
+* ``elo`` rates base against tuned answers from a matches file (``prompt, base_response,
+  tuned_response, winner``): winners already in the file are used as they are; missing or empty
+  ones (the Studio writes ``""`` for a match not yet judged) are filled by a judge at an
+  OpenAI-compatible endpoint, in both orders (a win only when both agree); ``--export-studio``
+  writes the decided matches back in the form the Studio's scorer takes, which knows only
+  ``base`` and ``tuned``.
+* ``model`` runs the whole ``eval`` stage of a finished run (its config, constitution, pairs and
+  judge) on any model reference, for example the DPO-only model ``RUN_DIR/dpo/model.json``.
+
+Heavy imports (the pipeline, the samplers, scikit-learn) happen inside the commands, so that
+building the parsers, and ``--help``, stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+WINNERS = ("base", "tuned", "tie")
+# The only winners the Studio's scorer accepts: ties, disagreements and unparseable matches stay out.
+STUDIO_WINNERS = ("base", "tuned")
+
+
+def classifier_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.evaluation.classifier import ClassifierConfig, train_classifier
+
+    report = train_classifier(args.train, args.eval, args.out, ClassifierConfig(kind=args.kind))
+    result: dict = {"saved": str(args.out)}
+    if report is not None:
+        result["report"] = report.to_dict()
+    return result
+
+
+def load_matches(path: Path) -> list[dict]:
+    from octrain.errors import DataFormatError
+    from octrain.jsonl import iter_jsonl
+
+    rows = []
+    for number, row in iter_jsonl(path):
+        for key in ("prompt", "base_response", "tuned_response"):
+            if not isinstance(row.get(key), str):
+                raise DataFormatError(f"{path}:{number}: '{key}' must be a string")
+        if row.get("winner") not in (None, "", *WINNERS):
+            raise DataFormatError(f"{path}:{number}: 'winner' must be one of {', '.join(WINNERS)}, empty or absent")
+        if row.get("winner") == "":
+            row["winner"] = None  # the Studio's way of writing "not judged yet"
+        # The eval stage's matches files mark a match whose two orders disagreed: already judged.
+        row["disagree"] = row.get("winner") is None and row.get("judgement") == "disagree"
+        rows.append(row)
+    return rows
+
+
+def export_studio(rows: list[dict], path: Path) -> dict:
+    """Write the matches won by ``base`` or ``tuned`` to ``path``; count what was left out and why."""
+    from octrain.jsonl import write_jsonl
+
+    kept = [
+        {key: row[key] for key in ("prompt", "base_response", "tuned_response", "winner")}
+        for row in rows
+        if row.get("winner") in STUDIO_WINNERS and not row.get("disagree")
+    ]
+    write_jsonl(path, kept)
+    ties = sum(row.get("winner") == "tie" and not row.get("disagree") for row in rows)
+    disagreements = sum(bool(row.get("disagree")) for row in rows)
+    return {
+        "path": str(path),
+        "matches": len(kept),
+        "left_out": {
+            "ties": ties,
+            "disagreements": disagreements,
+            "unparseable": len(rows) - len(kept) - ties - disagreements,
+        },
+    }
+
+
+def elo_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.errors import ConfigError
+    from octrain.evaluation.protocols import (
+        COHERENCE,
+        DISAGREE,
+        coherence_criterion,
+        match_summary,
+        match_winner,
+        pairwise_verdicts,
+    )
+    from octrain.samplers.base import SamplingParams
+
+    if args.judge_parse_retries < 0:
+        raise ConfigError(f"--judge-parse-retries: expected 0 or more, got {args.judge_parse_retries}")
+    rows = load_matches(args.matches)
+    missing = [row for row in rows if row.get("winner") is None and not row["disagree"]]
+    if missing:
+        if not (args.judge_url and args.judge_model):
+            raise ConfigError(
+                f"{args.matches}: {len(missing)} matches have no winner; "
+                "give --judge-url and --judge-model to judge them"
+            )
+        from octrain.samplers.openai_http import OpenAIChatSampler
+
+        criterion = COHERENCE
+        if args.constitution:
+            from octrain.pipeline import resolve_constitution_name
+
+            criterion = coherence_criterion(resolve_constitution_name(args.constitution).numbered_traits())
+        judge = OpenAIChatSampler(
+            args.judge_url,
+            args.judge_model,
+            api_key_env=args.judge_key_env,
+            timeout=args.judge_timeout,
+            max_retries=args.judge_retries,
+        )
+        verdicts = pairwise_verdicts(
+            judge,
+            [r["prompt"] for r in missing],
+            [r["tuned_response"] for r in missing],
+            [r["base_response"] for r in missing],
+            criterion,
+            SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512, seed=args.seed),
+            retries=args.judge_parse_retries,
+        )
+        for row, verdict in zip(missing, verdicts, strict=True):
+            row["winner"] = match_winner(verdict)
+            row["disagree"] = verdict == DISAGREE
+    # A disagreement between the two orders is dropped and counted; None left over is unparseable.
+    winners = [row.get("winner") for row in rows if not row.get("disagree")]
+    disagreements = len(rows) - len(winners)
+    summary = match_summary(winners, disagreements=disagreements, rounds=args.rounds, seed=args.seed)
+    result: dict = {
+        "matches": len(rows),
+        "decided": summary.pop("judged"),
+        "disagreements": summary.pop("disagreements"),
+        "unparseable": summary.pop("unparseable"),
+    }
+    if "win_rate" in summary:
+        result["tuned_win_rate"] = summary.pop("win_rate")
+    if args.export_studio is not None:
+        exported = export_studio(rows, args.export_studio)
+        left = exported["left_out"]
+        print(
+            f"{who}: exported {exported['matches']} of {len(rows)} matches to {args.export_studio}; "
+            f"left out: ties {left['ties']}, disagreements {left['disagreements']}, "
+            f"unparseable {left['unparseable']}",
+            file=sys.stderr,
+        )
+        result["studio_export"] = exported
+    return {**result, **summary}
+
+
+def model_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.context import RunContext
+    from octrain.pipeline import CONFIG_FILE, load_config, resolve_constitution
+    from octrain.records import ModelRef
+    from octrain.stages.evaluate import RESULTS_FILE, evaluate_model
+
+    config = load_config(args.run_dir / CONFIG_FILE)
+    ctx = RunContext(config=config, run_dir=args.run_dir, constitution=resolve_constitution(config))
+    # Compared with the run's DPO-only model too, when there is one and it is not the model itself.
+    dpo_file = args.run_dir / "dpo" / "model.json"
+    dpo = ModelRef.load(dpo_file) if dpo_file.is_file() else None
+    summary = evaluate_model(ctx, ModelRef.load(args.model), args.out, dpo_ref=dpo)
+    return {**summary, "results": str(args.out / RESULTS_FILE)}
+
+
+def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", type=Path, required=True, help='JSONL of {"text": ..., "label": ...}')
+    parser.add_argument("--eval", type=Path, default=None, help="held-out JSONL in the same format")
+    parser.add_argument("--out", type=Path, required=True, help="directory to save the classifier and report.json")
+    parser.add_argument("--kind", choices=("tfidf", "transformer"), default="tfidf")
+
+
+def _elo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("matches", type=Path)
+    parser.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--judge-model", default=None)
+    parser.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    parser.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
+    parser.add_argument("--judge-retries", type=int, default=4, help="extra attempts on timeouts, 429 and 5xx")
+    parser.add_argument(
+        "--judge-parse-retries", type=int, default=1, help="asks again of a judge reply with no parseable verdict"
+    )
+    parser.add_argument(
+        "--export-studio",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the matches won by base or tuned, as the Studio's scorer takes them (ties, disagreements out)",
+    )
+    parser.add_argument(
+        "--constitution", default=None, help="name or path: the judge then sees the numbered traits (recommended)"
+    )
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="a run directory (holds config.yaml and pairs/)")
+    parser.add_argument("--model", type=Path, required=True, help="a model.json, e.g. RUN_DIR/dpo/model.json")
+    parser.add_argument("--out", type=Path, required=True)
+
+
+@dataclass(frozen=True)
+class EvalCommand:
+    """One evaluation command: its name, a one-line help, an example (arguments only) and its code."""
+
+    name: str
+    help: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, str], dict]
+
+
+COMMANDS = (
+    EvalCommand(
+        "classifier",
+        "train and score a persona classifier",
+        "--train train.jsonl --eval eval.jsonl --out runs/clf",
+        _classifier_arguments,
+        classifier_command,
+    ),
+    EvalCommand(
+        "elo",
+        "Elo and win rate of tuned vs base from a matches file",
+        "runs/pirate_tiny/eval/matches.jsonl --constitution pirate --judge-url http://127.0.0.1:8000/v1 "
+        "--judge-model judge",
+        _elo_arguments,
+        elo_command,
+    ),
+    EvalCommand(
+        "model",
+        "the eval stage of a finished run, on any model reference",
+        "runs/pirate_tiny --model runs/pirate_tiny/dpo/model.json --out runs/pirate_tiny/eval-dpo",
+        _model_arguments,
+        model_command,
+    ),
+)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add a parser per command, each with its example (under the caller's program name)."""
+    for command in COMMANDS:
+        parser = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=f"example:\n  %(prog)s {command.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(parser)
+        parser.set_defaults(eval_command=command.name)
+
+
+def run_command(args: argparse.Namespace, who: str) -> int:
+    """Run the command ``args`` names and print its result as JSON; 2 with one line on a user's error."""
+    from octrain.errors import OctrainError
+
+    command = next(c for c in COMMANDS if c.name == args.eval_command)
+    try:
+        result = command.run(args, who)
+    except OctrainError as exc:
+        print(f"{who}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
