@@ -80,34 +80,54 @@ def test_a_whole_recipe_under_two_processes_makes_one_set_of_files(tmp_path: Pat
     assert len(list((run_dir / ".ranks").iterdir())) == 1  # the earlier launch's signals are gone
 
 
+def metric_losses(stage_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
 @pytest.mark.slow
-def test_two_ranks_train_the_adapter_one_process_trains_at_the_same_batch(tmp_path: Path) -> None:
-    stages = "stages=[prompts,pairs,dpo]"
-    single = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path / 'one'}", stages, *QUICK)
+def test_two_ranks_train_what_one_process_trains_at_the_same_batch(tmp_path: Path) -> None:
+    # Every run in one run root: the later ones reuse the first one's prompts and pairs (same
+    # settings, same fingerprints) and import its introspection, so that DPO and SFT see the same
+    # data everywhere and only how the training is spread differs. (Sampled anew, the transcripts
+    # would follow each run's DPO adapter, which differs in its last bits.)
+    base = ["+recipe=pirate_tiny", f"run_root={tmp_path}", *QUICK]
+    data = run_cli(*base, "name=data", "stages=[prompts,pairs,dpo,introspect]")
+    assert data.returncode == 0, data.stderr[-3000:]
+    common = [
+        *base,
+        "stages=[prompts,pairs,dpo,introspect,sft]",
+        f"introspect.source={tmp_path}/data/introspect/sft.jsonl",
+    ]
+    single = run_cli(*common, "name=one")
     assert single.returncode == 0, single.stderr[-3000:]
-    double = launch("+recipe=pirate_tiny", f"run_root={tmp_path / 'two'}", stages, *QUICK)
+    double = launch(*common, "name=two")
     assert double.returncode == 0, double.stderr[-3000:]
-    launched = run_cli(
-        "+recipe=pirate_tiny", f"run_root={tmp_path / 'launched'}", stages, "trainer.num_processes=2", *QUICK
-    )
+    launched = run_cli(*common, "name=launched", "trainer.num_processes=2")
     assert launched.returncode == 0, launched.stderr[-3000:]
-    other_seed = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path / 'control'}", stages, "seed=1", *QUICK)
+    other_seed = run_cli(*common, "name=control", "seed=1")
     assert other_seed.returncode == 0, other_seed.stderr[-3000:]
-    one, two, by_pipeline, control = (
-        lora_weights(tmp_path / name / "pirate_tiny" / "dpo" / "adapter")
-        for name in ("one", "two", "launched", "control")
-    )
-    assert one.keys() == two.keys()
-    for name in one:
-        if "lora_B" not in name:
-            continue
-        scale = one[name].abs().max().item()
-        assert scale > 0
-        # Two ranks and one process agree to float rounding; another seed (other data order,
-        # other LoRA init) lands far away: the check can tell them apart.
-        assert (one[name] - two[name]).abs().max().item() < 1e-3 * scale
-        assert (one[name] - by_pipeline[name]).abs().max().item() < 1e-3 * scale
-        assert (one[name] - control[name]).abs().max().item() > 1e-2 * scale
+    for stage, adapter in (("dpo", "adapter"), ("sft", "sft_adapter")):
+        one, two, by_pipeline, control = (
+            lora_weights(tmp_path / name / stage / adapter) for name in ("one", "two", "launched", "control")
+        )
+        assert one.keys() == two.keys()
+        for name in one:
+            if "lora_B" not in name:
+                continue
+            scale = one[name].abs().max().item()
+            assert scale > 0
+            # Two ranks and one process agree to float rounding; another seed (other data order,
+            # other LoRA init) lands far away: the check can tell them apart.
+            assert (one[name] - two[name]).abs().max().item() < 1e-3 * scale, (stage, name)
+            assert (one[name] - by_pipeline[name]).abs().max().item() < 1e-3 * scale, (stage, name)
+            assert (one[name] - control[name]).abs().max().item() > 1e-2 * scale, (stage, name)
+        # The loss curve, step by step: the loss two ranks log is the mean over both, as one process's
+        # is over its two accumulated micro-batches.
+        curve = metric_losses(tmp_path / "one" / stage)
+        assert len(curve) == len(metric_losses(tmp_path / "two" / stage)) > 1
+        for a, b in zip(curve, metric_losses(tmp_path / "two" / stage), strict=True):
+            assert abs(a - b) < 1e-4 * abs(a), (stage, curve)
 
 
 @pytest.mark.slow
