@@ -319,6 +319,10 @@ record = {"rank": state.process_index, "world": state.num_processes, "type": str
           "backend": torch.distributed.get_backend(), "sum": total.item()}
 with open(os.path.join(sys.argv[1], f"rank{state.process_index}.json"), "w") as handle:
     json.dump(record, handle)
+# End together and take the group down cleanly: a rank that exits while the other's gloo threads still
+# run can abort it ("terminate called without an active exception").
+state.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 
