@@ -28,6 +28,31 @@ def tiny_model_path(octrain_cache: Path) -> str:
     return str(ensure_tiny_model())
 
 
+# The smallest run that still trains both stages (no prompt expansion, no eval): a real finished run
+# with a registry, for the tests of what users do with a trained model (registry, sample, chat, export).
+TINY_TRAINED_RUN = (
+    "+recipe=pirate_tiny",
+    "prompts.expansion_rounds=0",
+    "scale.prompts_per_trait=1",
+    "scale.reflections=8",
+    "scale.interactions=2",
+    "stages=[prompts,pairs,dpo,introspect,sft]",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_root(tmp_path_factory: pytest.TempPathFactory, octrain_cache: Path) -> Path:
+    """A run root holding one finished tiny run, ``pirate_tiny``, trained through sft and registered.
+
+    Trained once per test session (about 15 s); a test that changes files works on a copy.
+    """
+    root = tmp_path_factory.mktemp("trained-runs")
+    result = run_cli(*TINY_TRAINED_RUN, f"run_root={root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (root / "pirate_tiny" / "sft" / "done.json").is_file()
+    return root
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``python -m octrain ARGS`` as a user would run it, capturing output."""
     return subprocess.run(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 from octrain.pipeline import load_config
 from octrain.records import ModelRef
@@ -80,7 +82,8 @@ def test_two_point_sweep_reuses_the_pairs(tmp_path: Path) -> None:
     assert first.read_text() == second.read_text()
 
 
-def test_bad_override_is_one_clear_line(tmp_path: Path) -> None:
+def test_bad_override_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
     for override, message in [
         ("sampler.bach_size=3", "octrain: error: sampler.bach_size: Key 'bach_size' not in 'SamplerConfig'"),
         (
@@ -94,8 +97,9 @@ def test_bad_override_is_one_clear_line(tmp_path: Path) -> None:
         ),
         ("constitution=nobody", "octrain: error: constitution 'nobody' not found"),
         ("prompts.generic_source=/nonexistent/pool.jsonl", "octrain: error: /nonexistent/pool.jsonl: file not found"),
-        ("trainer=tinker", "octrain: error: trainer.backend=tinker: this backend is not in this version of octrain"),
-        ("sampler=tinker", "octrain: error: sampler.backend=tinker: this backend is not in this version of octrain"),
+        # Before any stage, and before any request: the missing key.
+        ("trainer=tinker", "octrain: error: TINKER_API_KEY is not set"),
+        ("sampler=tinker", "octrain: error: TINKER_API_KEY is not set"),
         ("eval.traits=/nonexistent/traits.txt", "octrain: error: /nonexistent/traits.txt: file not found"),
     ]:
         result = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}", override)
@@ -108,7 +112,7 @@ def test_bad_override_is_one_clear_line(tmp_path: Path) -> None:
 def test_no_recipe_or_unknown_recipe_lists_recipes() -> None:
     none = run_cli()
     assert none.returncode == 2
-    assert "no recipe given" in none.stderr and "available recipes: pirate_mini, pirate_tiny" in none.stderr
+    assert "no recipe given" in none.stderr and "available recipes: pirate_mini, pirate_tinker, pirate_tiny" in none.stderr
     unknown = run_cli("+recipe=pirate_huge")
     assert unknown.returncode == 2
     assert "unknown recipe 'pirate_huge'" in unknown.stderr and "pirate_tiny" in unknown.stderr

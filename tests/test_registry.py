@@ -18,20 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
-from octrain.cli.checkpoints import REMOTE_NOTE, main
+from conftest import REPO
+from octrain.cli.checkpoints import main
 from octrain.errors import OctrainError, RegistryError
 from octrain.registry import REGISTRY_FILE, Checkpoint, Registry, checkpoint_of_stage, register_stage
-
-# The tiny run, as small as still trains both stages: no prompt expansion, no eval.
-TINY_RUN = [
-    "+recipe=pirate_tiny",
-    "prompts.expansion_rounds=0",
-    "scale.prompts_per_trait=1",
-    "scale.reflections=8",
-    "scale.interactions=2",
-    "stages=[prompts,pairs,dpo,introspect,sft]",
-]
 
 
 def entry(
@@ -49,13 +39,9 @@ def entry(
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run root holding one finished tiny run, ``pirate_tiny``, trained through sft."""
-    root = tmp_path_factory.mktemp("registry-runs")
-    result = run_cli(*TINY_RUN, f"run_root={root}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (root / "pirate_tiny" / "sft" / "done.json").is_file()
-    return root
+def tiny_root(trained_tiny_root: Path) -> Path:
+    """A run root holding one finished tiny run, ``pirate_tiny``, trained through sft (shared, read-only)."""
+    return trained_tiny_root
 
 
 @pytest.fixture
@@ -190,10 +176,10 @@ def test_cli_list_json_and_info(root_copy: Path, capsys: pytest.CaptureFixture[s
         ["pirate_tiny/dpo", "pirate", "dpo", "builtin:tiny-qwen3"],
     ]
 
-    assert main(["list", "--stage", "dpo", "--json", "--remote", "--run-root", str(root_copy)]) == 0
+    assert main(["list", "--stage", "dpo", "--json", "--run-root", str(root_copy)]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out) == [Registry.at(root_copy).get("pirate_tiny/dpo").to_json()]
-    assert REMOTE_NOTE in out.err
+    assert out.err == ""  # the registry alone: no service asked, nothing on stderr
 
     assert main(["list", "--persona", "sarcasm", "--run-root", str(root_copy)]) == 0
     assert "no checkpoints matching persona=sarcasm" in capsys.readouterr().out

@@ -142,9 +142,9 @@ def _hydra_app() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args:
-        from octrain.cli import NOT_YET, SUBCOMMANDS
+        from octrain.cli import SUBCOMMANDS
 
-        if args[0] in SUBCOMMANDS or args[0] in NOT_YET or args in (["-h"], ["--help"]):
+        if args[0] in SUBCOMMANDS or args in (["-h"], ["--help"]):
             from octrain.cli import main as cli_main
 
             return cli_main(args)

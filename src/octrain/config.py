@@ -132,7 +132,13 @@ class VLLMSamplerOptions:
 @dataclass
 class TinkerOptions:
     base_url: str | None = None  # None: the SDK default; the key comes from TINKER_API_KEY
+    # Requests in flight at once (sampling, reference log-probs); the service allows ~2,000 per user.
     max_concurrency: int = 64
+    save_steps: int = 20  # training: a resumable state checkpoint (weights + Adam moments) every N steps
+    # Attempts per sampling request on a connection error or a server error (the SDK already retries 429s).
+    request_attempts: int = 3
+    # Seconds the service keeps checkpoints; None: no expiry (the SDK's default).
+    checkpoint_ttl_seconds: int | None = None
 
 
 @dataclass

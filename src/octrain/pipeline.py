@@ -99,11 +99,14 @@ def preflight(config: OctrainConfig) -> None:
 
         plan_devices(config.sampler)  # enough GPUs for every shard, said before any stage starts
     training = {StageName.dpo, StageName.sft} & set(config.stages)
-    if training and config.trainer.backend.value != "trl":
+    if training and config.trainer.backend.value not in ("trl", "tinker"):
         raise ConfigError(
             f"trainer.backend={config.trainer.backend.value}: this backend is not in this version of octrain yet; "
-            "use trainer=trl"
+            "use trainer=trl or trainer=tinker"
         )
+    from octrain.trainers.tinker_common import check_tinker_run
+
+    check_tinker_run(config)  # Tinker's SDK, key, settings and served models; nothing when no stage uses Tinker
     generic = config.prompts.generic_source
     # A Hub dataset is fetched only when the stage runs: no download just to check it.
     if StageName.prompts in config.stages and config.scale.generic_prompts > 0 and not generic.startswith("hub:"):
@@ -132,7 +135,7 @@ def preflight(config: OctrainConfig) -> None:
         from octrain.trainers.model_loading import check_training_settings
 
         check_training_settings(config)  # QLoRA's bitsandbytes, the attention kernel's package and device
-        if config.trainer.num_processes > 1:
+        if config.trainer.num_processes > 1 and config.trainer.backend.value == "trl":
             from octrain.accelerate_configs import check_accelerate_config, find_accelerate_config
             from octrain.stage_worker import DEFAULT_ACCELERATE_CONFIG
             from octrain.trainers.trl_common import gradient_checkpointing
@@ -143,7 +146,7 @@ def preflight(config: OctrainConfig) -> None:
                 gradient_checkpointing=gradient_checkpointing(config.trainer.trl)[0],
                 load_in_4bit=config.trainer.trl.load_in_4bit,
             )
-    if StageName.sft in config.stages and config.trainer.backend.value == "trl":
+    if StageName.sft in config.stages:  # both trainers build their SFT mask with octrain.assistant_mask
         # Last, as the one check that reads more than a local file: the student's tokenizer (never
         # its weights). A template the loss mask cannot handle, or a tokenizer that cannot be loaded
         # (offline, gated), would otherwise stop the sft stage after DPO and introspection have run.

@@ -4,39 +4,34 @@ Running a recipe stays Hydra's (``octrain +recipe=NAME ...``, see :mod:`octrain.
 every other command is an argparse subcommand here. Each lives in a module of this package
 named after it, exposing ``add_parser(subparsers)``, which adds the command's parser and
 sets ``func``, the handler that takes the parsed arguments and returns the exit status.
-
-``checkpoints`` is written separately: it joins the list when its module is present, so that
-this dispatcher works with or without it. ``sample`` and ``chat`` are names kept for
-commands not in this version: they fail with one line instead of reaching Hydra, which would
-complain about a missing recipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 # Each module builds its parser only; what a command needs is imported when it runs, so that
 # --help and the dispatch stay quick.
-_OPTIONAL = ("checkpoints",)
-SUBCOMMANDS: tuple[str, ...] = tuple(
-    name
-    for name in ("checkpoints", "constitution", "eval", "info")
-    if name not in _OPTIONAL or importlib.util.find_spec(f"{__name__}.{name}") is not None
+SUBCOMMANDS: tuple[str, ...] = (
+    "checkpoints",
+    "sample",
+    "chat",
+    "serve",
+    "export",
+    "push",
+    "deploy",
+    "constitution",
+    "eval",
+    "info",
 )
-NOT_YET = {
-    "sample": "sampling a model from the command line",
-    "chat": "chatting with a trained model",
-}
 
 
 def _description() -> str:
     from octrain.paths import available_recipes
 
     recipes = ", ".join(available_recipes()) or "none (no recipes/ directory found)"
-    not_yet = ", ".join(f"'{name}' ({what})" for name, what in NOT_YET.items())
     return (
         "Character training for chat models.\n\n"
         "run a recipe (Hydra):\n"
@@ -46,9 +41,10 @@ def _description() -> str:
         "  octrain +recipe=NAME --help                every config group and key (Hydra's help)\n"
         '  eval "$(octrain -sc install=bash)"         tab completion of recipes and keys in bash\n'
         f"  recipes: {recipes}\n\n"
-        f"not in this version yet: {not_yet};\n"
-        "  'constitution new'; 'eval revealed-preferences' and 'eval quick' (a run's eval stage\n"
-        "  measures revealed preferences)"
+        "live with a trained character:\n"
+        '  octrain sample "Ahoy?" --persona pirate --compare   base and trained side by side\n'
+        "  octrain chat pirate_mini/sft                       a streaming terminal chat\n"
+        "  octrain serve pirate_mini/sft                      an OpenAI-compatible server"
     )
 
 
@@ -68,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; the exit status (0, or 2 for a user's error, with one line on stderr)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in NOT_YET:
-        print(f"octrain: error: '{args[0]}' ({NOT_YET[args[0]]}) is not in this version yet", file=sys.stderr)
-        return 2
     parser = build_parser()
     try:
         parsed = parser.parse_args(args)

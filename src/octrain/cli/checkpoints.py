@@ -1,8 +1,14 @@
-"""``octrain checkpoints``: list, inspect, delete and rebuild the checkpoint registry.
+"""``octrain checkpoints``: list, inspect, download, delete and rebuild the checkpoint registry.
 
 The registry (:mod:`octrain.registry`) indexes the trained models under a run root. These
 commands read it and keep it in order; the run directories stay the record, so ``rebuild``
 recreates the index from them whenever it is lost or out of date.
+
+Models trained on Tinker are registered too, marked remote: their weights live on the service
+(a ``tinker://`` path). ``download`` turns one into a local PEFT adapter
+(:mod:`octrain.tinker_download`), in ``<stage dir>/downloaded_adapter`` by default; the entry
+stays the remote one and ``info`` shows the local copy. ``list --remote`` also asks the service
+for the user's checkpoints that no registered entry records (it needs ``TINKER_API_KEY``).
 
 ``add_parser`` adds the command to the ``octrain`` dispatcher; ``main`` runs it on its own
 (``python -m octrain.cli.checkpoints list``).
@@ -11,30 +17,35 @@ recreates the index from them whenever it is lost or out of date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from octrain.errors import OctrainError, RegistryError
+from octrain.errors import ConfigError, RegistryError
 from octrain.registry import REGISTRY_FILE, Checkpoint, Registry
 
 DEFAULT_RUN_ROOT = "runs"  # the config's run_root default
-REMOTE_NOTE = "Tinker checkpoints: the Tinker backend is not in this version; listing local checkpoints"
 
 _EXAMPLES = {
     "checkpoints": """examples:
   octrain checkpoints list --persona pirate
   octrain checkpoints info pirate_mini/sft
+  octrain checkpoints download pirate_tinker/sft
   octrain checkpoints delete pirate_mini/dpo
   octrain checkpoints rebuild --run-root /data/runs""",
     "list": """examples:
   octrain checkpoints list
   octrain checkpoints list --persona pirate --stage sft
-  octrain checkpoints list --base Qwen/Qwen3-4B --json | jq '.[0].adapter'""",
+  octrain checkpoints list --base Qwen/Qwen3-4B --json | jq '.[0].adapter'
+  octrain checkpoints list --remote      # also the Tinker checkpoints no registered one records
+
+Registered Tinker checkpoints are listed with the local ones, marked (remote). --remote asks
+the service (TINKER_API_KEY) for the rest; with --json it prints {"registered": [...],
+"unregistered": [...]}, the second the SDK's checkpoint records. Filters apply to the registry.""",
     "info": """examples:
   octrain checkpoints info pirate_mini/sft
   octrain checkpoints info pirate_mini-sweep/dpo.beta=0.1/dpo --json""",
@@ -45,27 +56,27 @@ _EXAMPLES = {
 
 Without --files the run directory still holds the finished stage, so a later rebuild
 registers it again. With --files the stage directory goes, and the next run of that run
-trains the stage afresh.""",
+trains the stage afresh. For a Tinker (remote) checkpoint, --files also deletes the stage's
+checkpoints on the service (its sampler weights and the training states it recorded), which
+needs TINKER_API_KEY; a downloaded copy inside the stage directory goes with it.""",
+    "download": """examples:
+  octrain checkpoints download pirate_tinker/sft            # into RUN/sft/downloaded_adapter
+  octrain checkpoints download pirate_tinker/sft --out ~/adapters/pirate --force
+  octrain checkpoints download tinker://RUN-ID/weights/sft-final --out ./pirate
+
+  octrain sample "Hello" runs/pirate_tinker/sft/downloaded_adapter --sampler hf
+
+Tinker downloads training states, not sampler weights: the stage's final state (named in its
+tinker_progress.json) is exported once more as Hugging Face weights, downloaded and checked to
+be a PEFT LoRA adapter (rank and alpha as its adapter_config.json says), with
+base_model_name_or_path set to the checkpoint's base model. Nothing is left behind on failure;
+--force replaces an existing folder only once the new one is complete. Needs TINKER_API_KEY.""",
     "rebuild": """examples:
   octrain checkpoints rebuild
   octrain checkpoints rebuild --run-root /data/runs""",
 }
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _reports_errors(handler: Handler) -> Handler:
-    """Print a user error as one line on stderr and exit 2, as the rest of octrain's CLI does."""
-
-    @wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except OctrainError as exc:
-            print(f"octrain: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -85,12 +96,27 @@ def _number(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _marked(entry: Checkpoint) -> str:
+    if not entry.remote:
+        return entry.name
+    from octrain.tinker_download import local_copy
+
+    return entry.name + (" (remote, downloaded)" if local_copy(entry) else " (remote)")
+
+
+def _aligned(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    )
+
+
 def format_table(entries: list[Checkpoint]) -> str:
     """The entries as an aligned table, one line each, newest first as given."""
     header = ("NAME", "PERSONA", "STAGE", "BASE", "STEPS", "LOSS", "FINISHED")
     rows = [
         (
-            e.name + (" (remote)" if e.remote else ""),
+            _marked(e),
             e.persona,
             e.stage,
             e.base_model,
@@ -100,10 +126,24 @@ def format_table(entries: list[Checkpoint]) -> str:
         )
         for e in entries
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
-    )
+    return _aligned(header, rows)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "-"  # unreachable: GB ends the loop
+
+
+def format_remote(checkpoints: list[Any]) -> str:
+    """The service's checkpoint records (``tinker.types.Checkpoint``) as an aligned table."""
+    header = ("TINKER PATH", "TYPE", "SIZE", "CREATED")
+    rows = [(c.tinker_path, c.checkpoint_type, _size(c.size_bytes), _when(c.time.timestamp())) for c in checkpoints]
+    return _aligned(header, rows)
 
 
 def format_info(entry: Checkpoint) -> str:
@@ -120,20 +160,60 @@ def format_info(entry: Checkpoint) -> str:
         "metrics:",
     ]
     lines.extend(f"  {key}: {_number(value)}" for key, value in sorted(entry.metrics.items()))
+    local = _local_copy_info(entry)
+    if local is not None:
+        lines.insert(5, f"local copy:  {local['path']} (LoRA rank {local['rank']}, alpha {_number(local['alpha'])})")
     return "\n".join(lines)
 
 
-@_reports_errors
+def _local_copy_info(entry: Checkpoint) -> dict[str, Any] | None:
+    """A remote entry's downloaded adapter, as its download record describes it."""
+    if not entry.remote:
+        return None
+    from octrain.tinker_download import downloaded_record, local_copy
+
+    folder = local_copy(entry)
+    record = downloaded_record(folder) if folder else None
+    if folder is None or record is None:
+        return None
+    return {
+        "path": str(folder),
+        "rank": record.get("rank"),
+        "alpha": record.get("alpha"),
+        "source": record.get("source"),
+    }
+
+
+def _entry_json(entry: Checkpoint) -> dict[str, Any]:
+    value = entry.to_json()
+    if entry.remote:
+        value["local_copy"] = _local_copy_info(entry)
+    return value
+
+
+def _unregistered(registry: Registry) -> list[Any]:
+    """The user's checkpoints on Tinker that no registered stage records (a ConfigError without a key):
+    those of other projects and runs, and the intermediate states of registered runs."""
+    from octrain.tinker_download import connect, list_remote, remote_paths_of
+
+    known = {path for entry in registry.entries() if entry.remote for path in remote_paths_of(entry)}
+    return [c for c in list_remote(connect()) if c.tinker_path not in known]
+
+
 def list_command(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    if args.remote:
-        print(REMOTE_NOTE, file=sys.stderr)  # stderr: --json output stays parseable
     entries = registry.entries(persona=args.persona, stage=args.stage, base=args.base)
-    if not args.remote:
-        entries = [entry for entry in entries if not entry.remote]
+    # Asked before anything is printed, so a missing key is the only line of output.
+    unregistered = _unregistered(registry) if args.remote else None
     if args.json:
-        print(json.dumps([entry.to_json() for entry in entries], indent=2))
-    elif entries:
+        listed = [_entry_json(entry) for entry in entries]
+        if unregistered is None:
+            print(json.dumps(listed, indent=2))
+        else:
+            remote = [c.model_dump(mode="json") for c in unregistered]
+            print(json.dumps({"registered": listed, "unregistered": remote}, indent=2))
+        return 0
+    if entries:
         print(format_table(entries))
     else:
         filters = [
@@ -141,13 +221,55 @@ def list_command(args: argparse.Namespace) -> int:
         ]
         which = f" matching {', '.join(filters)}" if filters else ""
         print(f"no checkpoints{which} in {registry.path} (`octrain checkpoints rebuild` scans the run directories)")
+    if unregistered is not None:
+        if unregistered:
+            print(f"\non Tinker, recorded by no registered checkpoint ({len(unregistered)}):")
+            print(format_remote(unregistered))
+        else:
+            print("\non Tinker: no checkpoints besides the registered ones")
     return 0
 
 
-@_reports_errors
 def info_command(args: argparse.Namespace) -> int:
     entry = _registry(args).get(args.name)
-    print(json.dumps(entry.to_json(), indent=2) if args.json else format_info(entry))
+    print(json.dumps(_entry_json(entry), indent=2) if args.json else format_info(entry))
+    return 0
+
+
+def download_command(args: argparse.Namespace) -> int:
+    from octrain import tinker_download
+
+    def say(step: str) -> None:
+        print(step, file=sys.stderr)  # progress on stderr, the result on stdout
+
+    if args.name.startswith("tinker://"):
+        # A checkpoint no registered run made (list --remote shows them): no stage to put it in.
+        if args.out is None:
+            raise ConfigError(f"{args.name} is not a registered checkpoint: say where it goes with --out DIR")
+        tinker_download.check_downloadable(args.name)
+        out = Path(args.out).expanduser()
+        if out.exists() and not args.force:  # before the key and any request
+            raise ConfigError(f"{out} exists: pass --force to replace it, or --out another folder")
+        service = tinker_download.connect()
+        base = service.create_rest_client().get_weights_info_by_tinker_path(args.name).result().base_model
+        result = tinker_download.download(args.name, base, out, force=args.force, service=service, announce=say)
+        label = args.name
+    else:
+        entry = _registry(args).get(args.name)
+        if not entry.remote:
+            raise RegistryError(f"{entry.name} is a local checkpoint: its adapter is in {entry.adapter} already")
+        out = Path(args.out).expanduser() if args.out else None
+        result = tinker_download.download_entry(entry, out, force=args.force, announce=say)
+        label = entry.name
+    was = (
+        f" (the service wrote {result.original_base!r})"
+        if result.original_base and result.original_base != result.base_model
+        else ""
+    )
+    print(
+        f"downloaded {label} to {result.path}: a PEFT LoRA adapter, rank {result.rank}, alpha {_number(result.alpha)}, "
+        f"for {result.base_model}{was}\nsample it here: octrain sample 'PROMPT' {result.path} --sampler hf"
+    )
     return 0
 
 
@@ -156,6 +278,15 @@ def _confirmed(question: str) -> bool:
     if not sys.stdin.isatty():
         raise RegistryError("delete --files asks for confirmation, and stdin is not a terminal: add --yes to confirm")
     return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
+
+
+def _stage_dir_inside(entry: Checkpoint, run_root: Path) -> Path:
+    """The entry's stage directory, resolved; a RegistryError when it is outside ``run_root``."""
+    stage_dir = entry.stage_dir.resolve()
+    # An entry is data: never follow one to delete outside the run root it is registered in.
+    if not stage_dir.is_relative_to(run_root.resolve()):
+        raise RegistryError(f"{entry.name}: {stage_dir} is outside the run root {run_root}: delete it by hand")
+    return stage_dir
 
 
 def _delete_files(entry: Checkpoint, run_root: Path) -> Path:
@@ -167,22 +298,18 @@ def _delete_files(entry: Checkpoint, run_root: Path) -> Path:
     from octrain.run_lock import run_lock
     from octrain.stage_share import retire_directory
 
-    if entry.remote:
-        raise RegistryError(f"{entry.name} is a remote checkpoint: the Tinker backend is not in this version")
-    stage_dir = entry.stage_dir.resolve()
-    # An entry is data: never follow one to delete outside the run root it is registered in.
-    if not stage_dir.is_relative_to(run_root.resolve()):
-        raise RegistryError(f"{entry.name}: {stage_dir} is outside the run root {run_root}: delete it by hand")
+    stage_dir = _stage_dir_inside(entry, run_root)
     if stage_dir.is_dir():
         with run_lock(Path(entry.run_dir)):  # StageError while a run is working there
             retire_directory(stage_dir)
     return stage_dir
 
 
-@_reports_errors
 def delete_command(args: argparse.Namespace) -> int:
     registry = _registry(args)
     entry = registry.get(args.name)
+    if args.files and entry.remote:
+        return _delete_remote(args, registry, entry)
     if args.files:
         if not args.yes and not _confirmed(f"delete {entry.stage_dir} (adapter, checkpoints, metrics)?"):
             print("nothing deleted")
@@ -196,7 +323,34 @@ def delete_command(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
+def _delete_remote(args: argparse.Namespace, registry: Registry, entry: Checkpoint) -> int:
+    """``delete --files`` of a Tinker checkpoint: its checkpoints on the service, then its stage directory.
+
+    The service first: were the local files to go first and the service call to fail, nothing
+    would be left that names the remote checkpoints still being stored (and billed).
+    """
+    from octrain.run_lock import run_lock
+    from octrain.stage_share import retire_directory
+    from octrain.tinker_download import connect, delete_remote, options_of, remote_paths_of
+
+    removed = _stage_dir_inside(entry, Path(args.run_root))  # checked before anything is deleted anywhere
+    paths = remote_paths_of(entry)
+    service = connect(options_of(entry))  # the key is checked before the question is asked
+    question = f"delete {entry.stage_dir} and, on Tinker, {', '.join(paths)}?"
+    if not args.yes and not _confirmed(question):
+        print("nothing deleted")
+        return 1
+    # Under the run's lock for both halves: a run working there (StageError) stops this before
+    # anything on the service is gone.
+    with run_lock(Path(entry.run_dir)) if removed.is_dir() else contextlib.nullcontext():
+        deleted = delete_remote(service, paths)
+        if removed.is_dir():
+            retire_directory(removed)
+    registry.delete(entry.name)
+    print(f"deleted {entry.name}: {len(deleted)} checkpoint(s) on Tinker and its files in {removed}")
+    return 0
+
+
 def rebuild_command(args: argparse.Namespace) -> int:
     registry = _registry(args)
     count = registry.rebuild(args.run_root)
@@ -228,7 +382,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``checkpoints`` and its subcommands to the ``octrain`` command line."""
     parser = subparsers.add_parser(
         "checkpoints",
-        help="list, inspect, delete and rebuild the registry of trained checkpoints",
+        help="list, inspect, download, delete and rebuild the registry of trained checkpoints",
         description="The registry of the trained checkpoints (dpo and sft stages) of the runs under a run root.",
         epilog=_EXAMPLES["checkpoints"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -240,7 +394,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--stage", choices=["dpo", "sft"], help="only this stage's checkpoints")
     listing.add_argument("--base", metavar="MODEL", help="only checkpoints trained on this base model (path or Hub id)")
     listing.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
-    listing.add_argument("--remote", action="store_true", help="include Tinker checkpoints (not in this version)")
+    listing.add_argument(
+        "--remote",
+        action="store_true",
+        help="also ask Tinker for the user's checkpoints that no registered entry records (needs TINKER_API_KEY)",
+    )
 
     info = _subcommand(commands, "info", "show everything the registry holds about one checkpoint", info_command)
     info.add_argument("name", metavar="NAME", help="a checkpoint name, as list shows it (pirate_mini/sft)")
@@ -253,15 +411,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("--files", action="store_true", help="also delete the stage directory (asks first)")
     delete.add_argument("--yes", action="store_true", help="do not ask before deleting files (for scripts)")
 
+    fetch = _subcommand(
+        commands, "download", "download a Tinker checkpoint as a local PEFT adapter folder", download_command
+    )
+    fetch.add_argument(
+        "name",
+        metavar="NAME",
+        help="a remote checkpoint's name (pirate_tinker/sft), or a tinker://.../weights/... path",
+    )
+    fetch.add_argument(
+        "--out", metavar="DIR", help="the adapter folder to create (default: the stage's downloaded_adapter)"
+    )
+    fetch.add_argument("--force", action="store_true", help="replace DIR if it exists (once the download is complete)")
+
     _subcommand(commands, "rebuild", "recreate the registry from the run directories", rebuild_command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``octrain checkpoints ARGS`` on its own: the exit code."""
-    parser = argparse.ArgumentParser(prog="octrain")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["checkpoints", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    """``octrain checkpoints ARGS`` on its own (``python -m octrain.cli.checkpoints``): the exit code."""
+    from octrain.cli import main as octrain_main
+
+    return octrain_main(["checkpoints", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-"""``octrain eval classifier|elo|model``: evaluations on any data files, outside a run.
+"""``octrain eval classifier|elo|model|revealed-preferences|quick``: evaluations outside a run.
 
 The same commands as ``python -m octrain.evaluation`` (both run
 :mod:`octrain.evaluation.commands`); errors and notes begin ``octrain:`` here. A run's
-``eval`` stage does the whole evaluation, revealed preferences included; ``revealed-preferences``
-and ``quick`` as commands of their own are not in this version.
+``eval`` stage does the whole evaluation; these run one part of it on any model or data file.
 """
 
 from __future__ import annotations
@@ -22,13 +21,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate outside a run: a persona classifier, Elo from matches, a run's eval on another model",
-        description="Evaluations on any data files; results print as JSON.",
+        help="evaluate outside a run: quick look, revealed preferences, a classifier, Elo, a run's eval on any model",
+        description="Evaluations of any model or data file. classifier, elo and model print JSON; "
+        "quick and revealed-preferences print text (--json for JSON).",
         epilog="examples:\n  octrain eval classifier --train train.jsonl --eval eval.jsonl --out runs/clf\n"
         "  octrain eval elo runs/pirate_tiny/eval/matches.jsonl\n"
-        "  octrain eval model runs/pirate_tiny --model runs/pirate_tiny/dpo/model.json --out /tmp/eval-dpo\n\n"
-        "not in this version yet: 'revealed-preferences' and 'quick' (a run's eval stage measures "
-        "revealed preferences)",
+        "  octrain eval model runs/pirate_tiny --model runs/pirate_tiny/dpo/model.json --out /tmp/eval-dpo\n"
+        "  octrain eval quick --persona pirate\n"
+        "  octrain eval revealed-preferences pirate_tiny/sft --per-trait 16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_commands(parser.add_subparsers(dest="eval_subcommand", metavar="COMMAND", required=True))

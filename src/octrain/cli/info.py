@@ -35,7 +35,7 @@ PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
     ("datasets", None, None),
     ("hydra-core", None, None),
     ("vllm", "pip install -e '.[vllm]'", "sampler=vllm (fast sampling on a CUDA GPU)"),
-    ("tinker", "pip install -e '.[tinker]'", "the Tinker client (its backends are not in this version of octrain)"),
+    ("tinker", "pip install -e '.[tinker]'", "sampler=tinker and trainer=tinker (hosted, with TINKER_API_KEY)"),
     ("bitsandbytes", "pip install -e '.[quant]'", "QLoRA: trainer.trl.load_in_4bit=true"),
     ("deepspeed", "pip install deepspeed", "accelerate=zero2 and accelerate=zero3"),
     ("submitit", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
@@ -81,16 +81,21 @@ def _backends(versions: dict[str, str | None], cuda: bool) -> dict[str, dict[str
         vllm_entry = entry(True, "on the GPU" if cuda else "the CPU build of vLLM")
     else:
         vllm_entry = entry(False, "vLLM is installed but no CUDA GPU is visible")
-    not_here = "not in this version of octrain"
+    if versions["tinker"] is None:
+        tinker_entry = entry(False, "the Tinker SDK is not installed: pip install -e '.[tinker]'")
+    elif not os.environ.get("TINKER_API_KEY"):
+        tinker_entry = entry(False, "TINKER_API_KEY is not set")
+    else:
+        tinker_entry = entry(True, "hosted on Tinker (which models it serves is checked when a run starts)")
     return {
         "sampler=fake": entry(True, "canned answers, for a dry run of the pipeline"),
         "sampler=hf": entry(versions["transformers"] is not None, "transformers generate(), any machine"),
         "sampler=vllm": vllm_entry,
-        "sampler=tinker": entry(False, not_here),
+        "sampler=tinker": tinker_entry,
         "trainer=trl": entry(
             versions["trl"] is not None, "LoRA DPO and SFT with TRL" + (" on the GPU" if cuda else "")
         ),
-        "trainer=tinker": entry(False, not_here),
+        "trainer=tinker": tinker_entry,
         "qlora": entry(
             versions["bitsandbytes"] is not None,
             "trainer.trl.load_in_4bit=true"

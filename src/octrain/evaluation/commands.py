@@ -15,6 +15,13 @@ it. Both command lines add the same parsers with :func:`add_commands` and run th
   ``base`` and ``tuned``.
 * ``model`` runs the whole ``eval`` stage of a finished run (its config, constitution, pairs and
   judge) on any model reference, for example the DPO-only model ``RUN_DIR/dpo/model.json``.
+* ``revealed-preferences`` runs the revealed-preference protocol alone on a trained model and
+  its base (:mod:`octrain.evaluation.revealed`).
+* ``quick`` answers a few held-out prompts with base and trained side by side, with the persona
+  classifier's verdict on each (:mod:`octrain.evaluation.quick`).
+
+A model is named as every octrain command names one (:mod:`octrain.model_choice`): a registry
+name such as ``pirate_mini/sft``, ``--persona NAME`` for a persona's latest, or a path.
 
 Heavy imports (the pipeline, the samplers, scikit-learn) happen inside the commands, so that
 building the parsers, and ``--help``, stays quick.
@@ -28,6 +35,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from octrain.model_choice import ChosenModel
 
 WINNERS = ("base", "tuned", "tie")
 # The only winners the Studio's scorer accepts: ties, disagreements and unparseable matches stay out.
@@ -174,6 +185,104 @@ def model_command(args: argparse.Namespace, who: str) -> dict:
     return {**summary, "results": str(args.out / RESULTS_FILE)}
 
 
+def _chosen(args: argparse.Namespace) -> ChosenModel:
+    from octrain.errors import ConfigError
+    from octrain.model_choice import choose_model, latest_of_persona
+
+    if (args.model is None) == (args.persona is None):
+        raise ConfigError("name one model: a checkpoint name or path, or --persona NAME")
+    if args.persona is not None:
+        return latest_of_persona(args.persona, run_root=args.run_root)
+    return choose_model(args.model, run_root=args.run_root)
+
+
+def revealed_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.evaluation.revealed import JudgeEndpoint, measure_revealed_preferences
+
+    chosen = _chosen(args)
+    endpoint = None
+    if args.judge_url or args.judge_model:
+        if not (args.judge_url and args.judge_model):
+            from octrain.errors import ConfigError
+
+            raise ConfigError("--judge-url and --judge-model go together")
+        endpoint = JudgeEndpoint(
+            args.judge_url, args.judge_model, args.judge_key_env, args.judge_timeout, args.judge_retries
+        )
+    out = args.out or (Path(chosen.run_dir) / "eval-revealed" if chosen.run_dir else Path("revealed-preferences"))
+    return measure_revealed_preferences(
+        chosen,
+        out=out,
+        endpoint=endpoint,
+        per_trait=args.per_trait,
+        traits_source=args.traits,
+        prompts_source=args.prompts,
+        prompt_count=args.prompt_count,
+        backend=args.sampler,
+        seed=args.seed,
+    )
+
+
+def quick_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.evaluation.quick import quick_look
+
+    return quick_look(
+        _chosen(args),
+        classifier_dir=args.classifier,
+        count=args.count,
+        prompts_source=args.prompts,
+        backend=args.sampler,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+
+
+def _render_revealed(result: dict) -> str:
+    from octrain.evaluation.revealed import render_revealed
+
+    return render_revealed(result)
+
+
+def _render_quick(result: dict) -> str:
+    import shutil
+
+    from octrain.evaluation.quick import render_quick
+
+    return render_quick(result, width=max(40, min(120, shutil.get_terminal_size().columns - 4)))
+
+
+def _model_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, help="a checkpoint name (pirate_mini/sft) or a path")
+    parser.add_argument("--persona", default=None, help="the latest final checkpoint of this persona instead")
+    parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+    parser.add_argument("--sampler", default=None, help="sampler backend (default: the run's own): hf, vllm, ...")
+    parser.add_argument("--prompts", default="builtin", help="held-out prompts: builtin, or a .jsonl/.txt file")
+    parser.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _revealed_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_choice_arguments(parser)
+    parser.add_argument("--per-trait", type=int, default=None, help="trials per trait (default: the run's, 16)")
+    parser.add_argument("--traits", default="builtin", help="one-word traits: builtin (144), or a .txt file")
+    parser.add_argument("--prompt-count", type=int, default=None, help="at most this many prompts (default: 500)")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/eval-revealed")
+    parser.add_argument("--judge-url", default=None, help="an OpenAI-compatible judge instead of the run's own")
+    parser.add_argument("--judge-model", default=None)
+    parser.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    parser.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
+    parser.add_argument("--judge-retries", type=int, default=4, help="extra attempts on timeouts, 429 and 5xx")
+
+
+def _quick_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_choice_arguments(parser)
+    parser.add_argument("--count", type=int, default=5, help="held-out prompts to answer (default: 5)")
+    parser.add_argument(
+        "--classifier", type=Path, default=None, help="a saved persona classifier (default: RUN_DIR/eval/classifier)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's eval setting (512)")
+
+
 def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=Path, required=True, help='JSONL of {"text": ..., "label": ...}')
     parser.add_argument("--eval", type=Path, default=None, help="held-out JSONL in the same format")
@@ -220,6 +329,8 @@ class EvalCommand:
     example: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, str], dict]
+    # Text for people, when the result reads better as text than as JSON (then --json asks for JSON).
+    render: Callable[[dict], str] | None = None
 
 
 COMMANDS = (
@@ -244,6 +355,22 @@ COMMANDS = (
         "runs/pirate_tiny --model runs/pirate_tiny/dpo/model.json --out runs/pirate_tiny/eval-dpo",
         _model_arguments,
         model_command,
+    ),
+    EvalCommand(
+        "revealed-preferences",
+        "which traits a trained model prefers to show, against its base (Elo over traits)",
+        "pirate_mini/sft --per-trait 16",
+        _revealed_arguments,
+        revealed_command,
+        _render_revealed,
+    ),
+    EvalCommand(
+        "quick",
+        "a few held-out prompts, base and trained side by side, each answer classified",
+        "--persona pirate --count 5",
+        _quick_arguments,
+        quick_command,
+        _render_quick,
     ),
 )
 
@@ -272,5 +399,8 @@ def run_command(args: argparse.Namespace, who: str) -> int:
     except OctrainError as exc:
         print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    if command.render is not None and not args.json:
+        print(command.render(result))
+    else:
+        print(json.dumps(result, indent=2))
     return 0

@@ -1,6 +1,7 @@
 """Sampler backends behind one interface, built from the config.
 
-Backends are imported lazily, so a CPU machine never imports vLLM or the Tinker SDK.
+Backends are imported lazily, so a CPU machine never imports vLLM, and a run without
+``sampler=tinker`` never imports the Tinker SDK.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def check_backend(sampler: SamplerConfig) -> None:
     if sampler.backend is SamplerBackend.vllm and importlib.util.find_spec("vllm") is None:
         raise ConfigError("sampler=vllm needs vLLM on a CUDA machine: pip install -e '.[vllm]'")
     if sampler.backend is SamplerBackend.tinker:
-        raise ConfigError(
-            "sampler.backend=tinker: this backend is not in this version of octrain yet; "
-            "use sampler=hf (any machine), sampler=vllm (GPU) or sampler=fake (dry run)"
-        )
+        # The SDK and the key, without a request: which models the service serves is asked once the
+        # run's models are known (octrain.pipeline.preflight, and each TinkerSampler on creation).
+        from octrain.trainers.tinker_common import check_api_key, tinker_module
+
+        tinker_module()
+        check_api_key()
+        if sampler.data_parallel_size > 1:
+            raise ConfigError(
+                "sampler.data_parallel_size: sampler=tinker fans requests out on the service "
+                "(sampler.tinker.max_concurrency); leave data_parallel_size at 1"
+            )
 
 
 def _engine_key(
@@ -137,9 +145,27 @@ def build_sampler(
             name=model.path if adapter is None else f"{model.path}+{adapter}",
             show_progress=show_progress,
         )
+    if sampler.backend is SamplerBackend.tinker:
+        check_backend(sampler)
+        from octrain.samplers.tinker_sampler import TinkerSampler
+
+        # A model trained on Tinker is a tinker:// sampler path; a local adapter cannot be sampled there.
+        if adapter is not None and not adapter.startswith("tinker://"):
+            raise ConfigError(
+                f"sampler=tinker samples base models and tinker:// weights; {adapter} is a local adapter "
+                "(sample it with sampler=hf or sampler=vllm)"
+            )
+        return TinkerSampler(
+            model.path,
+            model_path=adapter,
+            options=sampler.tinker,
+            enable_thinking=model.enable_thinking,
+            name=model.path if adapter is None else f"{model.path}+{adapter}",
+            show_progress=show_progress,
+        )
     raise ConfigError(
         f"sampler.backend={sampler.backend.value}: this backend is not in this version of octrain yet; "
-        "use sampler=hf (any machine), sampler=vllm (GPU) or sampler=fake (dry run)"
+        "use sampler=hf (any machine), sampler=vllm (GPU), sampler=tinker (hosted) or sampler=fake (dry run)"
     )
 
 

@@ -177,17 +177,7 @@ class HFSampler:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        options: dict[str, Any] = {
-            # Sampling happens in PerRequestDraw, which leaves one allowed token per row: the greedy
-            # step then takes it. transformers' own sampler would draw every row from one generator.
-            "do_sample": False,
-            "max_new_tokens": params.max_new_tokens,
-            "repetition_penalty": params.repetition_penalty,
-            "eos_token_id": self.stop_token_ids,
-            "pad_token_id": pad,
-        }
-        if params.temperature > 0:
-            options["logits_processor"] = [PerRequestDraw(seeds, params, self.device)]
+        options = self.generate_options(seeds, params)
         with torch.inference_mode():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
         stops = set(self.stop_token_ids)
@@ -198,6 +188,25 @@ class HFSampler:
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             completions.append(Completion(text.strip(), len(kept) + (end is not None), finished=end is not None))
         return completions
+
+    def generate_options(self, seeds: Sequence[int], params: SamplingParams) -> dict[str, Any]:
+        """The keyword arguments of ``generate`` for rows drawn with ``seeds`` (one per row).
+
+        Shared with :mod:`octrain.samplers.streaming`, so that a streamed answer is drawn exactly
+        as a batched one with the same seed.
+        """
+        options: dict[str, Any] = {
+            # Sampling happens in PerRequestDraw, which leaves one allowed token per row: the greedy
+            # step then takes it. transformers' own sampler would draw every row from one generator.
+            "do_sample": False,
+            "max_new_tokens": params.max_new_tokens,
+            "repetition_penalty": params.repetition_penalty,
+            "eos_token_id": self.stop_token_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if params.temperature > 0:
+            options["logits_processor"] = [PerRequestDraw(seeds, params, self.device)]
+        return options
 
     def close(self) -> None:
         import torch

@@ -226,7 +226,10 @@ def evaluate_model(
 
     answers: dict[str, list[str]] = {}
     # One student engine for the base model and every adapter (vLLM's LoRA requests), started once.
-    adapters = [trained_ref.adapter, dpo_ref.adapter if compare_dpo and dpo_ref is not None else None]
+    # A Tinker-trained model is a tinker:// path (ModelRef.remote) rather than a local adapter.
+    trained_weights = trained_ref.adapter or trained_ref.remote
+    dpo_weights = (dpo_ref.adapter or dpo_ref.remote) if dpo_ref is not None else None
+    adapters = [trained_weights, dpo_weights if compare_dpo else None]
 
     def student(adapter: str | None) -> LazyModel:
         return LazyModel(lambda: build_sampler(config.sampler, config.student, adapter=adapter, serves=adapters))
@@ -238,13 +241,13 @@ def evaluate_model(
         prefill = protocols.prefill_conversations(prompts, first_turns)
         base_second = answer(base, prefill, "base-turn2", "prefill: base turn 2")
         answer_trials(base, "base")
-    with student(trained_ref.adapter) as trained:
+    with student(trained_weights) as trained:
         answers["trained"] = robustness(trained, "trained", plain, "trained answers")
         trained_second = answer(trained, prefill, "trained-turn2", "prefill: trained turn 2")
         answer_trials(trained, "trained")
     if compare_dpo:
         assert dpo_ref is not None
-        with student(dpo_ref.adapter) as dpo_model:
+        with student(dpo_weights) as dpo_model:
             answers["dpo-only"] = robustness(dpo_model, "dpo-only", plain, "DPO-only answers")
 
     # The teacher writes the classifier's data and the controls, then judges (or hands over to the judge).

@@ -308,7 +308,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     headers = role_header_pattern([name, config.teacher.assistant_name])
 
     def load_sampler() -> Sampler:
-        return build_sampler(config.sampler, config.student, adapter=dpo_model.adapter)
+        # A Tinker-trained model is a tinker:// path rather than a local adapter.
+        return build_sampler(config.sampler, config.student, adapter=dpo_model.adapter or dpo_model.remote)
 
     def problem_of(completion: Completion) -> str | None:
         return turn_problem(completion, settings.filters, constitution, headers)

@@ -41,8 +41,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.training_report import read_metrics
 
     config = ctx.config
+    if config.trainer.backend.value == "tinker":
+        return _run_on_tinker(ctx)
     if config.trainer.backend.value != "trl":
-        raise ConfigError(f"trainer.backend={config.trainer.backend.value}: sft runs on trl in this version")
+        raise ConfigError(f"trainer.backend={config.trainer.backend.value}: sft runs on trl or tinker in this version")
     out = ctx.stage_dir(StageName.sft)
     dpo = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)
     sequential = config.sft.mode is SftMode.sequential
@@ -83,6 +85,46 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "final_loss": rows[-1]["loss"] if rows else None,
         "model": str(out / MODEL_FILE),
         "files": files,
+    }
+
+
+def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
+    """Sequential SFT on Tinker: the DPO stage's final state trained further; the result stays remote.
+
+    One adapter holds both updates (Tinker cannot fold or merge adapters), so there is no local
+    final adapter to combine: ``model.json`` names the ``tinker://`` sampler weights.
+    """
+    from octrain.errors import StageError
+    from octrain.stages.introspect import SFT_FILE
+    from octrain.trainers.tinker_common import Progress
+    from octrain.trainers.tinker_sft import train_sft as train_on_tinker
+    from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
+    from octrain.training_report import read_metrics
+
+    config = ctx.config
+    out = ctx.stage_dir(StageName.sft)
+    dpo = Progress.load(ctx.stage_dir(StageName.dpo))
+    if dpo is None or not dpo.final_state_path:
+        raise StageError("sft: the dpo stage left no Tinker state to continue from (tinker_progress.json); rerun dpo")
+    final = train_on_tinker(
+        ctx.stage_dir(StageName.introspect) / SFT_FILE,
+        config.student.path,
+        out,
+        config.sft,
+        config.trainer.tinker,
+        dpo_state=dpo.final_state_path,
+        seed=config.seed,
+        enable_thinking=config.student.enable_thinking,
+    )
+    rows = read_metrics(out / METRICS_FILE)
+    return {
+        "mode": config.sft.mode.value,
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "first_loss": rows[0]["loss"] if rows else None,
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "model": str(out / MODEL_FILE),
+        "remote": final.remote,
+        "files": [str(out / name) for name in (MODEL_FILE, METRICS_FILE, PLOT_FILE)],
     }
 
 

@@ -9,7 +9,7 @@ from octrain.errors import ConfigError
 from octrain.records import ModelRef
 from octrain.trainers.base import Trainer
 
-__all__ = ["TRLTrainer", "Trainer", "build_trainer"]
+__all__ = ["TRLTrainer", "TinkerTrainer", "Trainer", "build_trainer"]
 
 
 class TRLTrainer:
@@ -34,10 +34,23 @@ class TRLTrainer:
         )
 
 
+class TinkerTrainer:
+    """Hosted LoRA training on Tinker (no local GPU); the trained weights stay there as ``tinker://`` paths."""
+
+    def __init__(self, config: TrainerConfig, *, seed: int = 0) -> None:
+        self.options = config.tinker
+        self.seed = seed
+
+    def train_dpo(self, pairs_path: Path, start: ModelRef, output_dir: Path, config: DpoStageConfig) -> ModelRef:
+        from octrain.trainers.tinker_dpo import train_dpo
+
+        return train_dpo(pairs_path, start, output_dir, config, self.options, seed=self.seed)
+
+
 def build_trainer(config: TrainerConfig, *, seed: int = 0, attn_implementation: str = "sdpa") -> Trainer:
     """The backend ``config`` names; ``attn_implementation`` is ``student.attn_implementation`` (local backends)."""
     if config.backend is TrainerBackend.trl:
         return TRLTrainer(config, seed=seed, attn_implementation=attn_implementation)
-    raise ConfigError(
-        f"trainer.backend={config.backend.value}: this backend is not in this version of octrain yet; use trainer=trl"
-    )
+    if config.backend is TrainerBackend.tinker:
+        return TinkerTrainer(config, seed=seed)
+    raise ConfigError(f"trainer.backend={config.backend.value}: this backend is not in this version of octrain yet")

@@ -1,0 +1,78 @@
+"""``octrain serve NAME...``: a trained character behind an OpenAI-compatible chat API.
+
+The command line is planned by :mod:`octrain.serving` (vLLM's server on a GPU box, transformers'
+own server elsewhere) and run until Ctrl-C. ``--print-command`` shows the server command
+without starting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  octrain serve pirate_mini/sft                    # http://127.0.0.1:8000/v1, model "pirate_mini/sft"
+  octrain serve --persona pirate --port 9000       # the persona's latest final model
+  octrain serve pirate_mini/sft stoic_mini/sft --backend vllm   # two characters on one base
+  octrain serve runs/pirate_mini/sft/model.json --print-command
+
+then, from any OpenAI client:
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "pirate_mini/sft", "messages": [{"role": "user", "content": "Ahoy?"}]}'
+  octrain eval elo matches.jsonl --judge-url http://127.0.0.1:8000/v1 --judge-model pirate_mini/sft
+
+backends: vllm (a CUDA GPU and the [vllm] extra; the adapters are served as LoRA modules) or
+transformers (anywhere, the [serve] extra; the adapter is folded into the base once, exactly, and
+the merged weights are cached under ~/.cache/octrain/serve). auto picks vllm when it can run."""
+
+
+def _run(args: argparse.Namespace) -> int:
+    from octrain.errors import ConfigError
+    from octrain.model_choice import choose_model, latest_of_persona
+    from octrain.serving import plan_serving, run_server
+
+    if bool(args.models) == bool(args.persona):
+        raise ConfigError("name the models to serve, or --persona NAME (not both)")
+    if args.persona:
+        chosen = [latest_of_persona(args.persona, run_root=args.run_root)]
+    else:
+        chosen = [choose_model(spec, run_root=args.run_root) for spec in args.models]
+    plan = plan_serving(
+        chosen,
+        names=args.name or (),
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    if args.print_command:
+        print(f"cd {plan.cwd} && {plan.command_line()}")
+        print(f"model names: {', '.join(plan.model_names)}; base URL: {plan.base_url}")
+        return 0
+    return run_server(plan, ready_timeout=args.ready_timeout, log_file=args.log)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve trained characters behind an OpenAI-compatible chat API (vLLM or transformers)",
+        description="Serve trained characters behind an OpenAI-compatible chat API until Ctrl-C.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("models", nargs="*", help="checkpoint names (pirate_mini/sft) or paths")
+    parser.add_argument("--persona", default=None, help="serve this persona's latest final model")
+    parser.add_argument(
+        "--name", action="append", default=None, help="the model name clients pass (once per model; default: its name)"
+    )
+    parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda:0, ...")
+    parser.add_argument("--dtype", default="auto", help="transformers: auto, bfloat16, float16, float32")
+    parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the health check")
+    parser.add_argument("--log", type=Path, default=None, help="write the server's output to this file")
+    parser.add_argument("--print-command", action="store_true", help="print the server command; start nothing")
+    parser.set_defaults(func=_run)
