@@ -53,6 +53,28 @@ def trained_tiny_root(tmp_path_factory: pytest.TempPathFactory, octrain_cache: P
     return root
 
 
+# A few eval settings cut the eval stage to ~15 s on the tiny model; the report still has every section.
+SMALL_EVAL = ("eval.prompt_count=4", "eval.trials_per_trait=1", "eval.classifier.prompts=8", "eval.elo_rounds=10")
+
+
+@pytest.fixture(scope="session")
+def evaluated_tiny_root(trained_tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run root holding a copy of the trained tiny run with its real (small) eval stage run too:
+    ``eval/report.md``, its plots and the persona classifier. Registered under this root. Read-only."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("evaluated-runs")
+    shutil.copytree(trained_tiny_root / "pirate_tiny", root / "pirate_tiny")
+    stages = [arg for arg in TINY_TRAINED_RUN if not arg.startswith("stages=")]
+    result = run_cli(*stages, "stages=[eval]", *SMALL_EVAL, f"run_root={root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (root / "pirate_tiny" / "eval" / "report.md").is_file()
+    # The copied stages were finished already, so this run registered none: index them here.
+    rebuilt = run_cli("checkpoints", "rebuild", "--run-root", str(root))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    return root
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``python -m octrain ARGS`` as a user would run it, capturing output."""
     return subprocess.run(

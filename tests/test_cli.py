@@ -112,7 +112,9 @@ def test_bad_override_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.Monk
 def test_no_recipe_or_unknown_recipe_lists_recipes() -> None:
     none = run_cli()
     assert none.returncode == 2
-    assert "no recipe given" in none.stderr and "available recipes: pirate_mini, pirate_tinker, pirate_tiny" in none.stderr
+    assert (
+        "no recipe given" in none.stderr and "available recipes: pirate_mini, pirate_tinker, pirate_tiny" in none.stderr
+    )
     unknown = run_cli("+recipe=pirate_huge")
     assert unknown.returncode == 2
     assert "unknown recipe 'pirate_huge'" in unknown.stderr and "pirate_tiny" in unknown.stderr

@@ -122,5 +122,7 @@ def test_python_compose_matches_the_cli_composition() -> None:
     from octrain.compose import compose_config as api_compose
 
     assert api_compose("pirate_tiny", ["seed=3"]) == compose_config("+recipe=pirate_tiny", "seed=3")
-    with pytest.raises(ConfigError, match="unknown recipe 'nope'; available recipes: pirate_mini, pirate_tinker, pirate_tiny"):
+    with pytest.raises(
+        ConfigError, match="unknown recipe 'nope'; available recipes: pirate_mini, pirate_tinker, pirate_tiny"
+    ):
         api_compose("nope")

@@ -20,17 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli
 from octrain.evaluation.classifier import PersonaClassifier
-
-EVAL_RUN = (
-    "+recipe=pirate_tiny",
-    "prompts.expansion_rounds=0",
-    "scale.prompts_per_trait=1",
-    "scale.reflections=8",
-    "scale.interactions=2",
-    "stages=[prompts,pairs,dpo,introspect,sft,eval]",
-)
 
 
 def octrain(*args: str, env: dict[str, str] | None = None):
@@ -55,16 +45,11 @@ def louder_adapter(adapter_dir: Path, factor: float = 400.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def evaluated_root(trained_tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the trained tiny run with its eval stage run too (so it has a persona classifier),
-    and its final adapter made loud."""
-    root = tmp_path_factory.mktemp("evaluated")
-    shutil.copytree(trained_tiny_root / "pirate_tiny", root / "pirate_tiny")
-    result = run_cli(*EVAL_RUN, f"run_root={root}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (root / "pirate_tiny" / "eval" / "classifier").is_dir()
+def evaluated_root(evaluated_tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the evaluated tiny run (it has a persona classifier) with its final adapter made loud."""
+    root = tmp_path_factory.mktemp("evaluated-loud")
+    shutil.copytree(evaluated_tiny_root / "pirate_tiny", root / "pirate_tiny")
     louder_adapter(root / "pirate_tiny" / "sft" / "adapter")
-    # Copied runs are not in this root's registry: the stages were done before, so none registered.
     rebuilt = octrain("checkpoints", "rebuild", "--run-root", str(root))
     assert rebuilt.returncode == 0, rebuilt.stderr
     return root

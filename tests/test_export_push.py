@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from conftest import TINY_TRAINED_RUN, run_cli
 from octrain.cli import export as export_cli
 from octrain.cli import push as push_cli
 from octrain.errors import ConfigError
@@ -34,20 +32,12 @@ from octrain.model_choice import base_of, choose_model
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 TOKEN = "hf_octrainTestToken0123456789abcdef"
-# A few eval settings cut the eval stage to ~15 s on the tiny model; the report has every section.
-SMALL_EVAL = ("eval.prompt_count=4", "eval.trials_per_trait=1", "eval.classifier.prompts=8", "eval.elo_rounds=10")
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(trained_tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the trained run with its real eval stage run too (eval/report.md and its plot)."""
-    root = tmp_path_factory.mktemp("evaluated") / "runs"
-    shutil.copytree(trained_tiny_root, root)
-    stages = [arg for arg in TINY_TRAINED_RUN if not arg.startswith("stages=")]
-    result = run_cli(*stages, "stages=[eval]", *SMALL_EVAL, f"run_root={root}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (root / "pirate_tiny" / "eval" / "report.md").is_file()
-    return root / "pirate_tiny"
+def evaluated_run(evaluated_tiny_root: Path) -> Path:
+    """The trained run with its real eval stage run too (eval/report.md and its plot); read-only."""
+    return evaluated_tiny_root / "pirate_tiny"
 
 
 # The probe runs in a fresh interpreter (-I: no PYTHONPATH, no user site) with octrain's source directory

@@ -41,7 +41,10 @@ def test_every_command_has_help_with_an_example() -> None:
         assert "example" in result.stdout and f"octrain {' '.join(command)}" in result.stdout, command
     combined = run_cli("--help")
     assert combined.returncode == 0
-    assert "octrain +recipe=NAME" in combined.stdout and "recipes: pirate_mini, pirate_tinker, pirate_tiny" in combined.stdout
+    assert (
+        "octrain +recipe=NAME" in combined.stdout
+        and "recipes: pirate_mini, pirate_tinker, pirate_tiny" in combined.stdout
+    )
     assert all(name in combined.stdout for name in SUBCOMMANDS)
     assert 'octrain sample "Ahoy?" --persona pirate --compare' in combined.stdout
 
