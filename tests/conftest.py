@@ -12,6 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots", default=None, metavar="DIR", help="browser lane: where the studio's screenshots go"
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def octrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test (and every subprocess it starts) builds the tiny model into one fresh cache."""
