@@ -69,7 +69,7 @@ def _recipe_problem(argv: list[str]) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
     """The most specific message in an exception chain, on one line, with its config key."""
     from octrain.errors import OctrainError
 
@@ -125,7 +125,7 @@ def _hydra_app() -> bool:
             failures.append(str(exc))
             # A job in a process of its own (hydra/launcher=local_gpus or slurm) hands its error
             # back to this command through the launcher (hydra_plugins.octrain_launchers).
-            return _one_line(exc)
+            return error_message(exc)
         from octrain.distributed import is_main_process
 
         if is_main_process():  # under a launcher, rank 0 speaks for the run
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if _hydra_app():
             return 2
     except (OctrainError, HydraException, OmegaConfBaseException) as exc:
-        print(f"octrain: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"octrain: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         # Hydra makes the run directory (and writes .hydra/ in it) before octrain's own check of it runs.

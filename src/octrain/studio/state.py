@@ -41,7 +41,7 @@ def error_line(exc: BaseException) -> str:
     anything else (a Hydra or OmegaConf error from composing the config) through its own
     one-line formatter, which names the config key; the same two paths here.
     """
-    from octrain.__main__ import _one_line  # the CLI's own formatter: the UI must say what the CLI says
+    from octrain.__main__ import error_message  # the CLI's own formatter: the UI must say what the CLI says
     from octrain.errors import OctrainError
 
-    return f"octrain: error: {exc if isinstance(exc, OctrainError) else _one_line(exc)}"
+    return f"octrain: error: {exc if isinstance(exc, OctrainError) else error_message(exc)}"
