@@ -85,6 +85,8 @@ def test_a_sample_does_not_depend_on_its_batch(load_sampler: Callable[[], HFSamp
     assert together[-1][0].text == alone
 
 
+# Slow lane (a whole tiny run to introspect, every prompt three times, ~1.5 min); CI runs it after the default suite.
+@pytest.mark.slow
 def test_pairs_and_introspect_reports_count_duplicates(tmp_path: Path) -> None:
     from octrain.compose import compose_config
     from octrain.pipeline import run

@@ -13,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, run_cli
 
 STAGES = ("prompts", "pairs", "dpo", "introspect", "sft", "eval")
 
 
+# Slow lane (the whole recipe in worker processes, ~1 min); CI runs it after the default suite.
+@pytest.mark.slow
 def test_the_whole_recipe_runs_stage_by_stage_in_workers(tmp_path: Path) -> None:
     first = run_cli("+recipe=pirate_tiny", "execution=worker", f"run_root={tmp_path}", timeout=900)
     assert first.returncode == 0, first.stderr
