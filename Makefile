@@ -63,15 +63,7 @@ bench-gpu-smoke: $(STAMP)
 # ~3 MB of pure-Python wheels for Python 3.12, carried there as `wheels/` (git-ignored) by
 # benchmarks/device_gpu_training.sh. peft is pinned too, to the version octrain is tested with.
 GPU_WHEELS ?= wheels
-wheels-gpu-# The studio in a real browser: headless Chromium (Debian's chromium and chromium-driver, installed here
-# with apt-get when missing) driving a real `octrain ui` on 127.0.0.1; screenshots in runs/studio-screenshots.
-SCREENSHOTS ?= runs/studio-screenshots
-test-browser: $(STAMP)
-	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || apt-get install -y -q chromium chromium-driver
-	$(BIN)/python -m pip install --quiet -e ".[browser]"
-	$(BIN)/python -m pytest tests/test_studio_browser.py -m browser --screenshots $(SCREENSHOTS)
-
-bench: $(STAMP)
+wheels-gpu-bench: $(STAMP)
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d $(GPU_WHEELS) \
 		trl==1.16.0 datasets==5.2.0 peft==0.21.2 omegaconf==2.3.1 dill==0.4.1 multiprocess==0.70.19
 	@# omegaconf's parser runtime is published as a source archive only: build its (pure-Python) wheel here.
