@@ -57,29 +57,24 @@ def _file_format(path: Path, text: str) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from octrain.constitution.load import SUFFIXES, load_constitution
-    from octrain.errors import DataFormatError
+    from octrain.constitution.catalog import catalog
     from octrain.paths import constitution_dirs
 
-    # A listing reads every file; the loader's notes about each would drown it.
-    logging.getLogger("octrain.constitution").setLevel(logging.ERROR)
     rows: list[tuple[str, str, str, str, str]] = []
     problems: list[str] = []
-    seen: set[str] = set()
-    for directory in constitution_dirs():
-        if not directory.is_dir():
+    for entry in catalog():
+        constitution, path = entry.constitution, entry.path
+        try:
+            kind = _file_format(path, path.read_text(encoding="utf-8-sig")) if constitution is not None else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            constitution, entry_error = None, str(exc).splitlines()[0]
+        else:
+            entry_error = entry.error
+        if constitution is None:
+            problems.append(f"  {path}: does not load: {entry_error}")
             continue
-        for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file()):
-            shadowed = path.stem in seen
-            seen.add(path.stem)
-            try:
-                constitution = load_constitution(path)
-                kind = _file_format(path, path.read_text(encoding="utf-8-sig"))
-            except (DataFormatError, OSError, UnicodeDecodeError) as exc:
-                problems.append(f"  {path}: does not load: {str(exc).splitlines()[0]}")
-                continue
-            name = path.stem + (" (shadowed)" if shadowed else "")
-            rows.append((name, kind, str(len(constitution.traits)), str(constitution.question_count), str(directory)))
+        name = path.stem + (" (shadowed)" if entry.shadowed else "")
+        rows.append((name, kind, str(len(constitution.traits)), str(constitution.question_count), str(entry.directory)))
     if not rows and not problems:
         print(f"no constitutions found (looked in {', '.join(map(str, constitution_dirs()))})")
         return 0

@@ -11,14 +11,12 @@ persona unless the overwrite box is ticked, as ``--force`` does on the command l
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
 from octrain.constitution import Constitution
+from octrain.constitution.catalog import CatalogEntry, catalog
 
 TEXT_KEY = "ct_text"
 NAME_KEY = "ct_name"
@@ -29,36 +27,13 @@ _LINE = re.compile(r"^[^:]+:(\d+):")
 DEFAULT_ASSISTANT = "Assistant"
 
 
-@dataclass(frozen=True)
-class GalleryEntry:
-    """One constitution file the search directories hold, loaded (or the loader's error)."""
-
-    path: Path
-    shadowed: bool
-    constitution: Constitution | None
-    error: str | None
+# The gallery is the library's catalog, the listing `octrain constitution list` prints.
+GalleryEntry = CatalogEntry
 
 
 def gallery() -> list[GalleryEntry]:
-    """Every constitution in the search directories, in lookup order, as ``octrain constitution list`` walks them."""
-    from octrain.constitution.load import SUFFIXES, load_constitution
-    from octrain.errors import DataFormatError
-    from octrain.paths import constitution_dirs
-
-    logging.getLogger("octrain.constitution").setLevel(logging.ERROR)  # its notes would flood the server log
-    entries: list[GalleryEntry] = []
-    seen: set[str] = set()
-    for directory in constitution_dirs():
-        if not directory.is_dir():
-            continue
-        for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file()):
-            shadowed = path.stem in seen
-            seen.add(path.stem)
-            try:
-                entries.append(GalleryEntry(path, shadowed, load_constitution(path), None))
-            except (DataFormatError, OSError, UnicodeDecodeError) as exc:
-                entries.append(GalleryEntry(path, shadowed, None, str(exc).splitlines()[0]))
-    return entries
+    """Every constitution in the search directories, in lookup order (:func:`octrain.constitution.catalog.catalog`)."""
+    return catalog()
 
 
 def editor_text(entry: GalleryEntry) -> str:
