@@ -32,7 +32,7 @@ from typing import Any
 
 from octrain.errors import ConfigError, OctrainError
 from octrain.export import adapter_of, export_adapter, is_hub_id
-from octrain.merge import ADAPTER_CONFIG_NAME, serving_rank
+from octrain.merge import lora_rank, serving_rank
 from octrain.model_choice import ChosenModel
 from octrain.tiny_model import resolve_model_path
 
@@ -119,9 +119,7 @@ def plan_deployment(
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
             raise ConfigError(f"{what} {value!r}: letters, digits, '.', '_' and '-' only, at most 64")
     config = chosen.model_config()
-    rank = json.loads((adapter / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8")).get("r")
-    if not isinstance(rank, int):
-        raise ConfigError(f"{adapter / ADAPTER_CONFIG_NAME}: no integer rank 'r'")
+    rank = lora_rank(adapter)
     uploads: list[tuple[str, str]] = [(str(adapter), f"/{app_name}/adapter")]
     if is_hub_id(chosen.ref.base):
         base = chosen.ref.base  # vLLM downloads it into the cache volume on the first start

@@ -316,6 +316,20 @@ def merge_into_weights(base_path: str, adapter_dir: str | Path, output_dir: Path
     return Path(output_dir)
 
 
+def lora_rank(adapter_dir: str | Path) -> int:
+    """The rank ``r`` a PEFT LoRA adapter's ``adapter_config.json`` records (what vLLM's
+    ``--max-lora-rank`` must cover); ConfigError naming the file when it is missing or not a positive integer."""
+    config_path = Path(adapter_dir) / ADAPTER_CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc}") from exc
+    rank = config.get("r") if isinstance(config, dict) else None
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ConfigError(f"{config_path}: the LoRA rank 'r' must be a positive integer, got {rank!r}")
+    return rank
+
+
 def _read_adapter(path: Path) -> _Adapter:
     """Read and validate one adapter directory; every problem is a ConfigError naming ``path``."""
     from safetensors import SafetensorError

@@ -116,17 +116,8 @@ def _script(name: str) -> str:
     return found
 
 
-def _adapter_rank(adapter: str) -> int:
-    config = Path(adapter) / "adapter_config.json"
-    try:
-        rank = json.loads(config.read_text(encoding="utf-8"))["r"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{config}: cannot read the adapter's rank ({exc})") from exc
-    return int(rank)
-
-
 def _vllm_plan(chosen: Sequence[ChosenModel], names: list[str], host: str, port: int) -> ServePlan:
-    from octrain.merge import serving_rank
+    from octrain.merge import lora_rank, serving_rank
     from octrain.tiny_model import resolve_model_path
 
     bases = {model.ref.base for model in chosen}
@@ -139,7 +130,7 @@ def _vllm_plan(chosen: Sequence[ChosenModel], names: list[str], host: str, port:
         argv += ["--dtype", model.dtype.value]
     adapters = [(name, m.ref.adapter) for name, m in zip(names, chosen, strict=True) if m.ref.adapter]
     if adapters:
-        rank = serving_rank(max(_adapter_rank(path) for _, path in adapters if path))
+        rank = serving_rank(max(lora_rank(path) for _, path in adapters if path))
         argv += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", str(rank), "--lora-modules"]
         argv += [f"{name}={path}" for name, path in adapters]
     return ServePlan("vllm", argv, Path.cwd(), [model.path, *[name for name, _ in adapters]], host, port)
