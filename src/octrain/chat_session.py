@@ -3,27 +3,30 @@
 The command line only parses options and draws the screen; what it shows comes from here, so
 that any other front end (a web UI) answers the same way:
 
-* :func:`pick_model` turns a user's choice (a path, a checkpoint name, a persona, ``--base``)
-  into a :class:`~octrain.model_choice.ChosenModel`, through :mod:`octrain.model_choice`;
+* :func:`pick_model` turns a user's choice (a path, a checkpoint name, a persona, ``--base``,
+  thinking on or off) into a :class:`~octrain.model_choice.ChosenModel`, through
+  :mod:`octrain.model_choice`;
 * :func:`sampler_config` and :func:`sampling_params` default to the run's own settings (its
   sampler backend, its eval-stage sampling) so that a model answers as the run's eval saw it;
 * :func:`answer_prompt` answers one prompt with one or more models (base and trained, for a
   comparison), on any sampler backend;
 * :class:`ChatSession` keeps a conversation: history, system prompt, switching models,
   streaming each turn (:mod:`octrain.samplers.streaming`) and saving the transcript in TRL's
-  conversational format.
+  conversational format;
+* :func:`split_thought` separates a reasoning model's thought (``<think>...</think>``) from its
+  answer, for a front end to show them apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from octrain.config import SamplerBackend, SamplerConfig, SamplingConfig
 from octrain.errors import ConfigError, RegistryError
-from octrain.model_choice import ChosenModel, base_of, choose_model, latest_of_persona
+from octrain.model_choice import ChosenModel, base_of, choose_model, latest_of_persona, with_thinking
 from octrain.records import Message
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 from octrain.samplers.streaming import AnswerStream
@@ -35,13 +38,22 @@ FALLBACK_SAMPLING = SamplingConfig(max_new_tokens=512)
 
 
 def pick_model(
-    spec: str | None = None, *, persona: str | None = None, base: bool = False, run_root: str | Path
+    spec: str | None = None,
+    *,
+    persona: str | None = None,
+    base: bool = False,
+    run_root: str | Path,
+    thinking: bool | None = None,
 ) -> ChosenModel:
     """The model a user named: ``spec`` (a path or checkpoint name) or ``persona``; its base with ``base``.
 
     A ``spec`` that is neither a path nor a registered name is tried as a persona (its latest
     final model), so that ``/switch pirate`` works as ``--persona pirate`` does; when that fails
     too, the error is the checkpoint lookup's, which names the closest registered names.
+
+    ``thinking`` lets a reasoning model think before it answers (True) or not (False); None
+    keeps the run's setting (:func:`octrain.model_choice.with_thinking`). It is taken here so
+    that every front end passes the user's choice as one more argument.
 
     Raises:
         ConfigError: both or neither of ``spec`` and ``persona`` (``base`` needs one of them).
@@ -62,7 +74,29 @@ def pick_model(
     else:
         what = "--base: the base of which model?" if base else "which model?"
         raise ConfigError(f"{what} name one: a checkpoint (-c pirate_mini/sft), --persona NAME or a path")
-    return base_of(chosen) if base else chosen
+    return with_thinking(base_of(chosen) if base else chosen, thinking)
+
+
+def split_thought(text: str) -> tuple[str | None, str | None]:
+    """What a reasoning model wrote, as (its thought, its answer), for showing them apart.
+
+    A thought is ``<think>...</think>`` at the start of the text, or text up to a ``</think>``
+    (templates that open the thought in the prompt leave only the closing tag in the answer);
+    see :func:`octrain.stages.pairs.split_reasoning`, which the pairs stage splits with.
+
+    Returns:
+        ``(None, text)`` when there is no thought (the text as it is); otherwise the thought
+        (stripped, possibly empty) and the answer after it, or None for the answer when the
+        thought never closed (the model ran out of tokens while thinking).
+    """
+    from octrain.stages.pairs import split_reasoning
+
+    if "</think>" not in text and not text.lstrip().startswith("<think>"):
+        return None, text
+    reasoning, answer = split_reasoning(text)
+    if answer is None:  # split_reasoning returns an unclosed thought as written, its tag included
+        reasoning = reasoning.replace("<think>", "", 1).strip()
+    return reasoning, answer
 
 
 def constitution_prompt(chosen: ChosenModel) -> str:
@@ -172,6 +206,13 @@ class Answer:
     completions: list[Completion]
 
     def to_json(self) -> dict[str, Any]:
+        """The answer for scripts: the model, how it was asked, and each completion.
+
+        ``enable_thinking`` is whether the model was asked to think (the run's setting or the
+        user's choice). Each completion keeps ``text`` as the model wrote it and adds
+        ``thinking`` (its thought, or None without one) and ``answer`` (the text after the
+        thought; None when the thought never closed), see :func:`split_thought`.
+        """
         model = self.speaker.model
         return {
             "model": model.label,
@@ -182,8 +223,14 @@ class Answer:
             "persona": model.persona,
             "system": self.speaker.system,
             "with_constitution": self.speaker.with_constitution,
-            "answers": [dataclasses.asdict(completion) for completion in self.completions],
+            "enable_thinking": model.model_config().enable_thinking,
+            "answers": [_completion_json(completion) for completion in self.completions],
         }
+
+
+def _completion_json(completion: Completion) -> dict[str, Any]:
+    thought, answer = split_thought(completion.text)
+    return {**dataclasses.asdict(completion), "thinking": thought, "answer": answer}
 
 
 def conversation_for(prompt: str, system: str | None) -> list[Message]:
@@ -192,13 +239,19 @@ def conversation_for(prompt: str, system: str | None) -> list[Message]:
 
 
 def answer_prompt(
-    prompt: str, speakers: Sequence[Speaker], settings: SamplerConfig, params: SamplingParams
+    prompt: str,
+    speakers: Sequence[Speaker],
+    settings: SamplerConfig,
+    params: SamplingParams,
+    *,
+    on_answer: Callable[[Answer], None] | None = None,
 ) -> list[Answer]:
     """Each speaker's answers to ``prompt``, in order, one model at a time.
 
     Every speaker draws with the same seeds, so base and trained differ by their weights (and
     system prompts) only. The transformers backend holds one model at a time: each speaker
-    loads its own; vLLM serves all of them from one engine (``serves``).
+    loads its own; vLLM serves all of them from one engine (``serves``). ``on_answer`` is called
+    with each answer as soon as it is there, for a front end to show how far it has got.
     """
     adapters = [weights_of(speaker.model) for speaker in speakers]
     answers = []
@@ -209,6 +262,8 @@ def answer_prompt(
         finally:
             sampler.close()
         answers.append(Answer(speaker, completions))
+        if on_answer is not None:
+            on_answer(answers[-1])
     return answers
 
 
@@ -275,7 +330,8 @@ class ChatSession:
     """A conversation with one model at a time, kept across turns.
 
     Args:
-        model: who answers (see :func:`pick_model`).
+        model: who answers (see :func:`pick_model`); its ``thinking`` choice is the session's
+            (:attr:`thinking`), kept when :meth:`switch` looks another model up by name.
         settings: the sampler backend and its options (see :func:`sampler_config`).
         params: decoding settings; with ``params.seed``, turn ``k`` of the session draws with
             ``derive_seed(seed, k)``, so a replayed session says the same things.
@@ -301,6 +357,11 @@ class ChatSession:
         self.finished: list[list[Message]] = []  # conversations ended by reset(), for save()
         self._turns = 0
         self._sampler: Sampler | None = None
+
+    @property
+    def thinking(self) -> bool | None:
+        """The session's thinking choice: the current model's (None: each model's run setting)."""
+        return self.model.thinking
 
     def load(self) -> None:
         """Load the model now (else the first turn does)."""
@@ -360,8 +421,11 @@ class ChatSession:
 
         The history is kept (the new model continues the conversation) unless ``keep_history``
         is False. A name is looked up before anything is unloaded: a wrong name changes nothing.
+        A model looked up by name thinks as the session chose (:attr:`thinking`); a chosen model
+        brings its own choice, which becomes the session's.
         """
-        chosen = pick_model(model, run_root=self.run_root) if isinstance(model, str) else model
+        thinking = self.thinking
+        chosen = pick_model(model, run_root=self.run_root, thinking=thinking) if isinstance(model, str) else model
         try:
             sampler = load_sampler(chosen, self.settings)
         except BaseException:

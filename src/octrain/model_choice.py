@@ -44,6 +44,11 @@ class ChosenModel:
         run_dir: the run that trained it, when known: its config and constitution apply.
         checkpoint: its registry entry, when it was chosen through the registry.
         is_base: True for a base model with no adapter of ours.
+        thinking: whether a reasoning model thinks before it answers (its chat template's
+            ``enable_thinking``), as the user chose it; None keeps the run's own setting. It is
+            a choice of how to talk to the model, not part of the model: it belongs here, beside
+            the weights, so that every front end that loads ``model_config()`` honours it, and
+            :func:`base_of` keeps it (a comparison asks both models the same way).
     """
 
     label: str
@@ -51,6 +56,7 @@ class ChosenModel:
     run_dir: Path | None = None
     checkpoint: Checkpoint | None = None
     is_base: bool = False
+    thinking: bool | None = None
 
     def run_config(self) -> OctrainConfig | None:
         """The config of the run this model came from, or None when there is no run."""
@@ -66,12 +72,19 @@ class ChosenModel:
     def model_config(self) -> ModelConfig:
         """How to load and talk to the model: the run's student settings with this model's base.
 
-        Without a run, transformers' defaults (dtype auto, no thinking) for ``ref.base``.
+        Without a run, transformers' defaults (dtype auto, no thinking) for ``ref.base``. A
+        :attr:`thinking` choice replaces the run's ``enable_thinking``: the samplers and
+        ``octrain serve`` read it from here, so the choice reaches the chat template whatever
+        the backend.
         """
         config = self.run_config()
         if config is None:
-            return ModelConfig(path=self.ref.base)
-        return dataclasses.replace(config.student, path=self.ref.base)
+            model = ModelConfig(path=self.ref.base)
+        else:
+            model = dataclasses.replace(config.student, path=self.ref.base)
+        if self.thinking is not None:
+            model = dataclasses.replace(model, enable_thinking=self.thinking)
+        return model
 
     def constitution(self) -> Constitution | None:
         """The constitution the model was trained on (the run's own copy), or None without a run."""
@@ -190,8 +203,26 @@ def latest_of_persona(persona: str, *, run_root: str | Path, stage: str | None =
     raise error
 
 
+def with_thinking(chosen: ChosenModel, on: bool | None) -> ChosenModel:
+    """``chosen``, thinking before it answers (``on``) or not; ``on=None`` returns ``chosen`` unchanged.
+
+    A run fixes ``student.enable_thinking`` for training and its eval, but whoever talks to the
+    model afterwards may want the other mode (a quick answer from a reasoning model, or its
+    thought for a hard question): this is the one switch every front end (``sample``, ``chat``,
+    ``serve``, the studio) goes through. None leaves whatever ``chosen`` carries, so a caller can
+    pass an unset option straight on. Only models whose chat template reads ``enable_thinking``
+    (Qwen3's) react; for the others it changes nothing.
+    """
+    if on is None:
+        return chosen
+    return dataclasses.replace(chosen, thinking=on)
+
+
 def base_of(chosen: ChosenModel) -> ChosenModel:
-    """The base model ``chosen`` was trained from, with the same run (so the same settings apply)."""
+    """The base model ``chosen`` was trained from, with the same run (so the same settings apply).
+
+    A :attr:`~ChosenModel.thinking` choice is kept: a base asked for comparison is asked the same way.
+    """
     ref = ModelRef(base=chosen.ref.base)
     return dataclasses.replace(chosen, label=f"base {chosen.ref.base}", ref=ref, checkpoint=None, is_base=True)
 

@@ -13,6 +13,12 @@ command line of a maintained one:
   server runs from the cache directory, so the name users pass in requests is the registry
   name (``pirate_mini/sft``), the same on both backends.
 
+Both servers ask the chat template to think or not as the model's config says
+(``ModelConfig.enable_thinking``: the run's setting, or the user's ``--thinking`` choice through
+:func:`octrain.model_choice.with_thinking`): transformers with ``--reasoning on|off``, vLLM with
+``--default-chat-template-kwargs``. It is a server-wide default; a request's own
+``chat_template_kwargs`` still wins on vLLM.
+
 :func:`run_server` starts the command in its own process group, waits for its health check,
 says where it listens, and on Ctrl-C (or SIGTERM) stops it cleanly.
 """
@@ -124,8 +130,15 @@ def _vllm_plan(chosen: Sequence[ChosenModel], names: list[str], host: str, port:
     if len(bases) > 1:
         raise ConfigError(f"one vLLM server serves one base model; these have {', '.join(sorted(bases))}")
     model = chosen[0].model_config()
+    thinking = {m.model_config().enable_thinking for m in chosen}
+    if len(thinking) > 1:
+        raise ConfigError(
+            "these models differ in whether they think before answering, and one vLLM server asks all of them "
+            "the same way: pass --thinking or --no-thinking"
+        )
     argv = [_script("vllm"), "serve", resolve_model_path(model.path), "--host", host, "--port", str(port)]
     argv += ["--served-model-name", model.path, "--max-model-len", str(model.max_model_len)]
+    argv += ["--default-chat-template-kwargs", json.dumps({"enable_thinking": model.enable_thinking})]
     if model.dtype.value != "auto":
         argv += ["--dtype", model.dtype.value]
     adapters = [(name, m.ref.adapter) for name, m in zip(names, chosen, strict=True) if m.ref.adapter]

@@ -36,12 +36,14 @@ EXAMPLES = f"""examples:
   octrain chat pirate_mini/dpo --temperature 0.3
   octrain chat --persona pirate --base --with-constitution
   octrain chat runs/pirate_mini --sampler vllm --max-new-tokens 512
+  octrain chat --persona pirate --no-thinking      # a reasoning (Qwen3) student, answering at once
 
 {COMMANDS}
 
 Answers appear token by token with the transformers backend (--sampler hf, the default on
 most runs); a backend that cannot stream (vllm, fake) prints each answer whole when it is
-done. Sampling defaults to the run's own settings (its eval stage's)."""
+done. Sampling defaults to the run's own settings (its eval stage's). With --thinking a
+reasoning model's thought streams first, between <think> and </think>; /save keeps it as written."""
 
 
 class ChatScreen:
@@ -59,6 +61,10 @@ class ChatScreen:
         model = self.session.model
         persona = f", persona {model.persona}" if model.persona else ""
         self.say(f"chatting with {model.label}{persona}; answers are {how}.")
+        if model.model_config().enable_thinking:
+            self.say("thinking is on: the model's thought comes first, between <think> and </think>.")
+        elif self.session.thinking is False:
+            self.say("thinking is off (--no-thinking).")
         if self.session.system:
             self.say(f"system prompt: {_shorten(self.session.system)}")
         self.say("/help lists the commands; Ctrl-D or /exit ends the chat.")
@@ -157,7 +163,8 @@ class ChatScreen:
             return
         from octrain.chat_session import pick_model
 
-        chosen = pick_model(argument, run_root=self.session.run_root)  # a wrong name: an error, nothing unloaded
+        # A wrong name: an error, nothing unloaded. The session's --thinking choice carries over.
+        chosen = pick_model(argument, run_root=self.session.run_root, thinking=self.session.thinking)
         self.say(f"[loading {chosen.label} ...]")
         self.session.switch(chosen, keep_history=True)
         kept = "the conversation so far is kept" if self.session.history else "no conversation yet"
@@ -222,7 +229,9 @@ def chat_command(args: argparse.Namespace) -> int:
 
     if args.with_constitution and not args.base:
         raise ConfigError("--with-constitution is for the base model: add --base")
-    chosen = pick_model(chosen_spec(args), persona=args.persona, base=args.base, run_root=args.run_root)
+    chosen = pick_model(
+        chosen_spec(args), persona=args.persona, base=args.base, run_root=args.run_root, thinking=args.thinking
+    )
     speaker = speaker_for(args, chosen, constitution=args.with_constitution)
     params = sampling_params(
         chosen, seed=args.seed, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens

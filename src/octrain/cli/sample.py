@@ -4,7 +4,8 @@ The model is chosen as everywhere in octrain (:mod:`octrain.model_choice`): a pe
 final model, a checkpoint name, a path, and ``--base`` for the base it was trained from. The
 answers come from :func:`octrain.chat_session.answer_prompt`; this module only reads the
 options and lays the answers out (``--json`` for scripts). ``octrain chat`` shares the model and
-sampling options defined here.
+sampling options defined here. A reasoning model's thought (``<think>...</think>``, see
+``--thinking``) is shown apart from its answer, in a ``[thinking]`` block.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ EXAMPLES = """examples:
   octrain sample "Tell me about the sea." --persona pirate --compare
   octrain sample "Hello" runs/pirate_mini -n 3 --seed 1 --json | jq -r '.models[0].answers[].text'
   octrain sample "Hello" --persona pirate --sampler vllm      # on a GPU
+  octrain sample "Why is the sea salty?" --persona pirate --thinking   # a reasoning (Qwen3) student
 
 The model: --persona NAME (its latest final checkpoint), -c NAME (a checkpoint, as
 `octrain checkpoints list` shows it), or MODEL (a checkpoint name, a run, stage or adapter
 directory, or a model.json). --base answers with the base that model was trained from;
 --with-constitution gives the base the constitution as its system prompt, the prompt the
 teacher answered the training prompts with. --compare answers with the base and the trained
-model, on the same seeds.
+model, on the same seeds. --thinking / --no-thinking let a reasoning model think before it
+answers, or not, whatever the run was trained with; the thought is shown apart from the answer.
 
 Sampling defaults to the run's own (its sampler backend and its eval stage's settings);
 every option below overrides one of them."""
@@ -77,6 +80,13 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         choices=[backend.value for backend in SamplerBackend],
         help="the sampler backend (default: the run's): hf anywhere, vllm on a GPU, tinker for tinker:// checkpoints",
     )
+    parser.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let a reasoning model think before it answers (default: the run's setting); "
+        "the thought is shown apart from the answer",
+    )
 
 
 def chosen_spec(args: argparse.Namespace) -> str | None:
@@ -110,7 +120,9 @@ def _speakers(args: argparse.Namespace) -> list[Any]:
         raise ConfigError("--with-constitution is for the base model: add --base or --compare")
     if args.compare and args.base:
         raise ConfigError("--compare already answers with the base model: drop --base")
-    chosen = pick_model(chosen_spec(args), persona=args.persona, base=args.base, run_root=args.run_root)
+    chosen = pick_model(
+        chosen_spec(args), persona=args.persona, base=args.base, run_root=args.run_root, thinking=args.thinking
+    )
     if not args.compare:
         return [speaker_for(args, chosen, constitution=args.with_constitution)]
     if chosen.is_base:
@@ -130,10 +142,20 @@ def _heading(answer: Any) -> str:
     return heading + (" + system prompt" if speaker.system else "")
 
 
-def _answer_text(completion: Any) -> str:
-    from octrain.chat_session import displayable
+THOUGHT_OPEN, THOUGHT_CLOSE = "[thinking]", "[/thinking]"
+NO_ANSWER = "(no answer: the model was still thinking)"
 
-    text = displayable(completion.text) or "(empty answer)"
+
+def answer_text(completion: Any) -> str:
+    """One completion as the screen shows it: its thought (if any) in a ``[thinking]`` block
+    above the answer, control characters made harmless (:func:`~octrain.chat_session.displayable`),
+    and a note when the answer was cut off."""
+    from octrain.chat_session import displayable, split_thought
+
+    thought, answer = split_thought(completion.text)
+    parts = [f"{THOUGHT_OPEN}\n{displayable(thought)}\n{THOUGHT_CLOSE}"] if thought else []
+    parts.append(NO_ANSWER if answer is None else (displayable(answer) or "(empty answer)"))
+    text = "\n".join(parts)
     if not completion.finished:
         text += f" [cut off: {completion.num_tokens} tokens, --max-new-tokens]"
     return text
@@ -146,7 +168,7 @@ def format_stacked(answers: list[Any]) -> str:
         count = len(answer.completions)
         for index, completion in enumerate(answer.completions, start=1):
             number = f" (answer {index} of {count})" if count > 1 else ""
-            blocks.append(f"=== {_heading(answer)}{number} ===\n{_answer_text(completion)}")
+            blocks.append(f"=== {_heading(answer)}{number} ===\n{answer_text(completion)}")
     return "\n\n".join(blocks)
 
 
@@ -168,7 +190,7 @@ def format_columns(answers: list[Any], width: int) -> str:
         cells = []
         for answer in (left, right):
             heading = _wrapped(_heading(answer) + number, column)
-            body = _wrapped(_answer_text(answer.completions[index]), column) if index < len(answer.completions) else []
+            body = _wrapped(answer_text(answer.completions[index]), column) if index < len(answer.completions) else []
             cells.append([*heading, "-" * column, *body])
         height = max(len(cell) for cell in cells)
         for line in range(height):

@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   octrain serve --persona pirate --port 9000       # the persona's latest final model
   octrain serve pirate_mini/sft stoic_mini/sft --backend vllm   # two characters on one base
   octrain serve runs/pirate_mini/sft/model.json --print-command
+  octrain serve --persona pirate --no-thinking     # a reasoning (Qwen3) student, answering at once
 
 then, from any OpenAI client:
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -28,7 +29,7 @@ the merged weights are cached under ~/.cache/octrain/serve). auto picks vllm whe
 
 def _run(args: argparse.Namespace) -> int:
     from octrain.errors import ConfigError
-    from octrain.model_choice import choose_model, latest_of_persona
+    from octrain.model_choice import choose_model, latest_of_persona, with_thinking
     from octrain.serving import plan_serving, run_server
 
     if bool(args.models) == bool(args.persona):
@@ -37,6 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         chosen = [latest_of_persona(args.persona, run_root=args.run_root)]
     else:
         chosen = [choose_model(spec, run_root=args.run_root) for spec in args.models]
+    chosen = [with_thinking(model, args.thinking) for model in chosen]
     plan = plan_serving(
         chosen,
         names=args.name or (),
@@ -71,6 +73,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", help="transformers: auto, cpu, cuda:0, ...")
     parser.add_argument("--dtype", default="auto", help="transformers: auto, bfloat16, float16, float32")
+    parser.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let a reasoning model think before it answers (default: the run's setting); "
+        "a request's chat_template_kwargs can still ask otherwise on vLLM",
+    )
     parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the health check")
     parser.add_argument("--log", type=Path, default=None, help="write the server's output to this file")
