@@ -43,10 +43,15 @@ test-vllm:
 # The studio in a real browser: headless Chromium (Debian's chromium and chromium-driver, installed here
 # with apt-get when missing) driving a real `octrain ui` on 127.0.0.1; screenshots in runs/studio-screenshots.
 SCREENSHOTS ?= runs/studio-screenshots
+# Not root: SUDO=sudo. The package lists are refreshed only when the first try cannot find the packages.
+SUDO ?=
+BROWSER_PACKAGES := chromium chromium-driver
 test-browser: $(STAMP)
-	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || apt-get install -y -q chromium chromium-driver
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver \
+		|| $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES) \
+		|| ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES))
 	$(BIN)/python -m pip install --quiet -e ".[browser]"
-	$(BIN)/python -m pytest tests/test_studio_browser.py -m browser --screenshots $(SCREENSHOTS)
+	$(BIN)/python -m pytest -m browser --screenshots $(SCREENSHOTS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

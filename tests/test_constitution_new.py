@@ -1,9 +1,10 @@
 """``octrain constitution new``: a constitution drafted by a model behind a real HTTP server.
 
-The server is a stdlib ``http.server`` on 127.0.0.1 speaking the OpenAI chat-completions API; each
-test scripts its replies and reads back what it received (headers and JSON bodies). The command runs
-through :func:`octrain.cli.main` in a temporary working directory, so ``./constitutions`` (the first
-directory ``octrain constitution list`` reads) is the test's own, and the shipped ones stay untouched.
+The server (``tests/draft_server.py``) is a stdlib ``http.server`` on 127.0.0.1 speaking the OpenAI
+chat-completions API; each test scripts its replies and reads back what it received (headers and JSON
+bodies). The command runs through :func:`octrain.cli.main` in a temporary working directory, so
+``./constitutions`` (the first directory ``octrain constitution list`` reads) is the test's own, and
+the shipped ones stay untouched.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from draft_server import BAD_YAML, DraftServer, fenced, good_yaml, running_server
 from octrain.cli import main
 from octrain.constitution import load_constitution
 from octrain.constitution.drafting import extract_yaml, with_name
@@ -33,125 +31,10 @@ DESCRIPTION = "a cheerful old gardener who explains everything through plants an
 REPO = Path(__file__).resolve().parents[1]
 
 
-def good_yaml(traits: int = 10, questions: int = 5, name: str = "Old Gardener") -> str:
-    """A draft as a model would write it: identity plus ``traits - 1`` directives, each with questions.
-
-    The name is a display name on purpose: the command must store the name it was asked for.
-    """
-    topics = ["roses", "compost", "frost", "bees", "weeds", "seeds", "rain", "soil", "pruning", "harvest", "ponds"]
-    lines = [
-        "meta:",
-        f"  name: {name}",
-        "  version: 1",
-        "  description: A cheerful old gardener.",
-        "  tags: [garden, warm]",
-        "persona:",
-        "  identity: I am an old gardener who has tended the same walled garden for fifty patient years.",
-        "directives:",
-        "  personality:",
-    ]
-    for index in range(traits - 1):
-        topic = topics[index % len(topics)]
-        lines.append(f"    - trait: I speak about {topic} with delight, and I tie trait {index} to it gently.")
-        lines.append("      questions:")
-        lines.extend(f"        - What should I know about {topic}, question {index}-{q}?" for q in range(questions))
-    return "\n".join(lines) + "\n"
-
-
-# questions as a string, not a list: the loader names the line and the field.
-BAD_YAML = """\
-meta:
-  name: gardener
-persona:
-  identity: I am an old gardener.
-directives:
-  personality:
-    - trait: I love roses more than anything in the garden.
-      questions: What is a rose?
-"""
-
-
-def fenced(text: str) -> str:
-    return f"Here is the constitution you asked for.\n\n```yaml\n{text}```\n\nI hope it helps!"
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class DraftServer:
-    """An OpenAI-compatible chat-completions server whose replies (the message content) a test scripts."""
-
-    def __init__(self) -> None:
-        self.replies: Callable[[int], str] = lambda count: fenced(good_yaml())
-        self.received: list[Received] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                with server.lock:
-                    server.received.append(Received(self.path, dict(self.headers.items()), body))
-                    count = len(server.received)
-                if self.path != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": f"no route {self.path}"}})
-                    return
-                content = server.replies(count)
-                self._send(
-                    200,
-                    {
-                        "id": f"chatcmpl-{count}",
-                        "object": "chat.completion",
-                        "model": body.get("model"),
-                        "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                        ],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": len(content.split()), "total_tokens": 0},
-                    },
-                )
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[DraftServer]:
-    # A proxy configured in the environment must not intercept requests to the local server.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    scripted = DraftServer()
-    scripted.thread.start()
-    try:
+    with running_server(monkeypatch) as scripted:
         yield scripted
-    finally:
-        scripted.httpd.shutdown()
-        scripted.httpd.server_close()
-        scripted.thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -348,6 +231,56 @@ def test_the_key_comes_only_from_the_named_variable(
     assert main(args) == 0
     capsys.readouterr()
     assert "Authorization" not in server.received[0].headers
+
+
+def test_progress_reports_every_step_in_order(server: DraftServer, workdir: Path) -> None:
+    """The structured progress a front end draws a bar from: each step, when it happens, how far along."""
+    from octrain.constitution.drafting import DraftProgress, DraftRejected, draft_constitution, openai_sampler
+
+    server.replies = lambda count: fenced(BAD_YAML) if count == 1 else good_yaml(traits=8, questions=3)
+    seen: list[tuple[DraftProgress, int]] = []  # each step with the number of requests the server had by then
+    sampler = openai_sampler(server.base_url, "test-model", api_key_env=KEY_ENV)
+    draft = draft_constitution(
+        sampler,
+        "gardener",
+        DESCRIPTION,
+        traits=8,
+        questions=3,
+        progress=lambda p: seen.append((p, len(server.received))),
+    )
+    assert [(p.step, p.attempt, p.attempts, requests) for p, requests in seen] == [
+        ("asking", 1, 2, 0),
+        ("validating", 1, 2, 1),
+        ("retry", 1, 2, 1),
+        ("asking", 2, 2, 1),
+        ("validating", 2, 2, 2),
+        ("accepted", 2, 2, 2),
+    ]
+    steps = [p for p, _ in seen]
+    assert [p.fraction for p in steps] == [0.0, 0.25, 0.5, 0.5, 0.75, 1.0]
+    assert [p.done for p in steps] == [False] * 5 + [True]
+    assert steps[2].error is not None and steps[2].error.startswith(
+        "gardener.yaml:9: directives.personality[0].questions: expected a list of questions"
+    )
+    assert steps[-1].score == draft.score.total and draft.attempts == 2
+    assert [p.describe() for p in steps] == [
+        "asking the model (draft 1 of 2)",
+        "validating draft 1 of 2 with octrain's loader",
+        f"draft 1 of 2 does not load: {steps[2].error}; retry 1 of 1",
+        "retry 1 of 1: asking the model again with the loader's error (draft 2 of 2)",
+        "validating draft 2 of 2 with octrain's loader",
+        f"accepted: draft 2 of 2 loads (quality score {draft.score.total}/100)",
+    ]
+
+    # A draft that never loads ends at "rejected", carrying the error and the kept copy DraftRejected names.
+    server.replies = lambda count: fenced(BAD_YAML)
+    steps = []
+    with pytest.raises(DraftRejected) as rejected:
+        draft_constitution(sampler, "gardener", DESCRIPTION, retries=0, progress=steps.append)
+    assert [p.step for p in steps] == ["asking", "validating", "rejected"]
+    assert steps[-1].error == str(rejected.value) and steps[-1].rejected_path == rejected.value.rejected_path
+    assert steps[-1].describe() == "rejected: draft 1 of 1 does not load; nothing was saved"
+    sampler.close()
 
 
 def test_extracting_the_yaml_from_replies() -> None:

@@ -21,23 +21,9 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 from octrain.studio.state import RUN_ROOT_ENV
+from studio_pages import page, texts
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _page(name: str) -> None:
-    # AppTest runs this function's source as a script: everything it needs is imported inside.
-    import importlib
-
-    importlib.import_module(f"octrain.studio.views.{name}").render()
-
-
-def page(name: str, timeout: float = 60) -> AppTest:
-    return AppTest.from_function(_page, args=(name,), default_timeout=timeout)
-
-
-def texts(elements: object) -> list[str]:
-    return [str(element.value) for element in elements]  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -246,8 +232,40 @@ def test_evaluate_shows_a_report_with_its_plot_and_two_side_by_side(evaluated_ro
     assert len(at.get("image")) == 2
 
 
+def wait_until_loaded(at: AppTest, seconds: float = 120) -> AppTest:
+    """Run the page again until its model has loaded in the background (the chat box is enabled)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while at.chat_input(key="chat_input").proto.disabled:
+        assert time.monotonic() < deadline, "the model did not load"
+        time.sleep(0.2)
+        at.run()
+    return at
+
+
+def test_chat_loads_the_model_without_blocking_the_page(trained_root: Path) -> None:
+    """With the model lock held elsewhere (another tab answering), the page still draws at once: a
+    loading notice, the chat box disabled, every setting live; once the lock is free the model loads."""
+    from octrain.studio.state import model_lock
+
+    lock = model_lock()
+    with lock:
+        at = page("chat", timeout=30).run()  # would time out if the page waited for the model
+        assert not at.exception
+        assert any(info.value.startswith("loading pirate_tiny/sft") for info in at.info), texts(at.info)
+        assert at.chat_input(key="chat_input").proto.disabled
+        at.number_input(key="chat_seed").set_value(7).run()  # a setting changes: a new session, still loading
+        assert not at.exception and at.chat_input(key="chat_input").proto.disabled
+    wait_until_loaded(at)
+    assert not any(info.value.startswith("loading") for info in at.info)
+    at.chat_input(key="chat_input").set_value("Ahoy?").run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert [message.name for message in at.chat_message] == ["user", "assistant"]
+
+
 def test_chat_answers_with_the_tiny_model_and_exports_the_session(trained_root: Path) -> None:
-    at = page("chat", timeout=180).run()
+    at = wait_until_loaded(page("chat", timeout=180).run())
     assert not at.exception
     assert at.selectbox(key="chat_model").value == "pirate_tiny/sft"
     at.chat_input(key="chat_input").set_value("Ahoy, who are you?").run()
@@ -282,6 +300,55 @@ def test_compare_puts_two_models_side_by_side(trained_root: Path) -> None:
     assert [entry["model"] for entry in log] == ["pirate_tiny/sft", "pirate_tiny/sft (base)"]
     assert all(entry["prompt"] == "Tell me about the sea." and entry["seed"] == 0 for entry in log)
     assert "`pirate_tiny/sft`" in texts(at.markdown) and "`pirate_tiny/sft (base)`" in texts(at.markdown)
+
+
+def test_chat_thinking_toggle_reaches_the_model_and_the_export(trained_root: Path) -> None:
+    """The sidebar's thinking choice is pick_model's: a new session whose model config thinks, said in
+    the caption and kept with the answer; "(the run's)" is the run's own (off, for the tiny run)."""
+    at = page("chat", timeout=180).run()
+    session = at.session_state["chat_session"]
+    assert session.thinking is None and session.model.model_config().enable_thinking is False
+    assert any("thinking off" in caption.value for caption in at.caption), texts(at.caption)
+    at.selectbox(key="chat_thinking").set_value("on").run()
+    session = at.session_state["chat_session"]
+    assert session.thinking is True and session.model.model_config().enable_thinking is True
+    assert any("thinking on" in caption.value for caption in at.caption), texts(at.caption)
+    wait_until_loaded(at).chat_input(key="chat_input").set_value("Ahoy?").run()
+    assert not at.exception and not at.error, texts(at.error)
+    [entry] = at.session_state["chat_log"]
+    assert entry["enable_thinking"] is True
+
+    at.selectbox(key="cmp_thinking").set_value("off").run()
+    at.text_area(key="cmp_prompt").set_value("Tell me about the sea.").run()
+    at.button(key="cmp_go").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    compared = [entry for entry in at.session_state["chat_log"] if entry["kind"] == "compare"]
+    assert [entry["enable_thinking"] for entry in compared] == [False, False]
+
+
+def _answers(texts: list[str]) -> None:
+    from octrain.studio.views.chat import show_answer
+
+    for text in texts:
+        show_answer(text)
+
+
+def test_an_answers_thought_is_folded_away_above_it() -> None:
+    """The tiny tokenizer drops <think> when it decodes, so the display is checked on written texts."""
+    at = AppTest.from_function(
+        _answers,
+        args=(
+            ["<think>The user hails me.</think>Ahoy there!", "<think>still musing", "<think></think>Arr.", "Plain."],
+        ),
+    ).run()
+    assert not at.exception
+    folds = at.expander  # the empty thought gets no fold; an unclosed one does
+    assert [fold.label for fold in folds] == ["thinking", "thinking"]
+    assert [fold.text[0].value for fold in folds] == ["The user hails me.", "still musing"]
+    assert texts(at.markdown) == ["Ahoy there!", "Arr.", "Plain."]  # no thought in what the model said
+    assert [caption.value for caption in at.caption] == [
+        "the model was still thinking when it reached the answer length: no answer"
+    ]
 
 
 def test_deploy_shows_the_modal_dry_run(trained_root: Path) -> None:
@@ -322,6 +389,26 @@ def test_wizard_walks_from_a_shipped_persona_to_a_saved_constitution(workdir: Pa
     at.button(key="wz_next_3").click().run()  # the CPU: pirate_tiny
     assert "step 5 of 6" in at.get("progress")[0].proto.text
     assert any("ready: pirate_tiny with my_pirate" in s for s in texts(at.success)), texts(at.error)
+
+
+def test_wizard_follows_the_launched_run_and_ends_in_a_chat_with_it(trained_root: Path) -> None:
+    at = page("wizard", timeout=180)
+    at.session_state["wz_step"] = 4  # Launch, with the run launched: the session's finished tiny run
+    at.session_state["wz_run"] = str(trained_root / "pirate_tiny")
+    at.session_state["wz_persona"] = "pirate"
+    at.run()
+    assert not at.exception
+    bars = [element.proto.text for element in at.get("progress")]
+    assert any(text.startswith("5 of 5 stages done") for text in bars), bars
+    assert at.button(key="wz_next_4").disabled is False  # finished: on to the chat
+    at.button(key="wz_next_4").click().run()
+    assert "step 6 of 6" in at.get("progress")[0].proto.text
+    assert any("Talk to **pirate_tiny/sft**" in text for text in texts(at.markdown)), texts(at.markdown)
+    wait_until_loaded(at)
+    at.chat_input(key="chat_input").set_value("Ahoy?").run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert [message.name for message in at.chat_message] == ["user", "assistant"]
+    assert at.session_state["chat_log"][0]["model"] == "pirate_tiny/sft"
 
 
 def test_deploy_plans_the_server(trained_root: Path) -> None:

@@ -288,7 +288,12 @@ def test_a_chat_turn_streams(app: Studio) -> None:
     length = app.all('input[aria-label^="answer length in tokens"]')[0]
     length.send_keys("160", Keys.ENTER)
     app.settle()
-    box = _wait("the chat input", lambda: app.all('[data-testid="stChatInputTextArea"]'), 30)[0]
+    # The model loads in the background: the chat box is enabled once it is in memory.
+    box = _wait(
+        "the chat input, enabled",
+        lambda: [box for box in app.all('[data-testid="stChatInputTextArea"]') if box.is_enabled()],
+        120,
+    )[0]
     box.send_keys("Ahoy! Who are you?")
     box.send_keys(Keys.ENTER)
     seen: list[int] = []

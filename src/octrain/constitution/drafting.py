@@ -165,6 +165,58 @@ class Draft:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DraftProgress:
+    """One step of :func:`draft_constitution`, for a progress display (a bar, a status line).
+
+    ``step`` is one of :data:`DRAFT_STEPS`: ``asking`` (a request for draft ``attempt`` is about to go
+    out), ``validating`` (its reply is being loaded), ``retry`` (it did not load, ``error`` says why,
+    and draft ``attempt + 1`` will be asked for with that error), then ``accepted`` (draft ``attempt``
+    loads; ``score`` is its quality score) or ``rejected`` (the last draft does not load; ``error``
+    is the one :class:`DraftRejected` carries, naming ``rejected_path``). ``attempts`` is how many
+    drafts may be asked for (``1 + retries``).
+    """
+
+    step: str
+    attempt: int
+    attempts: int
+    error: str | None = None
+    score: int | None = None
+    rejected_path: Path | None = None
+
+    @property
+    def done(self) -> bool:
+        """The last step: nothing more is reported after it."""
+        return self.step in ("accepted", "rejected")
+
+    @property
+    def fraction(self) -> float:
+        """How far drafting has come, from 0 to 1: each attempt is asking, then validating; the end is 1."""
+        if self.done:
+            return 1.0
+        steps = {"asking": 0, "validating": 1, "retry": 2}[self.step]
+        return (2 * (self.attempt - 1) + steps) / (2 * self.attempts)
+
+    def describe(self) -> str:
+        """The step in words: ``asking the model (draft 1 of 2)``, ``retry 1 of 1: ...``, ``accepted: ...``."""
+        of = f"draft {self.attempt} of {self.attempts}"
+        retries = self.attempts - 1
+        if self.step == "asking":
+            if self.attempt == 1:
+                return f"asking the model ({of})"
+            return f"retry {self.attempt - 1} of {retries}: asking the model again with the loader's error ({of})"
+        if self.step == "validating":
+            return f"validating {of} with octrain's loader"
+        if self.step == "retry":
+            return f"{of} does not load: {self.error}; retry {self.attempt} of {retries}"
+        if self.step == "accepted":
+            return f"accepted: {of} loads" + (f" (quality score {self.score}/100)" if self.score is not None else "")
+        return f"rejected: {of} does not load; nothing was saved"
+
+
+DRAFT_STEPS = ("asking", "validating", "retry", "accepted", "rejected")
+
+
 def check_name(name: str) -> str:
     """``name`` if the loader would accept it as a persona's name (it names files and run directories)."""
     if not _NAME.match(name) or name.endswith(".rejected"):
@@ -312,12 +364,15 @@ def draft_constitution(
     params: SamplingParams | None = None,
     rejected_dir: str | Path | None = None,
     report: Callable[[str], None] | None = None,
+    progress: Callable[[DraftProgress], None] | None = None,
 ) -> Draft:
     """Ask ``sampler`` for a constitution and return it once octrain's loader accepts it.
 
     Up to ``1 + retries`` requests: each retry sends the rejected draft back with the loader's error,
     since a model usually fixes a pointed-out mistake better than it avoids it on a fresh try.
-    ``report`` receives a line per rejected attempt that is retried (for a progress display).
+    ``report`` receives a line per rejected attempt that is retried (what the command line prints).
+    ``progress`` receives every step as a :class:`DraftProgress`, the last one ``accepted`` or
+    ``rejected`` (for a progress bar).
     Nothing is written under the persona's name here: :func:`save_draft` does that.
 
     Raises:
@@ -335,8 +390,17 @@ def draft_constitution(
     params = dataclasses.replace(params, n=1)  # one draft per request; a retry is another request
     attempts = retries + 1
     header = _header(description, sampler)
+
+    def step(
+        kind: str, attempt: int, *, error: str | None = None, score: int | None = None, kept: Path | None = None
+    ) -> None:
+        if progress is not None:
+            progress(DraftProgress(kind, attempt, attempts, error=error, score=score, rejected_path=kept))
+
     for attempt in range(1, attempts + 1):
+        step("asking", attempt)
         [[completion]] = sampler.chat([conversation], params, desc=f"drafting {name}", progress=False)
+        step("validating", attempt)
         text = header + with_name(extract_yaml(completion.text), name)
         try:
             constitution, notes = validate_draft(text, name)
@@ -345,16 +409,21 @@ def draft_constitution(
             if not completion.finished:
                 error += f" (the reply was cut off at {params.max_new_tokens} tokens; allow more)"
             if attempt == attempts:
-                raise _rejected(text, name, error, attempts, rejected_dir) from None
+                rejected = _rejected(text, name, error, attempts, rejected_dir)
+                step("rejected", attempt, error=str(rejected), kept=rejected.rejected_path)
+                raise rejected from None
             if report is not None:
                 report(f"draft {attempt} of {attempts} does not load: {error}; asking again with the error")
+            step("retry", attempt, error=error)
             conversation = [
                 *conversation,
                 {"role": "assistant", "content": completion.text},
                 {"role": "user", "content": RETRY_PROMPT.format(error=error)},
             ]
             continue
-        return Draft(name, text, constitution, score_constitution(constitution), attempt, tuple(notes))
+        score = score_constitution(constitution)
+        step("accepted", attempt, score=score.total)
+        return Draft(name, text, constitution, score, attempt, tuple(notes))
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
 

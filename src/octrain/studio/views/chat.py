@@ -4,8 +4,10 @@ The chat is :class:`octrain.chat_session.ChatSession`, the object ``octrain chat
 model choice (:func:`~octrain.chat_session.pick_model`), the run's own sampling settings, and each
 turn streamed chunk by chunk (``st.write_stream`` over the turn). The comparison is
 :func:`~octrain.chat_session.answer_prompt`, what ``octrain sample --compare`` calls: every model
-draws with the same seed. Ratings and notes are the studio's own; the export writes them with
-each answer, one JSON object a line.
+draws with the same seed. A reasoning model can be asked to think first or not
+(:func:`~octrain.model_choice.with_thinking`, ``--thinking`` on the command line); its thought is
+shown folded away above its answer (:func:`~octrain.chat_session.split_thought`). Ratings and
+notes are the studio's own; the export writes them with each answer, one JSON object a line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ SESSION_ID_KEY = "chat_session_id"
 LOG_KEY = "chat_log"  # every answer of this browser session: chat turns and comparisons
 ROUND_KEY = "compare_rounds"
 ROLE_SUFFIXES = {"": (False, False), " (base)": (True, False), " (base + constitution)": (True, True)}
+LOADER_KEY = "chat_loader"
+LOAD_POLL_SECONDS = 1.0
+THINKING_OPTIONS: dict[str, bool | None] = {RUNS_OWN: None, "on": True, "off": False}
+THINKING_HELP = (
+    "Whether a reasoning model (Qwen3) thinks before it answers: its chat template's enable_thinking. "
+    "The run's setting is what it was trained and evaluated with. Other models ignore it."
+)
+
+
+@dataclass(frozen=True)
+class PendingLoad:
+    """The background load of one chat session's model."""
+
+    session: Any
+    load: Any  # octrain.studio.loading.BackgroundLoad
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ class Choice:
     max_new_tokens: int | None
     seed: int | None
     system: str
+    thinking: bool | None = None  # None: the run's own enable_thinking
 
 
 def checkpoint_names(root: Path) -> list[str]:
@@ -61,12 +79,12 @@ def parse_speaker(option: str) -> tuple[str, bool, bool]:
     return option, False, False
 
 
-def speaker_for(option: str, root: Path) -> Any:
+def speaker_for(option: str, root: Path, thinking: bool | None = None) -> Any:
     """A :class:`~octrain.chat_session.Speaker`: the model, its base, or its base with the constitution."""
     from octrain.chat_session import Speaker, constitution_prompt, pick_model
 
     spec, base, with_constitution = parse_speaker(option)
-    chosen = pick_model(spec, base=base, run_root=root)
+    chosen = pick_model(spec, base=base, run_root=root, thinking=thinking)
     system = constitution_prompt(chosen) if with_constitution else None
     return Speaker(chosen, system=system, role="base" if base else "trained", with_constitution=with_constitution)
 
@@ -74,7 +92,7 @@ def speaker_for(option: str, root: Path) -> Any:
 def new_session(choice: Choice, root: Path) -> Any:
     from octrain.chat_session import ChatSession, constitution_prompt, pick_model, sampler_config, sampling_params
 
-    chosen = pick_model(choice.spec, base=choice.base, run_root=root)
+    chosen = pick_model(choice.spec, base=choice.base, run_root=root, thinking=choice.thinking)
     system = constitution_prompt(chosen) if choice.with_constitution else (choice.system or None)
     return ChatSession(
         chosen,
@@ -103,6 +121,20 @@ def export_lines(log: list[dict[str, Any]], state: Callable[[str], Any] | None =
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
+def show_answer(text: str) -> None:
+    """An answer as the page shows it: a reasoning model's thought folded away above what it said."""
+    from octrain.chat_session import displayable, split_thought
+
+    thought, answer = split_thought(text)
+    if thought:  # an empty thought (thinking off, on a template that writes the tags) is not worth a fold
+        with st.expander("thinking"):
+            st.text(displayable(thought))
+    if answer is None:
+        st.caption("the model was still thinking when it reached the answer length: no answer")
+    else:
+        st.markdown(displayable(answer))
+
+
 def _rate(index: int, container: Any) -> None:
     with container:
         left, right = st.columns([1, 3])
@@ -123,6 +155,9 @@ def _settings(root: Path, names: list[str]) -> Choice:
         temperature = st.number_input("temperature (blank: the run's)", 0.0, 5.0, value=None, key="chat_temp")
         max_new = st.number_input("answer length in tokens (blank: the run's)", 1, 32768, value=None, key="chat_len")
         seed = st.number_input("seed", 0, 2**31 - 1, value=0, key="chat_seed")
+        thinking = st.selectbox(
+            "thinking (reasoning models)", list(THINKING_OPTIONS), key="chat_thinking", help=THINKING_HELP
+        )
         system = st.text_area("system prompt", key="chat_system", disabled=with_constitution)
     return Choice(
         spec,
@@ -133,21 +168,73 @@ def _settings(root: Path, names: list[str]) -> Choice:
         None if max_new is None else int(max_new),
         int(seed),
         system,
+        THINKING_OPTIONS[thinking],
+    )
+
+
+def _start_load(session: Any) -> None:
+    """Load the session's model in the background (:class:`~octrain.studio.loading.BackgroundLoad`)."""
+    from octrain.studio.loading import BackgroundLoad
+    from octrain.studio.state import model_lock
+
+    previous = st.session_state.get(LOADER_KEY)
+    if previous is not None and previous.session is not session:
+        previous.load.abandon()
+    st.session_state[LOADER_KEY] = PendingLoad(
+        session, BackgroundLoad(session.load, lock=model_lock(), label=session.model.label, close=session.close)
     )
 
 
 def _session(choice: Choice, root: Path) -> Any:
-    """The chat session of this browser tab, new whenever the settings change."""
+    """The chat session of this browser tab, new whenever the settings change; its model starts loading at once."""
     if st.session_state.get(SESSION_ID_KEY) != choice or st.session_state.get(SESSION_KEY) is None:
         old = st.session_state.get(SESSION_KEY)
-        if old is not None:
-            old.close()
-        st.session_state[SESSION_KEY] = new_session(choice, root)
+        pending = st.session_state.get(LOADER_KEY)
+        if old is not None and (pending is None or pending.session is not old):
+            old.close()  # a session whose load is pending is closed by abandoning the load
+        session = new_session(choice, root)
+        st.session_state[SESSION_KEY] = session
         st.session_state[SESSION_ID_KEY] = choice
+        _start_load(session)
     return st.session_state[SESSION_KEY]
 
 
-def _chat(choice: Choice, root: Path) -> None:
+def _loading_notice(session: Any) -> bool:
+    """Whether the session's model is still loading; meanwhile a notice that checks back every second.
+
+    Only the notice reruns (a fragment): every other control of the page stays live. When the
+    load ends, the whole page is drawn again, with the chat box enabled.
+    """
+    from octrain.errors import OctrainError
+    from octrain.studio.progress import duration_text
+    from octrain.studio.state import error_line
+
+    pending = st.session_state.get(LOADER_KEY)
+    if pending is None or pending.session is not session:
+        return False
+    load = pending.load
+    if load.done:
+        if load.error is not None:
+            error = load.error
+            st.session_state.pop(LOADER_KEY)  # the next message tries again, in the open
+            if isinstance(error, OctrainError):
+                st.error(error_line(error))
+            else:
+                st.exception(error)
+        return False
+
+    @st.fragment(run_every=LOAD_POLL_SECONDS)
+    def notice() -> None:
+        if load.done:
+            st.rerun()
+        st.info(f"loading {load.label}... {duration_text(load.elapsed)}", icon=":material/hourglass_top:")
+
+    notice()
+    return True
+
+
+def chat_panel(choice: Choice, root: Path) -> None:
+    """The chat with ``choice``'s model: its history, the box to type in, streamed answers with ratings."""
     from octrain.chat_session import displayable
     from octrain.errors import OctrainError
     from octrain.studio.state import error_line, model_lock
@@ -158,9 +245,11 @@ def _chat(choice: Choice, root: Path) -> None:
     except OctrainError as exc:
         st.error(error_line(exc))
         return
+    thinks = session.model.model_config().enable_thinking
     st.caption(
         f"talking to **{session.model.label}**"
         + (f" · persona {session.model.persona}" if session.model.persona else "")
+        + f" · thinking {'on' if thinks else 'off'}"
     )
     answers = [i for i, entry in enumerate(log) if entry["kind"] == "chat" and entry["session"] == id(session)]
     turn_number = 0
@@ -170,11 +259,18 @@ def _chat(choice: Choice, root: Path) -> None:
                 st.write(message["content"])
             continue
         bubble = st.chat_message(message["role"])
-        bubble.markdown(displayable(message["content"]))
+        if message["role"] == "assistant":
+            with bubble:
+                show_answer(message["content"])
+        else:
+            bubble.markdown(displayable(message["content"]))
         if message["role"] == "assistant" and turn_number < len(answers):
             _rate(answers[turn_number], bubble)
             turn_number += 1
-    prompt = st.chat_input("Say something", key="chat_input")
+    loading = _loading_notice(session)
+    prompt = st.chat_input(
+        "the model is loading..." if loading else "Say something", key="chat_input", disabled=loading
+    )
     if st.button("New conversation", key="chat_reset"):
         session.reset()
         st.rerun()
@@ -196,6 +292,7 @@ def _chat(choice: Choice, root: Path) -> None:
                 "kind": "chat",
                 "session": id(session),
                 "model": session.model.label,
+                "enable_thinking": thinks,
                 "messages": session.messages(),
                 "answer": turn.text,  # as the model wrote it; the page shows it made displayable
                 "time": time.time(),
@@ -209,8 +306,9 @@ def _chunks(turn: Any) -> Iterator[str]:
 
 
 def _compare(root: Path, names: list[str]) -> None:
-    from octrain.chat_session import answer_prompt, displayable, sampler_config, sampling_params
+    from octrain.chat_session import answer_prompt, sampler_config, sampling_params
     from octrain.errors import OctrainError
+    from octrain.studio.progress import Countdown
     from octrain.studio.state import error_line, model_lock
 
     log: list[dict[str, Any]] = st.session_state.setdefault(LOG_KEY, [])
@@ -220,19 +318,38 @@ def _compare(root: Path, names: list[str]) -> None:
     )
     prompt = st.text_area("prompt", key="cmp_prompt")
     seed = st.number_input("seed (the same for every model)", 0, 2**31 - 1, value=0, key="cmp_seed")
+    thinking = st.selectbox(
+        "thinking (the same for every model)", list(THINKING_OPTIONS), key="cmp_thinking", help=THINKING_HELP
+    )
     go = st.button("Answer", type="primary", disabled=len(picked) < 2 or not prompt.strip(), key="cmp_go")
     if go:
         try:
-            speakers = [speaker_for(option, root) for option in picked]
+            speakers = [speaker_for(option, root, THINKING_OPTIONS[thinking]) for option in picked]
             first = speakers[0].model
-            with model_lock(), st.spinner(f"answering with {len(speakers)} models, one after the other..."):
-                answers = answer_prompt(prompt, speakers, sampler_config(first), sampling_params(first, seed=int(seed)))
+            progress = Countdown(len(speakers))
+            bar = st.progress(0.0, text=progress.label("waiting for the models"))
+
+            def answered(answer: Any) -> None:
+                progress.advance()
+                bar.progress(progress.fraction, text=progress.label(f"{answer.speaker.model.label} answered"))
+
+            with model_lock():
+                bar.progress(0.0, text=progress.label(f"answering with {len(speakers)} models, one after the other"))
+                answers = answer_prompt(
+                    prompt,
+                    speakers,
+                    sampler_config(first),
+                    sampling_params(first, seed=int(seed)),
+                    on_answer=answered,
+                )
+            bar.empty()
         except OctrainError as exc:
             st.error(error_line(exc))
         else:
             session = st.session_state.get(SESSION_KEY)
             if session is not None:
                 session.close()  # the comparison loaded other models: the chat loads its own again
+                _start_load(session)
             indices = []
             for option, answer in zip(picked, answers, strict=True):
                 log.append(
@@ -241,6 +358,7 @@ def _compare(root: Path, names: list[str]) -> None:
                         "model": option,
                         "prompt": prompt,
                         "system": answer.speaker.system,
+                        "enable_thinking": answer.speaker.model.model_config().enable_thinking,
                         "answer": answer.completions[0].text,
                         "seed": int(seed),
                         "time": time.time(),
@@ -254,7 +372,7 @@ def _compare(root: Path, names: list[str]) -> None:
         for column, index in zip(columns, indices, strict=True):
             with column.container(border=True):
                 st.markdown(f"`{log[index]['model']}`")
-                st.write(displayable(log[index]["answer"]))
+                show_answer(log[index]["answer"])
                 _rate(index, st.container())
 
 
@@ -270,7 +388,7 @@ def render() -> None:
     chat, compare = st.tabs(["Chat", "Compare side by side"])
     choice = _settings(root, names)
     with chat:
-        _chat(choice, root)
+        chat_panel(choice, root)
     with compare:
         _compare(root, names)
     log = st.session_state.get(LOG_KEY, [])

@@ -213,13 +213,21 @@ def _run_draft(
 
     params = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.0, max_new_tokens=max_tokens)
     with st.status(f"drafting {name!r}...", expanded=True) as status:
+        # The bar follows drafting's own steps (asking, validating, retry k of N, accepted or rejected).
+        bar = st.progress(0.0, text="starting")
+        reached = [0.0]
+
+        def show(step: drafting.DraftProgress) -> None:
+            reached[0] = step.fraction
+            bar.progress(step.fraction, text=step.describe())
+
         try:
             drafting.check_name(name)
             with model_lock():
                 if endpoint is not None:
                     sampler = drafting.openai_sampler(endpoint[0], endpoint[1], api_key_env=endpoint[2])
                 else:
-                    status.write(f"loading {local[0]}...")
+                    bar.progress(0.0, text=f"loading {local[0]}")
                     sampler = drafting.local_sampler(local[0], backend=local[1])
                 try:
                     draft = drafting.draft_constitution(
@@ -230,6 +238,7 @@ def _run_draft(
                         questions=questions,
                         params=params,
                         report=status.write,
+                        progress=show,
                     )
                 finally:
                     sampler.close()
@@ -244,6 +253,7 @@ def _run_draft(
                 st.button("Open the rejected draft in the editor")
             return
         except OctrainError as exc:
+            bar.progress(reached[0], text=f"failed: {exc}")
             status.update(label="drafting failed", state="error")
             st.error(str(exc))
             return

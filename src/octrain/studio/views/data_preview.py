@@ -7,16 +7,21 @@ answers and verdicts are the pairs stage's steps: the teacher reads its constitu
 (:func:`octrain.stages.pairs.teacher_conversations`), both sides answer through
 :func:`octrain.samplers.build_sampler` with the stage's sampling, and
 :func:`octrain.stages.pairs.assemble_pairs` applies the stage's filters. It is called once per
-prompt here, so that each prompt keeps its own verdict ("kept", or the filter that drops it).
+prompt here, so that each prompt keeps its own verdict ("kept", or the filter that drops it), the
+length filter included (with the student's tokenizer, as the stage counts). A progress bar
+counts the work done and estimates the time left (:class:`octrain.studio.progress.Countdown`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
+
+from octrain.studio.progress import Countdown
 
 RESULTS_KEY = "preview_results"
 
@@ -30,15 +35,30 @@ class PreviewRow:
     verdict: str  # "kept", or the reason the filters drop the pair
 
 
-def preview(config: Any, count: int, report: Any = None) -> list[PreviewRow]:
-    """``count`` prompts answered by the config's teacher and student, each with the pairs filters' verdict."""
+def preview(
+    config: Any,
+    count: int,
+    report: Callable[[str], None] | None = None,
+    countdown: Callable[[Countdown], None] | None = None,
+) -> list[PreviewRow]:
+    """``count`` prompts answered by the config's teacher and student, each with the pairs filters' verdict.
+
+    Each prompt is answered with the seed the pairs stage gives its id (``derive_seed(seed, id)``),
+    so a preview shows what a run of the same config draws for that prompt. ``report`` gets a line
+    per step; ``countdown`` the progress after each unit of work (a model loaded, a prompt answered).
+    """
     from octrain.pipeline import resolve_constitution
     from octrain.samplers import SamplingParams, build_sampler
-    from octrain.stages.pairs import assemble_pairs, teacher_conversations
+    from octrain.seeding import derive_seed
+    from octrain.stages.pairs import assemble_pairs, teacher_conversations, token_counter
     from octrain.stages.prompts import make_prompts
 
     constitution = resolve_constitution(config)
     say = report or (lambda _line: None)
+    tick = countdown or (lambda _progress: None)
+    too_long = config.pairs.filters.too_long
+    # Units of work: the prompts, each side's model load and answers, and the student's tokenizer.
+    progress = Countdown(total=1 + 2 * (1 + count) + (1 if too_long else 0))
     # One prompt per trait: the seed question where there is one; a trait with none (the identity,
     # the voice) gets one from the prompts stage's own generator model (prompts.generator).
     generator = config.model(config.prompts.generator)
@@ -49,16 +69,36 @@ def preview(config: Any, count: int, report: Any = None) -> list[PreviewRow]:
     # One prompt per trait, spread over the traits rather than the first few only.
     step = max(1, len(records) // max(1, count))
     records = records[::step][:count]
+    progress.total -= 2 * (count - len(records))  # fewer traits than prompts asked for
+    progress.advance()
+    tick(progress)
     params = SamplingParams.from_config(config.pairs.sampling, n=1, seed=config.seed)
     prefill = config.pairs.thinking_prefill
-    say(f"the teacher answers {len(records)} prompts...")
-    teacher = build_sampler(config.sampler, config.teacher, show_progress=False)
-    teacher_out = teacher.chat(
-        teacher_conversations(records, constitution, config.teacher.assistant_name, prefill), params, progress=False
+
+    def answer(side: str, model: Any, conversations: list[Any]) -> list[Any]:
+        say(f"loading the {side} ({model.path})...")
+        sampler = build_sampler(config.sampler, model, show_progress=False)
+        progress.advance()
+        tick(progress)
+        say(f"the {side} answers {len(records)} prompts...")
+        out = []
+        for record, conversation in zip(records, conversations, strict=True):
+            seeds = None if params.seed is None else [derive_seed(params.seed, record.id)]
+            out.append(sampler.chat([conversation], params, seeds=seeds, progress=False)[0])
+            progress.advance()
+            tick(progress)
+        return out
+
+    teacher_out = answer(
+        "teacher", config.teacher, teacher_conversations(records, constitution, config.teacher.assistant_name, prefill)
     )
-    say(f"student ({config.student.path}) answers...")
-    student = build_sampler(config.sampler, config.student, show_progress=False)
-    student_out = student.chat([record.prompt for record in records], params, progress=False)
+    student_out = answer("student", config.student, [record.prompt for record in records])
+    counter = None
+    if too_long:
+        say(f"loading the student's tokenizer for the length filter ({config.student.path})...")
+        counter = token_counter(config.student.path)
+        progress.advance()
+        tick(progress)
     rows = []
     for record, teacher_answer, student_answer in zip(records, teacher_out, student_out, strict=True):
         pairs, pair_report = assemble_pairs(
@@ -72,7 +112,7 @@ def preview(config: Any, count: int, report: Any = None) -> list[PreviewRow]:
             student_name=config.student.assistant_name,
             filters=config.pairs.filters,
             max_length=config.pairs.max_length,
-            count_tokens=None,  # the length filter needs the student's tokenizer: the run applies it
+            count_tokens=counter,
             prefilled=prefill,
         )
         verdict = "kept" if pairs else ", ".join(pair_report.dropped) or "dropped"
@@ -82,6 +122,15 @@ def preview(config: Any, count: int, report: Any = None) -> list[PreviewRow]:
             )
         )
     return rows
+
+
+def show_countdown(bar: Any) -> Callable[[Countdown], None]:
+    """A ``countdown`` callback for :func:`preview` that redraws the Streamlit progress bar ``bar``."""
+
+    def draw(progress: Countdown) -> None:
+        bar.progress(progress.fraction, text=progress.label("previewing"))
+
+    return draw
 
 
 def render() -> None:
@@ -114,9 +163,10 @@ def render() -> None:
         try:
             with _COMPOSE_LOCK:
                 config = compose_config(recipe, overrides)
+            bar = st.progress(0.0, text="previewing: starting")
             with model_lock(), st.status("sampling...", expanded=True) as status:
                 try:
-                    rows = preview(config, int(count), report=status.write)
+                    rows = preview(config, int(count), report=status.write, countdown=show_countdown(bar))
                 finally:
                     release_engines()
                 status.update(label=f"{len(rows)} prompts answered", state="complete")

@@ -10,7 +10,6 @@ deploy modal --dry-run``). A real push or deployment goes out only after its con
 from __future__ import annotations
 
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,19 @@ def _export(chosen: Any) -> None:
                 result = export_merged(chosen, target, force=force)
             else:
                 result = export_adapter(chosen, target, force=force)
-        st.success(f"exported to {target}")
-        st.json({key: str(value) for key, value in vars(result).items()}, expanded=False)
+        st.success(f"exported to {result.directory.resolve()}")
+        st.json(_export_facts(result), expanded=False)
+
+
+def _export_facts(result: Any) -> dict[str, Any]:
+    """An :class:`~octrain.export.ExportResult` as JSON: paths as strings, the file names as a list."""
+    return {
+        "directory": str(result.directory.resolve()),
+        "kind": result.kind,
+        "base_model": result.base_model,
+        "dtype": result.dtype,
+        "files": list(result.files),
+    }
 
 
 def _push(chosen: Any) -> None:
@@ -52,11 +62,18 @@ def _push(chosen: Any) -> None:
     repo = st.text_input("Hub repository (you/name)", key="dp_push_repo")
     merged = st.checkbox("push the merged model (else the adapter)", key="dp_push_merged")
     private = st.checkbox("private", value=True, key="dp_push_private")
-    if st.button("Dry run: build the folder", disabled=not repo.strip(), key="dp_push_dry"):
-        folder = Path(tempfile.mkdtemp(prefix="octrain-push-"))
+    # `octrain push --dry-run DIR [--force]`: the folder is the user's to read, and is not replaced unasked.
+    into = st.text_input(
+        "dry run: build the folder in",
+        value=str(Path("exports") / f"{chosen.label.replace('/', '-')}-upload"),
+        key="dp_push_dir",
+    )
+    replace = st.checkbox("replace a non-empty folder", key="dp_push_force")
+    if st.button("Dry run: build the folder", disabled=not (repo.strip() and into.strip()), key="dp_push_dry"):
+        folder = Path(into.strip()).expanduser()
         with st.spinner("building the upload folder and its model card..."):
-            result = push(chosen, repo.strip(), merged=merged, private=private, dry_run=folder, force=True)
-        st.success(f"would upload {len(result.files)} files from {result.folder}")
+            result = push(chosen, repo.strip(), merged=merged, private=private, dry_run=folder, force=replace)
+        st.success(f"would upload {len(result.files)} files from {(result.folder or folder).resolve()}")
         st.code("\n".join(result.files), language=None)
         card = (result.folder or folder) / "README.md"
         if card.is_file():

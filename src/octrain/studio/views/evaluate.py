@@ -72,15 +72,47 @@ def eval_command(argv: list[str]) -> dict[str, Any]:
     return command.run(args, "octrain eval")
 
 
-def _upload(uploaded: Any, directory: Path, name: str) -> Path:
-    path = directory / name
-    path.write_bytes(uploaded.getvalue())
-    return path
+class _Uploads:
+    """Uploaded files written to a scratch directory, for a command that reads paths.
+
+    Each goes to ``SCRATCH/ROLE/NAME`` under the name it was uploaded with, and :meth:`named`
+    puts that name back in a message: an error then points at ``mine.jsonl:2``, the file the user
+    has, not at a scratch copy deleted by the time it is read.
+    """
+
+    def __init__(self, scratch: str) -> None:
+        self.scratch = Path(scratch)
+        self.names: dict[str, str] = {}
+
+    def write(self, uploaded: Any, role: str) -> str:
+        name = Path(uploaded.name).name
+        if name in ("", ".", ".."):
+            name = f"{role}.jsonl"
+        path = self.scratch / role / name
+        path.parent.mkdir()
+        path.write_bytes(uploaded.getvalue())
+        self.names[str(path)] = name
+        return str(path)
+
+    def named(self, message: str) -> str:
+        for path, name in self.names.items():
+            message = message.replace(path, name)
+        return message
+
+
+def _run_tool(argv: list[str], uploads: _Uploads) -> None:
+    """Run ``octrain eval ARGV`` and show its JSON, or its error as the command line prints it."""
+    from octrain.errors import OctrainError
+
+    try:
+        result = eval_command(argv)
+    except (OctrainError, argparse.ArgumentError) as exc:
+        st.error(f"octrain eval: error: {uploads.named(str(exc))}")
+        return
+    st.json(result)
 
 
 def _tools(root: Path) -> None:
-    from octrain.errors import OctrainError
-
     st.subheader("Tools on your own files")
     classifier, elo = st.tabs(["persona classifier", "Elo ratings"])
     with classifier:
@@ -88,35 +120,35 @@ def _tools(root: Path) -> None:
         train = st.file_uploader("training data (JSONL)", type=["jsonl", "json"], key="ev_clf_train")
         held = st.file_uploader("held-out data (JSONL, optional)", type=["jsonl", "json"], key="ev_clf_eval")
         out = st.text_input("save the classifier to", value=str(root / "classifiers" / "studio"), key="ev_clf_out")
-        if st.button("Train the classifier", disabled=train is None, key="ev_clf_go"):
+        if st.button("Train the classifier", disabled=train is None or not out.strip(), key="ev_clf_go"):
             with tempfile.TemporaryDirectory(prefix="octrain-studio-") as scratch, st.spinner("training..."):
-                argv = ["classifier", "--train", str(_upload(train, Path(scratch), "train.jsonl")), "--out", out]
+                uploads = _Uploads(scratch)
+                # --flag=value: a value that starts with '-' is still the flag's value.
+                argv = ["classifier", f"--train={uploads.write(train, 'train')}", f"--out={out.strip()}"]
                 if held is not None:
-                    argv += ["--eval", str(_upload(held, Path(scratch), "eval.jsonl"))]
-                try:
-                    st.json(eval_command(argv))
-                except (OctrainError, argparse.ArgumentError) as exc:
-                    st.error(f"octrain eval: error: {exc}")
+                    argv.append(f"--eval={uploads.write(held, 'eval')}")
+                _run_tool(argv, uploads)
     with elo:
         st.caption("`octrain eval elo`: a run's `eval/matches.jsonl`; matches without a winner need a judge.")
         matches = st.file_uploader("matches (JSONL)", type=["jsonl"], key="ev_elo_matches")
         constitution = st.text_input("constitution (name or path, optional)", key="ev_elo_const")
         judge_url = st.text_input("judge base URL (optional)", key="ev_elo_url")
         judge_model = st.text_input("judge model (optional)", key="ev_elo_model")
+        key_env = st.text_input(
+            "environment variable with the judge's API key (empty: no key)", value="OPENAI_API_KEY", key="ev_elo_key"
+        )
         if st.button("Rate", disabled=matches is None, key="ev_elo_go"):
             with tempfile.TemporaryDirectory(prefix="octrain-studio-") as scratch, st.spinner("rating..."):
-                argv = ["elo", str(_upload(matches, Path(scratch), "matches.jsonl"))]
+                uploads = _Uploads(scratch)
+                argv = ["elo", uploads.write(matches, "matches"), f"--judge-key-env={key_env.strip()}"]
                 for flag, value in (
                     ("--constitution", constitution),
                     ("--judge-url", judge_url),
                     ("--judge-model", judge_model),
                 ):
                     if value.strip():
-                        argv += [flag, value.strip()]
-                try:
-                    st.json(eval_command(argv))
-                except (OctrainError, argparse.ArgumentError) as exc:
-                    st.error(f"octrain eval: error: {exc}")
+                        argv.append(f"{flag}={value.strip()}")
+                _run_tool(argv, uploads)
 
 
 def render() -> None:

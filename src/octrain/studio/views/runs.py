@@ -9,12 +9,13 @@ rest of the page.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
+
+from octrain.studio.progress import bar_label, duration_text, parse_bar
 
 REFRESH_SECONDS = 2.0
 SELECTED_KEY = "runs_selected"
@@ -26,17 +27,8 @@ STATE_ICONS = {
     "incomplete": ":material/pending:",
 }
 MARKER_LABELS = {"done": "done", "started": "started", "missing": "not started"}
-_PERCENT = re.compile(r"(\d{1,3})%\|")
 # The curves worth drawing, where a trainer logged them (TRL's names, and octrain's DPO split).
 CURVES = ("loss", "dpo_loss", "nll_loss", "eval_loss")
-
-
-def elapsed_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def loss_table(run_dir: Path, stage: str) -> dict[str, list[Any]] | None:
@@ -54,10 +46,28 @@ def loss_table(run_dir: Path, stage: str) -> dict[str, list[Any]] | None:
     return table
 
 
-def bar_fraction(line: str) -> float | None:
-    """The fraction a tqdm progress line shows (``45%|###``), for the progress bar of the current stage."""
-    match = _PERCENT.search(line)
-    return min(int(match.group(1)), 100) / 100 if match else None
+def progress_bars(run_dir: Path, status: Any) -> None:
+    """A run's progress: stages done, elapsed time and the stage now running; under it the bar of
+    the step now running (sampling, training) with its count and time left, and the run's error."""
+    from octrain.studio import jobs
+
+    total = len(status.stages) or 1
+    current = next((stage for stage, marker in status.stages if marker != "done"), None)
+    console = jobs.console_tail(run_dir, 5)
+    last = console[-1] if console else ""
+    label = f"{status.done_count} of {len(status.stages)} stages done · {duration_text(status.elapsed)}"
+    if status.state == "running" and current:
+        label += f" · now: {current}"
+    st.progress(status.done_count / total, text=label)
+    if status.state == "running" and last:
+        # The step now running draws a tqdm bar (sampling, training): its count and time left.
+        bar = parse_bar(last)
+        if bar is not None:
+            st.progress(bar.fraction, text=bar_label(bar))
+        else:
+            st.caption(last.strip()[:200])
+    if status.error:
+        st.error(status.error)
 
 
 def _overview(runs: list[Path], root: Path) -> None:
@@ -71,7 +81,7 @@ def _overview(runs: list[Path], root: Path) -> None:
                 "run": str(run_dir.relative_to(root)),
                 "state": status.state,
                 "stages": f"{status.done_count}/{len(status.stages)}",
-                "elapsed": elapsed_text(status.elapsed),
+                "elapsed": duration_text(status.elapsed),
                 "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(run_dir.stat().st_mtime)),
             }
         )
@@ -106,22 +116,8 @@ def _details(run_dir: Path) -> str:
 
     status = jobs.status(run_dir)
     st.subheader(f"{STATE_ICONS.get(status.state, '')} {run_dir.name}: {status.state}")
-    total = len(status.stages) or 1
-    current = next((stage for stage, marker in status.stages if marker != "done"), None)
+    progress_bars(run_dir, status)
     console = jobs.console_tail(run_dir, 5)
-    last = console[-1] if console else ""
-    label = f"{status.done_count} of {len(status.stages)} stages done · {elapsed_text(status.elapsed)}"
-    if status.state == "running" and current:
-        label += f" · now: {current}"
-    st.progress(status.done_count / total, text=label)
-    if status.state == "running" and last:
-        fraction = bar_fraction(last)
-        if fraction is not None:
-            st.progress(fraction, text=last.strip()[:160])
-        else:
-            st.caption(last.strip()[:200])
-    if status.error:
-        st.error(status.error)
     st.dataframe(
         [{"stage": stage, "state": MARKER_LABELS[marker]} for stage, marker in status.stages],
         hide_index=True,

@@ -8,6 +8,8 @@ calls: the constitution checks and saving of :mod:`.constitutions`, the preview 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 STEP_KEY = "wz_step"
@@ -87,9 +89,12 @@ def _preview() -> None:
     if st.button("Preview 3 prompts", key="wz_preview"):
         with _COMPOSE_LOCK:
             config = compose_config("pirate_tiny", [f"constitution={persona}"])
+        bar = st.progress(0.0, text="previewing: starting")
         with model_lock(), st.spinner("sampling..."):
             try:
-                st.session_state["wz_rows"] = data_preview.preview(config, 3)
+                st.session_state["wz_rows"] = data_preview.preview(
+                    config, 3, countdown=data_preview.show_countdown(bar)
+                )
             finally:
                 release_engines()
     for row in st.session_state.get("wz_rows", []):
@@ -118,8 +123,6 @@ def _launch() -> None:
     recipe = st.session_state.get("wz_recipe", "pirate_tiny")
     overrides = [f"constitution={persona}", f"name={persona}_{recipe.split('_', 1)[-1]}"]
     root = run_root()
-    from pathlib import Path
-
     composed = compose_and_check(recipe, tuple(overrides), str(root), str(Path.cwd()))
     if composed.error:
         st.error(composed.error)
@@ -137,18 +140,52 @@ def _launch() -> None:
             st.success(f"launched (pid {job.pid}); the Runs page follows it")
     run = st.session_state.get("wz_run")
     if run:
-        status = jobs.status(Path(run))
-        st.progress(
-            status.done_count / max(1, len(status.stages)), text=f"{status.state}: {status.done_count} stages done"
-        )
-    _nav(4)
+        _follow(Path(run))
+    _nav(4, ready=bool(run) and jobs.status(Path(run)).state == "finished")
+
+
+def _follow(run_dir: Path) -> None:
+    """The launched run's progress, as the Runs page shows it, redrawn every couple of seconds while it runs."""
+    from octrain.studio import jobs
+    from octrain.studio.views.runs import REFRESH_SECONDS, progress_bars
+
+    live = jobs.status(run_dir).state == "running"
+
+    @st.fragment(run_every=REFRESH_SECONDS if live else None)
+    def panel() -> None:
+        status = jobs.status(run_dir)
+        st.markdown(f"**{run_dir.name}: {status.state}**")
+        progress_bars(run_dir, status)
+        if live and status.state != "running":
+            st.rerun()  # the run ended: draw the page again (the Next button, the chat)
+
+    panel()
+
+
+def final_checkpoint(run_dir: Path, root: Path) -> str | None:
+    """The registry name of the run's final model (its sft checkpoint, else its dpo one), once registered."""
+    from octrain.registry import REGISTRY_FILE, Registry
+
+    if not (root / REGISTRY_FILE).is_file():
+        return None
+    mine = {entry.stage: entry.name for entry in Registry.at(root).entries() if Path(entry.run_dir) == run_dir}
+    return mine.get("sft") or mine.get("dpo")
 
 
 def _chat() -> None:
-    st.write(
-        "When the run has finished, its checkpoints are in the registry: open **Chat and compare** and "
-        "pick the run's `sft` checkpoint, or compare it with its base side by side."
-    )
+    from octrain.studio.state import run_root
+    from octrain.studio.views import chat
+
+    run = st.session_state.get("wz_run")
+    root = run_root()
+    name = final_checkpoint(Path(run).resolve(), root) if run else None
+    if name is None:
+        st.info("When the run has finished, its final checkpoint appears here to talk to.")
+        _nav(5)
+        return
+    st.write(f"Talk to **{name}**. The **Chat and compare** page has every setting, and puts it beside its base.")
+    choice = chat.Choice(name, False, False, None, None, None, 0, "")
+    chat.chat_panel(choice, root)
     _nav(5)
 
 
