@@ -28,6 +28,17 @@ from octrain.seeding import derive_seed
 logger = logging.getLogger(__name__)
 
 
+def item_seeds(params: SamplingParams, ids: Sequence[str]) -> list[int] | None:
+    """The seed each item draws with: the run seed and the item's stable id (None: no seed set).
+
+    The one rule every generation stage samples by, so that anything previewing a stage's work
+    (the studio's data preview) draws what the stage would.
+    """
+    if params.seed is None:
+        return None
+    return [derive_seed(params.seed, item) for item in ids]
+
+
 class ChunkLedger:
     """Which chunks of a list of items are committed in ``chunk_dir``, and committing more."""
 
@@ -158,8 +169,9 @@ def generate_in_chunks(
 
     def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
         chunk_ids = ids[start:stop]
-        seeds = None if params.seed is None else [derive_seed(params.seed, i) for i in chunk_ids]
-        results = holder["sampler"].chat(conversations[start:stop], params, seeds=seeds, progress=False)
+        results = holder["sampler"].chat(
+            conversations[start:stop], params, seeds=item_seeds(params, chunk_ids), progress=False
+        )
         return [{"id": i, "completions": completions_to_json(c)} for i, c in zip(chunk_ids, results, strict=True)]
 
     rows = run_chunked(

@@ -54,11 +54,6 @@ class BackgroundLoad:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for the load to end; whether it has."""
-        self._thread.join(timeout)
-        return self.done
-
     def abandon(self) -> None:
         """The page no longer wants the model: close it now, or when the load ends."""
         with self._state:

@@ -73,11 +73,14 @@ def duration_text(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def time_left_text(seconds: float | None) -> str:
+    """``about m:ss left``, or ``estimating time left`` while there is no estimate yet."""
+    return "estimating time left" if seconds is None else f"about {duration_text(seconds)} left"
+
+
 def bar_label(state: BarState) -> str:
     """What the studio writes on a bar: the step, its count, and the time left on it."""
-    step = state.desc or "working"
-    left = f"about {duration_text(state.remaining)} left" if state.remaining is not None else "estimating time left"
-    return f"{step}: {state.done}/{state.total} · {left}"
+    return f"{state.desc or 'working'}: {state.done}/{state.total} · {time_left_text(state.remaining)}"
 
 
 @dataclass
@@ -111,6 +114,4 @@ class Countdown:
         return self.elapsed / self.done * (self.total - self.done)
 
     def label(self, step: str) -> str:
-        left = self.remaining
-        tail = "estimating time left" if left is None else f"about {duration_text(left)} left"
-        return f"{step} ({self.done}/{self.total}) · {tail}"
+        return f"{step} ({self.done}/{self.total}) · {time_left_text(self.remaining)}"

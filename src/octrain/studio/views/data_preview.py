@@ -43,13 +43,13 @@ def preview(
 ) -> list[PreviewRow]:
     """``count`` prompts answered by the config's teacher and student, each with the pairs filters' verdict.
 
-    Each prompt is answered with the seed the pairs stage gives its id (``derive_seed(seed, id)``),
+    Each prompt is answered with the seed the pairs stage gives its id (:func:`octrain.generation.item_seeds`),
     so a preview shows what a run of the same config draws for that prompt. ``report`` gets a line
     per step; ``countdown`` the progress after each unit of work (a model loaded, a prompt answered).
     """
+    from octrain.generation import item_seeds
     from octrain.pipeline import resolve_constitution
     from octrain.samplers import SamplingParams, build_sampler
-    from octrain.seeding import derive_seed
     from octrain.stages.pairs import assemble_pairs, teacher_conversations, token_counter
     from octrain.stages.prompts import make_prompts
 
@@ -70,23 +70,24 @@ def preview(
     step = max(1, len(records) // max(1, count))
     records = records[::step][:count]
     progress.total -= 2 * (count - len(records))  # fewer traits than prompts asked for
-    progress.advance()
-    tick(progress)
+
+    def one_done() -> None:
+        progress.advance()
+        tick(progress)
+
+    one_done()
     params = SamplingParams.from_config(config.pairs.sampling, n=1, seed=config.seed)
     prefill = config.pairs.thinking_prefill
 
     def answer(side: str, model: Any, conversations: list[Any]) -> list[Any]:
         say(f"loading the {side} ({model.path})...")
         sampler = build_sampler(config.sampler, model, show_progress=False)
-        progress.advance()
-        tick(progress)
+        one_done()
         say(f"the {side} answers {len(records)} prompts...")
         out = []
         for record, conversation in zip(records, conversations, strict=True):
-            seeds = None if params.seed is None else [derive_seed(params.seed, record.id)]
-            out.append(sampler.chat([conversation], params, seeds=seeds, progress=False)[0])
-            progress.advance()
-            tick(progress)
+            out.append(sampler.chat([conversation], params, seeds=item_seeds(params, [record.id]), progress=False)[0])
+            one_done()
         return out
 
     teacher_out = answer(
@@ -97,8 +98,7 @@ def preview(
     if too_long:
         say(f"loading the student's tokenizer for the length filter ({config.student.path})...")
         counter = token_counter(config.student.path)
-        progress.advance()
-        tick(progress)
+        one_done()
     rows = []
     for record, teacher_answer, student_answer in zip(records, teacher_out, student_out, strict=True):
         pairs, pair_report = assemble_pairs(

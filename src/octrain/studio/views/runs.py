@@ -46,14 +46,15 @@ def loss_table(run_dir: Path, stage: str) -> dict[str, list[Any]] | None:
     return table
 
 
-def progress_bars(run_dir: Path, status: Any) -> None:
+def progress_bars(status: Any, console: list[str]) -> None:
     """A run's progress: stages done, elapsed time and the stage now running; under it the bar of
-    the step now running (sampling, training) with its count and time left, and the run's error."""
-    from octrain.studio import jobs
+    the step now running (sampling, training) with its count and time left, and the run's error.
 
+    ``console`` is the tail of the run's console (:func:`octrain.studio.jobs.console_tail`): its
+    last line is the bar the running step draws.
+    """
     total = len(status.stages) or 1
     current = next((stage for stage, marker in status.stages if marker != "done"), None)
-    console = jobs.console_tail(run_dir, 5)
     last = console[-1] if console else ""
     label = f"{status.done_count} of {len(status.stages)} stages done · {duration_text(status.elapsed)}"
     if status.state == "running" and current:
@@ -116,8 +117,8 @@ def _details(run_dir: Path) -> str:
 
     status = jobs.status(run_dir)
     st.subheader(f"{STATE_ICONS.get(status.state, '')} {run_dir.name}: {status.state}")
-    progress_bars(run_dir, status)
-    console = jobs.console_tail(run_dir, 5)
+    console = jobs.console_tail(run_dir, 30)  # read once: the step's bar is its last line, the expander shows it all
+    progress_bars(status, console)
     st.dataframe(
         [{"stage": stage, "state": MARKER_LABELS[marker]} for stage, marker in status.stages],
         hide_index=True,
@@ -138,7 +139,7 @@ def _details(run_dir: Path) -> str:
         st.code("\n".join(jobs.log_tail(run_dir, 40)) or "(no log yet)", language=None)
     if console:
         with st.expander("console (what the launched command printed)"):
-            st.code("\n".join(jobs.console_tail(run_dir, 30)), language=None)
+            st.code("\n".join(console), language=None)
     return status.state
 
 

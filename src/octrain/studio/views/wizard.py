@@ -155,7 +155,7 @@ def _follow(run_dir: Path) -> None:
     def panel() -> None:
         status = jobs.status(run_dir)
         st.markdown(f"**{run_dir.name}: {status.state}**")
-        progress_bars(run_dir, status)
+        progress_bars(status, jobs.console_tail(run_dir, 1))
         if live and status.state != "running":
             st.rerun()  # the run ended: draw the page again (the Next button, the chat)
 
