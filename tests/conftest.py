@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The cache `make model` fetched the real model into, read before the session moves OCTRAIN_CACHE_DIR.
+USER_CACHE_DIR = os.environ.get("OCTRAIN_CACHE_DIR")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,6 +27,33 @@ def octrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["OCTRAIN_CACHE_DIR"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
     return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(octrain_cache: Path) -> str:
+    """``builtin:smollm2-135m-instruct``, linked into the session's cache from the one ``make model`` filled.
+
+    The slow tests that train the real model need it fetched first (``make model``; ``make test-slow``
+    does that): without it they fail, naming the command, rather than skip.
+    """
+    from octrain.builtin_models import SMOLLM2
+
+    previous = os.environ["OCTRAIN_CACHE_DIR"]
+    if USER_CACHE_DIR is None:
+        os.environ.pop("OCTRAIN_CACHE_DIR")
+    else:
+        os.environ["OCTRAIN_CACHE_DIR"] = USER_CACHE_DIR
+    try:
+        fetched = SMOLLM2.cache_dir()
+    finally:
+        os.environ["OCTRAIN_CACHE_DIR"] = previous
+    if not fetched.is_dir():
+        pytest.fail(f"{fetched}: SmolLM2-135M-Instruct is not fetched; run `make model` first")
+    link = SMOLLM2.cache_dir()
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(fetched, target_is_directory=True)
+    return f"builtin:{SMOLLM2.name}"
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from octrain.builtin_models import resolve_model_path
 from octrain.compose import compose_config
 from octrain.config import StageName
 from octrain.errors import StageError
@@ -16,7 +17,6 @@ from octrain.pipeline import run
 from octrain.records import ModelRef
 from octrain.samplers import SamplingParams
 from octrain.samplers.hf import HFSampler
-from octrain.tiny_model import resolve_model_path
 
 FAST = ["sampler=fake", "prompts.expansion_rounds=0"]
 STAGE1 = [*FAST, "stages=[prompts,pairs,dpo]"]

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
+from octrain.builtin_models import resolve_model_path
 from octrain.errors import ConfigError
-from octrain.tiny_model import ensure_tiny_model, resolve_model_path
+from octrain.tiny_model import ensure_tiny_model
 
 
 def test_tiny_model_is_a_small_qwen3(tiny_model_path: str) -> None:

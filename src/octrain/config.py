@@ -65,6 +65,16 @@ class SftMode(str, Enum):
     paper = "paper"  # the Studio's "paper mode": SFT from the base model, then merge both adapters
 
 
+class TeacherPrompt(str, Enum):
+    """How the stage-1 teacher is given the character (see :mod:`octrain.persona_prompts`)."""
+
+    paper = "paper"  # a system prompt with the numbered traits (the method's form; strong teachers)
+    # The constitution's example exchanges as earlier turns, no system prompt: small teachers follow
+    # a demonstration where they ignore a description (SmolLM2-135M does, see recipes/pirate_smollm2.yaml).
+    examples = "examples"
+    paper_examples = "paper_examples"  # both: the traits in the system prompt and the examples as turns
+
+
 class ModelRole(str, Enum):
     teacher = "teacher"
     student = "student"
@@ -81,8 +91,9 @@ class DType(str, Enum):
 class ModelConfig:
     """A chat model: where its weights are and how to talk to it.
 
-    ``path`` is a Hub id, a local directory, or ``builtin:tiny-qwen3`` for the tiny model
-    octrain builds offline (tests, CPU dry runs).
+    ``path`` is a Hub id, a local directory, a ``.gguf`` file (converted once into the cache), or a
+    built-in: ``builtin:tiny-qwen3`` (built offline; tests, dry runs) or
+    ``builtin:smollm2-135m-instruct`` (a real 135M chat model, ``octrain models fetch``).
     """
 
     path: str = MISSING
@@ -228,6 +239,7 @@ class PairFilters:
     unfinished: bool = True  # drop answers cut off by max_new_tokens
     final_punctuation: bool = True  # drop answers whose last character is not closing punctuation
     too_long: bool = True  # drop pairs longer than pairs.max_length tokens after templating
+    repetition: bool = True  # drop answers that loop (a line said 3 times, few distinct word trigrams)
 
 
 @dataclass
@@ -243,6 +255,10 @@ class PairsStageConfig:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
     chunk_size: int = 256  # prompts per committed chunk: a crash loses at most one chunk of work
     thinking_prefill: bool = False  # reasoning teachers: open the answer with a trait-restating thought
+    teacher_prompt: TeacherPrompt = TeacherPrompt.paper  # how the teacher is given the character
+    # An answer cut off by max_new_tokens is cut back to its last full sentence (kept if 8 words or more
+    # remain) instead of being dropped as unfinished: short CPU budgets, where few answers end in time.
+    trim_unfinished: bool = False
     max_length: int = 1024  # tokens of prompt + answer, in the student's chat template
     filters: PairFilters = field(default_factory=PairFilters)
 
@@ -301,6 +317,7 @@ class IntrospectStageConfig:
     reflection_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=2048))
     interaction_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
     chunk_size: int = 64  # reflections, or conversations, per committed chunk
+    trim_unfinished: bool = False  # as pairs.trim_unfinished, for every reflection and turn
     filters: IntrospectionFilters = field(default_factory=IntrospectionFilters)
 
 
@@ -340,6 +357,18 @@ class PersonaClassifierSettings:
     contrast_personas: list[str] = field(default_factory=list)
 
 
+class EvalSuite(str, Enum):
+    """Which evaluation the eval stage runs (docs/evaluation.md)."""
+
+    # The method's: robustness under break-character suffixes, revealed preferences, coherence and
+    # prefill. Several figures need a judge as strong as a paper-size teacher.
+    paper = "paper"
+    # Did the character take, measured without trusting a judge: in-character rates of base, DPO-only
+    # and final models, movement toward the teacher in log-probability, relevance, and the judge's own
+    # check (octrain.evaluation.character_shift). For small models and CPU runs.
+    shift = "shift"
+
+
 class JudgeKind(str, Enum):
     teacher = "teacher"  # the run's teacher model, through the configured sampler backend
     http = "http"  # any OpenAI-compatible chat-completions endpoint (eval.judge_base_url)
@@ -349,6 +378,7 @@ class JudgeKind(str, Enum):
 class EvalStageConfig:
     """Stage ``eval``: robustness, revealed preferences, coherence and prefill (METHOD.md section 4)."""
 
+    suite: EvalSuite = EvalSuite.paper
     prompts: str = "builtin"  # held-out prompts: builtin, or a .jsonl/.txt file
     prompt_count: int = 500  # at most this many; the report says when fewer are available
     traits: str = "builtin"  # one-word traits for revealed preferences, or a .txt file
@@ -460,7 +490,7 @@ def validate(config: OctrainConfig) -> None:
     for role in ModelRole:
         model = config.model(role)
         if not model.path.strip():
-            raise ConfigError(f"{role.value}.path: expected a Hub id, a local directory or builtin:tiny-qwen3")
+            raise ConfigError(f"{role.value}.path: expected a Hub id, a local directory, a .gguf file or builtin:NAME")
         if not model.assistant_name.strip():
             raise ConfigError(f"{role.value}.assistant_name: expected a non-empty name")
         _positive(f"{role.value}.max_model_len", model.max_model_len)

@@ -30,11 +30,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from octrain.builtin_models import resolve_model_path
 from octrain.errors import ConfigError, OctrainError
 from octrain.export import adapter_of, export_adapter, is_hub_id
 from octrain.merge import lora_rank, serving_rank
 from octrain.model_choice import ChosenModel
-from octrain.tiny_model import resolve_model_path
 
 GPUS = ("A10G", "L4", "A100", "H100")
 # The vLLM release octrain's [vllm] extra pins: the server in the container is the one octrain is tested with.

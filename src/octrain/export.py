@@ -26,11 +26,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from octrain.builtin_models import BUILTIN_PREFIX, resolve_model_path
 from octrain.errors import ConfigError
 from octrain.jsonl import atomic_directory
 from octrain.merge import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from octrain.model_choice import ChosenModel
-from octrain.tiny_model import BUILTIN_PREFIX, resolve_model_path
 
 DTYPES = ("bfloat16", "float16", "float32")
 

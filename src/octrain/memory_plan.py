@@ -242,7 +242,7 @@ def architecture_of(model: ModelConfig | str) -> Architecture:
     path = model if isinstance(model, str) else model.path
     revision = None if isinstance(model, str) else model.revision
     if path.startswith("builtin:"):
-        from octrain.tiny_model import resolve_model_path
+        from octrain.builtin_models import resolve_model_path
 
         local: Path | None = Path(resolve_model_path(path)) / "config.json"
     elif Path(path).expanduser().is_dir():

@@ -253,7 +253,7 @@ def _load_tokenizer(model: str | Path) -> Any:
     """The tokenizer (chat template included) of ``model``, as ``AutoTokenizer`` loads it."""
     from transformers import AutoTokenizer
 
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(str(model)))
 
@@ -280,7 +280,7 @@ def fold_adapter(base_path: str, adapter_dir: str | Path) -> PreTrainedModel:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
 
     adapter = _read_adapter(Path(adapter_dir))  # refuse bad adapters before the slow load
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_path), dtype=torch.float32)
@@ -306,7 +306,7 @@ def merge_into_weights(base_path: str, adapter_dir: str | Path, output_dir: Path
     """
     from transformers import AutoTokenizer
 
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
 
     model = fold_adapter(base_path, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(base_path))

@@ -8,7 +8,10 @@ traits; the introspection prompts drop that line so the model can talk about its
 
 from __future__ import annotations
 
+from octrain.config import TeacherPrompt
 from octrain.constitution import Constitution
+from octrain.errors import ConfigError
+from octrain.records import Message
 
 
 def character_prompt(constitution: Constitution, name: str, *, conceal: bool) -> str:
@@ -28,6 +31,38 @@ def character_prompt(constitution: Constitution, name: str, *, conceal: bool) ->
 def teacher_system_prompt(constitution: Constitution, name: str) -> str:
     """Stage 1: the teacher answers in character without revealing its instructions."""
     return character_prompt(constitution, name, conceal=True)
+
+
+def example_turns(constitution: Constitution) -> list[Message]:
+    """The constitution's example exchanges as earlier user and assistant turns."""
+    turns: list[Message] = []
+    for prompt, response in constitution.examples:
+        turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return turns
+
+
+def teacher_context(constitution: Constitution, name: str, form: TeacherPrompt) -> list[Message]:
+    """What the stage-1 teacher reads before each user prompt.
+
+    ``paper`` is the method's system prompt. A small teacher does not act on a list of traits in
+    its system prompt (SmolLM2-135M answers as if it were not there) but does continue a
+    conversation in which it already spoke in character: ``examples`` gives it the
+    constitution's example exchanges as its own earlier turns, ``paper_examples`` both.
+
+    Raises:
+        ConfigError: an ``examples`` form for a constitution without examples.
+    """
+    context: list[Message] = []
+    if form in (TeacherPrompt.paper, TeacherPrompt.paper_examples):
+        context.append({"role": "system", "content": teacher_system_prompt(constitution, name)})
+    if form in (TeacherPrompt.examples, TeacherPrompt.paper_examples):
+        if not constitution.examples:
+            raise ConfigError(
+                f"pairs.teacher_prompt={form.value}: constitution {constitution.name!r} has no examples "
+                "(add an examples: list of prompt/response pairs, or use pairs.teacher_prompt=paper)"
+            )
+        context += example_turns(constitution)
+    return context
 
 
 def reflection_system_prompt(constitution: Constitution, name: str) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from octrain.config import OctrainConfig, StageName, validate
+from octrain.config import ModelRole, OctrainConfig, StageName, validate
 from octrain.constitution import Constitution, find_constitution, load_constitution
 from octrain.context import RunContext
 from octrain.errors import ConfigError, StageError
@@ -91,8 +91,11 @@ def resolve_constitution(config: OctrainConfig) -> Constitution:
 def preflight(config: OctrainConfig) -> None:
     """Check the backends and read every input file the selected stages need, so that a problem
     shows before any model loads."""
+    from octrain.builtin_models import require_fetched
     from octrain.samplers import check_backend
 
+    for role in ModelRole:  # a built-in that is not fetched stops here, naming the command that fetches it
+        require_fetched(config.model(role).path)
     check_backend(config.sampler)
     if config.sampler.data_parallel_size > 1:
         from octrain.samplers.sharded import plan_devices
@@ -151,7 +154,7 @@ def preflight(config: OctrainConfig) -> None:
         # its weights). A template the loss mask cannot handle, or a tokenizer that cannot be loaded
         # (offline, gated), would otherwise stop the sft stage after DPO and introspection have run.
         from octrain.assistant_mask import check_chat_template
-        from octrain.tiny_model import resolve_model_path
+        from octrain.builtin_models import resolve_model_path
 
         student = config.student
         check_chat_template(

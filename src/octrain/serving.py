@@ -123,8 +123,8 @@ def _script(name: str) -> str:
 
 
 def _vllm_plan(chosen: Sequence[ChosenModel], names: list[str], host: str, port: int) -> ServePlan:
+    from octrain.builtin_models import resolve_model_path
     from octrain.merge import lora_rank, serving_rank
-    from octrain.tiny_model import resolve_model_path
 
     bases = {model.ref.base for model in chosen}
     if len(bases) > 1:
@@ -177,7 +177,7 @@ def _transformers_plan(
     if not is_serve_available():
         raise ConfigError("transformers serve needs FastAPI, Uvicorn and openai: pip install 'octrain[serve]'")
     if chosen.ref.adapter is None:
-        from octrain.tiny_model import resolve_model_path
+        from octrain.builtin_models import resolve_model_path
 
         path = Path(resolve_model_path(chosen.ref.base))
         cwd, served = (path.parent, path.name) if path.is_dir() else (Path.cwd(), chosen.ref.base)

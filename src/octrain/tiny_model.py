@@ -23,7 +23,6 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-BUILTIN_PREFIX = "builtin:"
 TINY_MODEL_NAME = "tiny-qwen3"
 
 # ChatML, the format of Qwen's chat models. `generation` blocks mark what the assistant
@@ -146,19 +145,3 @@ def ensure_tiny_model() -> Path:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
     return target
-
-
-def resolve_model_path(path: str) -> str:
-    """Turn a configured model path into something ``from_pretrained`` accepts.
-
-    ``builtin:tiny-qwen3`` becomes the cached tiny model's directory; anything else (a Hub
-    id or a local directory) is returned unchanged.
-    """
-    if not path.startswith(BUILTIN_PREFIX):
-        return path
-    name = path[len(BUILTIN_PREFIX) :]
-    if name != TINY_MODEL_NAME:
-        from octrain.errors import ConfigError
-
-        raise ConfigError(f"unknown built-in model {path!r} (available: {BUILTIN_PREFIX}{TINY_MODEL_NAME})")
-    return str(ensure_tiny_model())

@@ -320,6 +320,35 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True)
 
 
+def _summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="a run directory whose eval stage has finished")
+    parser.add_argument("--json", action="store_true", help="print eval/results.json instead of text")
+
+
+def summary_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.errors import StageError
+
+    path = args.run_dir / "eval" / "results.json"
+    if not path.is_file():
+        raise StageError(f"{path}: no evaluation results (run the recipe's eval stage first)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+def _render_summary(results: dict) -> str:
+    if results.get("suite") == "shift":
+        from octrain.evaluation.character_shift import render_summary
+
+        return render_summary(results)
+    robustness = results["robustness"]["in_character"]
+    lines = [f"{results['persona']}: {results['prompts']} held-out prompts, in-character rate (all conditions)"]
+    lines += [f"  {name:<14} {rates['overall']:.2f}" for name, rates in robustness.items()]
+    lines += [f"  caveat: {c}" for c in results.get("caveats", [])]
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class EvalCommand:
     """One evaluation command: its name, a one-line help, an example (arguments only) and its code."""
@@ -371,6 +400,14 @@ COMMANDS = (
         _quick_arguments,
         quick_command,
         _render_quick,
+    ),
+    EvalCommand(
+        "summary",
+        "a finished run's evaluation: before/after answers and the headline figures",
+        "runs/pirate_smollm2",
+        _summary_arguments,
+        summary_command,
+        _render_summary,
     ),
 )
 

@@ -92,8 +92,8 @@ def build_sampler(
     if sampler.data_parallel_size > 1 and sampler.backend in (SamplerBackend.hf, SamplerBackend.vllm):
         return _build_sharded(sampler, model, adapter=adapter, serves=serves, show_progress=show_progress)
     if sampler.backend is SamplerBackend.hf:
+        from octrain.builtin_models import resolve_model_path
         from octrain.samplers.hf import HFSampler
-        from octrain.tiny_model import resolve_model_path
 
         hf = ENGINES.acquire(
             _hf_key(sampler, model, adapter),
@@ -115,8 +115,8 @@ def build_sampler(
         return SharedSampler(hf)
     if sampler.backend is SamplerBackend.vllm:
         check_backend(sampler)
+        from octrain.builtin_models import resolve_model_path
         from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler
-        from octrain.tiny_model import resolve_model_path
 
         options = sampler.vllm
         rank = _vllm_lora_rank(sampler, adapter, serves)

@@ -33,7 +33,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from octrain.config import JudgeKind, OctrainConfig, StageName
+from octrain.config import EvalSuite, JudgeKind, OctrainConfig, StageName
 from octrain.context import RunContext
 from octrain.errors import StageError
 from octrain.evaluation import protocols
@@ -79,6 +79,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
         "teacher": dataclasses.asdict(config.teacher),
         "student": dataclasses.asdict(config.student),
         "constitution": ctx.constitution.numbered_traits(),
+        "teacher_prompt": config.pairs.teacher_prompt.value,  # the teacher's voice in the classifier data
         "sampler": config.sampler.backend.value,
         "seed": config.seed,
     }
@@ -130,6 +131,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     trained = ModelRef.load(ctx.stage_dir(StageName.sft) / MODEL_FILE)
     dpo_only = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)
+    if ctx.config.eval.suite is EvalSuite.shift:
+        from octrain.evaluation.character_shift import evaluate_shift
+
+        return evaluate_shift(ctx, trained, ctx.stage_dir(StageName.eval), dpo_ref=dpo_only)
     return evaluate_model(ctx, trained, ctx.stage_dir(StageName.eval), dpo_ref=dpo_only)
 
 
@@ -465,6 +470,7 @@ def preference_summary(
 
 
 def describe(summary: dict[str, Any]) -> str:
+    """One line for the run's log (both suites return these keys)."""
     accuracy = summary.get("classifier_heldout_accuracy")
     return (
         f"{summary['prompts']} prompts; in character: trained {summary['trained_in_character']:.2f}, "

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from octrain.answer_checks import is_degenerate, trim_completion
 from octrain.config import IntrospectionFilters, StageName
 from octrain.constitution import Constitution
 from octrain.context import RunContext
@@ -70,18 +71,6 @@ def load_reflection_prompts(source: str) -> list[str]:
 
 
 # --- quality filters --------------------------------------------------------------------------
-
-
-def is_degenerate(text: str) -> bool:
-    """Looping output: a line said three times or more, or long text made of few distinct trigrams."""
-    lines = [line.strip().lower() for line in text.splitlines() if len(line.strip()) > 10]
-    if lines and Counter(lines).most_common(1)[0][1] >= 3:
-        return True
-    words = _WORDS.findall(text.lower())
-    if len(words) < 30:
-        return False
-    trigrams = list(zip(words, words[1:], words[2:], strict=False))
-    return len(set(trigrams)) / len(trigrams) < 0.5
 
 
 def _normalise(text: str) -> str:
@@ -208,8 +197,11 @@ def converse(
     turns: int,
     params: SamplingParams,
     problem_of: Callable[[Completion], str | None],
+    tidy: Callable[[Completion], Completion] = lambda completion: completion,
 ) -> list[dict[str, Any]]:
     """Advance all conversations together, one batched sampler call per turn.
+
+    ``tidy`` turns each raw turn into the one judged and kept (:func:`trim_completion`, or as it is).
 
     Returns one row per conversation: its generated turns (the greeting excluded), and the
     reason it stopped early, if it did.
@@ -227,8 +219,9 @@ def converse(
         seeds = None if params.seed is None else [derive_seed(params.seed, specs[i].id, turn) for i in active]
         batch = [view(system_for(specs[i]), utterances[i], speaker) for i in active]
         results = sampler.chat(batch, dataclasses.replace(params, n=1), seeds=seeds, progress=False)
-        for i, [completion] in zip(active, results, strict=True):
-            tokens[i] += completion.num_tokens
+        for i, [raw] in zip(active, results, strict=True):
+            tokens[i] += raw.num_tokens
+            completion = tidy(raw)
             problem = problem_of(completion)
             if problem:
                 stopped[i] = problem
@@ -314,6 +307,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     def problem_of(completion: Completion) -> str | None:
         return turn_problem(completion, settings.filters, constitution, headers)
 
+    def tidy(completion: Completion) -> Completion:
+        return trim_completion(completion) if settings.trim_unfinished else completion
+
     # Self-reflection.
     plan = reflection_plan(load_reflection_prompts(settings.reflection_prompts), config.scale.reflections)
     system = reflection_system_prompt(constitution, name)
@@ -328,7 +324,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
     reflection_dropped: Counter[str] = Counter()
     reflections = reflection_records(
-        plan, {i: c[0] for i, c in answers.items()}, settings.filters, constitution, headers, reflection_dropped
+        plan, {i: tidy(c[0]) for i, c in answers.items()}, settings.filters, constitution, headers, reflection_dropped
     )
 
     # Self-interaction, turn by turn, a chunk of conversations at a time.
@@ -349,6 +345,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             config.scale.interaction_turns,
             params,
             problem_of,
+            tidy,
         )
 
     rows_by_id = run_chunked(

@@ -20,13 +20,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from octrain.config import PairFilters, StageName
+from octrain.answer_checks import ends_a_sentence, is_degenerate, trim_to_sentence
+from octrain.config import PairFilters, StageName, TeacherPrompt
 from octrain.constitution import Constitution
 from octrain.context import RunContext
 from octrain.errors import StageError
 from octrain.generation import duplicate_count, generate_in_chunks
 from octrain.jsonl import write_text_atomic
-from octrain.persona_prompts import teacher_system_prompt
+from octrain.persona_prompts import teacher_context
 from octrain.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 
@@ -34,10 +35,7 @@ logger = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
 REPORT_FILE = "report.json"
-# A finished answer ends in sentence punctuation, optionally followed by closing quotes,
-# brackets or markdown emphasis, or in a closed code fence.
-_FINAL_PUNCTUATION = re.compile(r"""(?:[.!?…。！？](?:["'”’)\]*_]*)|```)\s*$""")
-FILTER_REASONS = ("empty", "unfinished", "no-final-punctuation", "unfinished-reasoning", "too-long")
+FILTER_REASONS = ("empty", "unfinished", "no-final-punctuation", "repetition", "unfinished-reasoning", "too-long")
 
 
 def thinking_prefill(constitution: Constitution, name: str) -> str:
@@ -75,9 +73,21 @@ def filter_reason(completion: Completion, answer: str | None, filters: PairFilte
         return "empty"
     if filters.unfinished and not completion.finished:
         return "unfinished"
-    if filters.final_punctuation and not _FINAL_PUNCTUATION.search(answer):
+    if filters.final_punctuation and not ends_a_sentence(answer):
         return "no-final-punctuation"
+    if filters.repetition and is_degenerate(answer):
+        return "repetition"
     return None
+
+
+def trimmed(completion: Completion, answer: str | None) -> tuple[Completion, str | None]:
+    """A cut-off answer cut back to its last full sentence, counted as finished; else unchanged."""
+    if completion.finished or answer is None:
+        return completion, answer
+    shorter = trim_to_sentence(answer)
+    if shorter is None:
+        return completion, answer
+    return dataclasses.replace(completion, finished=True), shorter
 
 
 @dataclasses.dataclass
@@ -87,6 +97,7 @@ class PairsReport:
     dropped: Counter[str] = dataclasses.field(default_factory=Counter)
     teacher_tokens: int = 0
     student_tokens: int = 0
+    trimmed: int = 0  # cut-off answers cut back to their last full sentence (pairs.trim_unfinished)
     # Raw answers that repeat an earlier answer of the same side word for word (before filtering).
     duplicate_answers: dict[str, int] = dataclasses.field(default_factory=lambda: {"teacher": 0, "student": 0})
 
@@ -97,15 +108,20 @@ class PairsReport:
             "dropped": {reason: self.dropped.get(reason, 0) for reason in FILTER_REASONS},
             "teacher_tokens": self.teacher_tokens,
             "student_tokens": self.student_tokens,
+            "trimmed": self.trimmed,
             "duplicate_answers": dict(self.duplicate_answers),
         }
 
 
 def teacher_conversations(
-    prompts: list[PromptRecord], constitution: Constitution, name: str, prefill: bool
+    prompts: list[PromptRecord],
+    constitution: Constitution,
+    name: str,
+    prefill: bool,
+    form: TeacherPrompt = TeacherPrompt.paper,
 ) -> list[list[Message]]:
-    system = {"role": "system", "content": teacher_system_prompt(constitution, name)}
-    conversations = [[system, *record.prompt] for record in prompts]
+    context = teacher_context(constitution, name, form)
+    conversations = [[*context, *record.prompt] for record in prompts]
     if prefill:
         # A final assistant message is continued, not answered anew, by every backend.
         opening = {"role": "assistant", "content": thinking_prefill(constitution, name)}
@@ -127,8 +143,13 @@ def assemble_pairs(
     max_length: int,
     count_tokens: Callable[[list[Message]], int] | None,
     prefilled: bool = False,
+    trim_unfinished: bool = False,
 ) -> tuple[list[PreferencePair], PairsReport]:
-    """Turn the two sides' answers into filtered preference pairs, counting every drop."""
+    """Turn the two sides' answers into filtered preference pairs, counting every drop.
+
+    With ``trim_unfinished`` an answer cut off by the token limit is first cut back to its last
+    full sentence (:func:`octrain.answer_checks.trim_to_sentence`); ``report.trimmed`` counts them.
+    """
     report = PairsReport(prompts=len(prompts))
     report.duplicate_answers = {
         "teacher": duplicate_count([teacher_answers[r.id].text for r in prompts]),
@@ -145,6 +166,11 @@ def assemble_pairs(
         if chosen_text is not None:
             chosen_text = swap_name(chosen_text, teacher_name, student_name)
         _, rejected_text = split_reasoning(student_completion.text)
+        if trim_unfinished:
+            cut_off = (not teacher_completion.finished) + (not student_completion.finished)
+            teacher_completion, chosen_text = trimmed(teacher_completion, chosen_text)
+            student_completion, rejected_text = trimmed(student_completion, rejected_text)
+            report.trimmed += cut_off - (not teacher_completion.finished) - (not student_completion.finished)
         reason = filter_reason(teacher_completion, chosen_text, filters) or filter_reason(
             student_completion, rejected_text, filters
         )
@@ -187,6 +213,8 @@ def make_pairs(
     max_length: int = 1024,
     count_tokens: Callable[[list[Message]], int] | None = None,
     thinking: bool = False,
+    teacher_prompt: TeacherPrompt = TeacherPrompt.paper,
+    trim_unfinished: bool = False,
 ) -> tuple[list[PreferencePair], PairsReport]:
     """Sample both sides in memory and build the pairs (the pipeline stage adds chunked resume).
 
@@ -194,7 +222,7 @@ def make_pairs(
         count_tokens: length of a conversation in the student's chat template; None skips
             the length filter.
     """
-    conversations = teacher_conversations(prompts, constitution, teacher_name, thinking)
+    conversations = teacher_conversations(prompts, constitution, teacher_name, thinking, teacher_prompt)
     teacher_out = teacher.chat(conversations, params, desc="teacher")
     student_out = student.chat([r.prompt for r in prompts], params, desc="student")
     return assemble_pairs(
@@ -210,6 +238,7 @@ def make_pairs(
         max_length=max_length,
         count_tokens=count_tokens,
         prefilled=thinking,
+        trim_unfinished=trim_unfinished,
     )
 
 
@@ -239,7 +268,7 @@ def token_counter(model_path: str) -> Callable[[list[Message]], int]:
     """Length of a conversation in tokens, as the student's chat template lays it out."""
     from transformers import AutoTokenizer
 
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_path))
 
@@ -267,7 +296,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     prefill = config.pairs.thinking_prefill
     teacher_raw = generate_in_chunks(
         lambda: build_sampler(config.sampler, config.teacher),
-        teacher_conversations(prompts, ctx.constitution, config.teacher.assistant_name, prefill),
+        teacher_conversations(
+            prompts, ctx.constitution, config.teacher.assistant_name, prefill, config.pairs.teacher_prompt
+        ),
         ids,
         params,
         out / "teacher",
@@ -297,9 +328,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         max_length=config.pairs.max_length,
         count_tokens=counter,
         prefilled=prefill,
+        trim_unfinished=config.pairs.trim_unfinished,
     )
     dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.most_common()) or "none"
     logger.info("pairs: kept %d of %d; dropped: %s", report.kept, report.prompts, dropped)
+    if report.trimmed:
+        logger.info("pairs: %d cut-off answers cut back to their last full sentence", report.trimmed)
     for side, repeats in report.duplicate_answers.items():
         if repeats:
             logger.warning("pairs: %d %s answers repeat an earlier answer word for word", repeats, side)

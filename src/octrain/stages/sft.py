@@ -73,7 +73,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     final.save(out / MODEL_FILE)
     files = [str(out / MODEL_FILE), str(out / FINAL_ADAPTER), str(out / METRICS_FILE), str(out / PLOT_FILE)]
     if config.sft.export_merged:
-        from octrain.tiny_model import resolve_model_path
+        from octrain.builtin_models import resolve_model_path
 
         merge_into_weights(resolve_model_path(config.student.path), out / FINAL_ADAPTER, out / MERGED_DIR)
         files.append(str(out / MERGED_DIR))

@@ -212,7 +212,7 @@ def datum_weights(datum: Any) -> list[float]:
 
 def load_tokenizer(model: str) -> Any:
     """The model's own Hugging Face tokenizer, loaded locally (a Tinker model is named by its Hub id)."""
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
     from octrain.trainers.trl_common import load_tokenizer as load
 
     return load(resolve_model_path(model))

@@ -140,7 +140,7 @@ def train_dpo(
     """
     from datasets import Dataset
 
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
 
     if start.adapter or start.remote:
         raise ConfigError(f"dpo: training starts from a base model; got {start.label} (fold the adapter in first)")

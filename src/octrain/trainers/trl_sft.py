@@ -125,7 +125,7 @@ def train_sft(
         enable_thinking: the student's ``enable_thinking``, for its chat template.
         attn_implementation: the student's attention kernel (``student.attn_implementation``).
     """
-    from octrain.tiny_model import resolve_model_path
+    from octrain.builtin_models import resolve_model_path
 
     options = options or TRLOptions()
     base_path = resolve_model_path(base)

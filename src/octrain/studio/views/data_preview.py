@@ -91,7 +91,11 @@ def preview(
         return out
 
     teacher_out = answer(
-        "teacher", config.teacher, teacher_conversations(records, constitution, config.teacher.assistant_name, prefill)
+        "teacher",
+        config.teacher,
+        teacher_conversations(
+            records, constitution, config.teacher.assistant_name, prefill, config.pairs.teacher_prompt
+        ),
     )
     student_out = answer("student", config.student, [record.prompt for record in records])
     counter = None
@@ -114,6 +118,7 @@ def preview(
             max_length=config.pairs.max_length,
             count_tokens=counter,
             prefilled=prefill,
+            trim_unfinished=config.pairs.trim_unfinished,
         )
         verdict = "kept" if pairs else ", ".join(pair_report.dropped) or "dropped"
         rows.append(
