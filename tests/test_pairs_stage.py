@@ -105,7 +105,7 @@ def test_every_filter_counts_its_drops() -> None:
         "p2": completion("Cut off mid", finished=False),  # hit max_new_tokens
         "p3": completion("No closing punctuation"),
         "p4": completion("<think>never closed"),  # reasoning without an answer
-        "p5": completion("word " * 50 + "end."),  # too long
+        "p5": completion(" ".join(f"word{i}" for i in range(50)) + " end."),  # too long
         "p6": completion('Quoted ending."**'),
     }
     student = {key: completion("Plain reply.") for key in teacher}
@@ -128,12 +128,13 @@ def test_every_filter_counts_its_drops() -> None:
         "empty": 1,
         "unfinished": 2,
         "no-final-punctuation": 1,
+        "repetition": 0,
         "unfinished-reasoning": 1,
         "too-long": 1,
     }
     assert report.kept == 1 and report.prompts == 7
     # With every filter off only the unfinished thought still goes: there is no answer to keep.
-    off = PairFilters(empty=False, unfinished=False, final_punctuation=False, too_long=False)
+    off = PairFilters(empty=False, unfinished=False, final_punctuation=False, too_long=False, repetition=False)
     pairs, report = assemble_pairs(
         prompts,
         teacher,

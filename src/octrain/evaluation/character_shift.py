@@ -64,8 +64,7 @@ MIN_CLASSIFIER_HELDOUT = 40
 MIN_RELEVANCE_ACCURACY = 0.75
 MIN_JUDGE_ACCURACY = 0.75
 MIN_PROMPTS = 30  # below this the report says the rates are too uncertain to compare
-OTHER_PROMPTS = 1  # wrong prompts each answer is also scored under, for the relevance figure
-JUDGE_CHECK_PROMPTS = 24  # x 2 orders: enough to tell a judge at chance from one at 75%+
+JUDGE_CHECK_PROMPTS = 16  # x 2 orders: 32 verdicts tell a judge at chance from one at 75%+
 EXAMPLES = 3  # before/after answers shown: the first held-out prompts, never picked by outcome
 
 
@@ -132,31 +131,33 @@ def pairs_classifier(pairs: Sequence[PreferencePair], persona: str, *, holdout: 
 
 # --- 3. relevance by pointwise mutual information ---------------------------------------------
 
+# The prompt an answer's likelihood is compared against: asks for nothing in particular, so an answer
+# is likelier after its own prompt than after this one only when the prompt explains what it says.
+NEUTRAL_PROMPT = "Say something."
 
-def other_prompt_indices(count: int, others: int, seed: int) -> list[list[int]]:
-    """For each prompt, ``others`` different prompts' indices (a fixed random choice)."""
-    rng = random.Random(seed)
-    chosen = []
-    for index in range(count):
-        pool = [j for j in range(count) if j != index]
-        chosen.append(rng.sample(pool, min(others, len(pool))))
-    return chosen
+
+def derangement(count: int, seed: int) -> list[int]:
+    """For each prompt, another prompt's index (no index maps to itself): whose answer it is paired with."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    # Each position takes the next one's value along a random cycle through all positions.
+    mapping = [0] * count
+    for position, index in enumerate(order):
+        mapping[index] = order[(position + 1) % count]
+    return mapping
 
 
 def relevance_margins(
-    scorer: LikelihoodScorer, prompts: Sequence[str], answers: Sequence[str], others: list[list[int]]
+    scorer: LikelihoodScorer, prompts: Sequence[str], answers: Sequence[str], own: Sequence[float] | None = None
 ) -> list[float]:
-    """Per answer: log p(answer | its prompt) minus the mean over its other prompts (base model)."""
-    own = scorer.score(prompts, answers)
-    flat_prompts = [prompts[j] for i in range(len(answers)) for j in others[i]]
-    flat_answers = [answers[i] for i in range(len(answers)) for _ in others[i]]
-    elsewhere = scorer.score(flat_prompts, flat_answers)
-    margins, position = [], 0
-    for i, score in enumerate(own):
-        wrong = elsewhere[position : position + len(others[i])]
-        position += len(others[i])
-        margins.append(score.logprob - mean([w.logprob for w in wrong]))
-    return margins
+    """Per answer: log p(answer | prompt) - log p(answer | :data:`NEUTRAL_PROMPT`), summed over its tokens.
+
+    ``own`` gives the first term when it is already known (the same scorer, prompts and answers).
+    """
+    if own is None:
+        own = [score.logprob for score in scorer.score(prompts, answers)]
+    neutral = scorer.score([NEUTRAL_PROMPT] * len(answers), answers)
+    return [o - n.logprob for o, n in zip(own, neutral, strict=True)]
 
 
 # --- 4. the judge's check ---------------------------------------------------------------------
@@ -265,38 +266,52 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
             )
 
     # 2 and 3: likelihoods. The base model first (it is the relevance instrument), then each trained model.
-    others = other_prompt_indices(len(prompts), OTHER_PROMPTS, seed)
-    shuffled = [answers["base"][others[i][0]] for i in range(len(prompts))]  # another prompt's answer
     margins: dict[str, list[float]] = {}
-    relevance: dict[str, Any] = {"rates": {}}
+    relevance_margin: dict[str, list[float]] = {}
     for name, ref in models.items():
         if name not in answers:
             continue
+        logger.info("eval: scoring answers' likelihood under the %s model", name)
         scorer = LikelihoodScorer(ref or ModelRef(base=config.student.path), batch_size=config.sampler.hf.batch_size)
         try:
             teacher_scores = scorer.score(prompts, answers["teacher"])
             plain_scores = scorer.score(prompts, answers["base"])
             margins[name] = [t.per_token - p.per_token for t, p in zip(teacher_scores, plain_scores, strict=True)]
             if name == "base":
-                relevance_margin = {
-                    who: relevance_margins(scorer, prompts, answers[who], others)
-                    for who in ("base", "final", "teacher")
-                }
-                mismatched = relevance_margins(scorer, prompts, shuffled, others)
+                relevance_margin["base"] = relevance_margins(
+                    scorer, prompts, answers["base"], [s.logprob for s in plain_scores]
+                )
+                relevance_margin["teacher"] = relevance_margins(
+                    scorer, prompts, answers["teacher"], [s.logprob for s in teacher_scores]
+                )
+                relevance_margin["final"] = relevance_margins(scorer, prompts, answers["final"])
+                # The labelled control: each base answer under another prompt, which it does not answer.
+                partner = derangement(len(prompts), seed)
+                moved = [answers["base"][partner[i]] for i in range(len(prompts))]
+                wrong_own = [s.logprob for s in scorer.score(prompts, moved)]
+                # log p(answer | neutral prompt) of each base answer, from its margin: own - margin.
+                neutral = [o.logprob - m for m, o in zip(relevance_margin["base"], plain_scores, strict=True)]
+                mismatched = [w - neutral[partner[i]] for i, w in enumerate(wrong_own)]
         finally:
             scorer.close()
     matched_ok = sum(m > 0 for m in relevance_margin["base"])
     mismatched_ok = sum(m <= 0 for m in mismatched)
     balanced = (matched_ok / len(prompts) + mismatched_ok / len(prompts)) / 2
-    relevance["instrument"] = {
-        "scored_by": "the base model: log p(answer | its prompt) > log p(answer | another held-out prompt)",
-        "base_answers_on_topic": Rate(matched_ok, len(prompts)).to_json(),
-        "wrong_prompt_answers_off_topic": Rate(mismatched_ok, len(prompts)).to_json(),
-        "balanced_accuracy": balanced,
-        "passes_check": balanced >= MIN_RELEVANCE_ACCURACY,
+    relevance: dict[str, Any] = {
+        "instrument": {
+            "scored_by": (
+                f"the base model: an answer is on topic when log p(answer | its prompt) > "
+                f"log p(answer | {NEUTRAL_PROMPT!r})"
+            ),
+            "base_answers_on_topic": Rate(matched_ok, len(prompts)).to_json(),
+            "wrong_prompt_answers_off_topic": Rate(mismatched_ok, len(prompts)).to_json(),
+            "balanced_accuracy": balanced,
+            "passes_check": balanced >= MIN_RELEVANCE_ACCURACY,
+        },
+        "rates": {
+            who: Rate(sum(m > 0 for m in values), len(values)).to_json() for who, values in relevance_margin.items()
+        },
     }
-    for who, values in relevance_margin.items():
-        relevance["rates"][who] = Rate(sum(m > 0 for m in values), len(values)).to_json()
     toward_teacher: dict[str, Any] = {
         "measure": "mean log-prob per token of the teacher's in-character answer minus the base model's plain answer",
         "margin": {name: mean(values) for name, values in margins.items()},
@@ -313,7 +328,10 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
     # 4. The judge's check.
     judge_params = SamplingParams.from_config(settings.judge_sampling, seed=seed)
     requests, truth = judge_requests(
-        prompts[:JUDGE_CHECK_PROMPTS], answers["teacher"], answers["base"], judge_criterion(constitution)
+        prompts[:JUDGE_CHECK_PROMPTS],
+        answers["teacher"][:JUDGE_CHECK_PROMPTS],
+        answers["base"][:JUDGE_CHECK_PROMPTS],
+        judge_criterion(constitution),
     )
     with LazyModel(lambda: build_judge(config)) as judge:
         replies = answers_in_chunks(
