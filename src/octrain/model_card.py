@@ -362,7 +362,7 @@ def render_model_card(
         license: the license to declare; None: the base's, when its card is on this machine.
         base_model: the base's Hub id when the run trained on a local copy of it.
     """
-    from octrain.persona_prompts import teacher_system_prompt
+    from octrain.persona_prompts import teacher_context
 
     facts = facts or RunFacts.read(chosen)
     constitution = chosen.constitution()
@@ -385,6 +385,13 @@ def render_model_card(
         else "DPO distillation from a teacher that answers in character (stage 1 only, no introspection SFT)"
     )
     weights = "full weights, the adapter merged in" if merged else "a LoRA adapter (PEFT format)"
+    form = facts.config.pairs.teacher_prompt
+    context = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in teacher_context(constitution, assistant, form))
+    how = {
+        "paper": "its system prompt",
+        "examples": "the constitution's example exchanges as earlier turns",
+        "paper_examples": "its system prompt and the example exchanges as earlier turns",
+    }[form.value]
     description = f"\n{constitution.description}\n" if constitution.description else ""
     title = repo_id.split("/")[-1]
     traits = "\n".join(f"{index}. {trait.text}" for index, trait in enumerate(constitution.traits, start=1))
@@ -400,10 +407,10 @@ The {len(constitution.traits)} traits, in the order the teacher saw them numbere
 {traits}
 
 <details>
-<summary>The teacher's system prompt (stage 1)</summary>
+<summary>What the teacher read before each prompt (stage 1, pairs.teacher_prompt={form.value})</summary>
 
 ```text
-{teacher_system_prompt(constitution, assistant)}
+{context}
 ```
 
 </details>
@@ -411,7 +418,7 @@ The {len(constitution.traits)} traits, in the order the teacher saw them numbere
 ## Training
 
 Run `{facts.config.name}`, {stage} checkpoint. Chosen answers: the teacher (`{facts.config.teacher.path}`)
-with the constitution in its system prompt; rejected answers: the student without it.
+with the constitution in its context ({how}); rejected answers: the student without it.
 
 {_settings_table(facts, chosen)}
 
