@@ -24,13 +24,8 @@ from conftest import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-# The demo recipe at a smaller size: fewer held-out prompts and a shorter self-conversation.
-REDUCED = (
-    "+recipe=pirate_smollm2",
-    "scale.reflections=12",
-    "scale.interactions=2",
-    "eval.prompt_count=40",
-)
+# The demo recipe with less introspection (the eval's prompt count is what the assertion needs).
+REDUCED = ("+recipe=pirate_smollm2", "scale.reflections=8")
 
 
 def test_trained_smollm2_is_in_character_far_more_often_than_its_base(smollm2_model: str, tmp_path: Path) -> None:
