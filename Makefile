@@ -8,7 +8,7 @@ STAMP := $(VENV)/.octrain-installed
 RECIPE ?= pirate_smollm2
 RUN_ROOT ?= runs
 
-.PHONY: install model demo test test-slow test-all test-vllm test-browser lint format bench bench-gpu bench-gpu-smoke wheels-gpu-bench clean
+.PHONY: install model demo test test-slow test-all test-vllm test-browser lint format bench bench-smollm2 sweep-smollm2 bench-gpu bench-gpu-smoke wheels-gpu-bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,14 @@ test-browser: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# The real model on this machine's CPU: sampling, prefill, DPO against raw TRL, SFT (about 5 minutes on 2 cores),
+# and the sweep behind recipes/pirate_smollm2.yaml (about 20 minutes). Figures: BENCHMARKS.md.
+bench-smollm2: model
+	$(BIN)/python benchmarks/smollm2.py --out benchmarks/smollm2.json
+
+sweep-smollm2: model
+	$(BIN)/python benchmarks/smollm2_sweep.py --out runs/smollm2_sweep.json
 
 # LoRA DPO/SFT tokens/s, MFU and peak memory on a random-weight Qwen3-4B (BENCHMARKS.md): 5-7 min on one
 # H100/H200. The smoke mode runs the same code on the tiny shape on the CPU in about a minute.

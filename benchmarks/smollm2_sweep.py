@@ -11,6 +11,10 @@ on the student side:
 * ``dpo``: the recipe's prompts and pairs once, then DPO at each learning rate x epochs (a Hydra
   sweep: the pairs are sampled once and reused), and each adapter's answers probed the same way.
 
+Each cell also reports ``on_topic``: the share of its answers that the base model finds likelier
+after their own prompt than after a neutral one (the eval stage's relevance instrument), since a
+setting that makes every answer pirate speech and none of them an answer is no win.
+
 The probe is a transparent word list (``arr``, ``ahoy``, ``matey``, ``ye``, ...): a tuning aid
 that is cheap enough to run on every cell of the sweep, not the evaluation's instrument (that is
 the eval stage's classifier, with its own check). Figures are for the machine that runs it;
@@ -51,6 +55,21 @@ def probe(texts: list[str]) -> dict[str, Any]:
     }
 
 
+def on_topic(prompts: list[str], texts: list[str]) -> float:
+    """Share of answers the base model finds likelier after their prompt than after a neutral one (the eval's
+    relevance instrument, octrain.evaluation.character_shift)."""
+    from octrain.evaluation.answer_likelihood import LikelihoodScorer
+    from octrain.evaluation.character_shift import relevance_margins
+    from octrain.records import ModelRef
+
+    scorer = LikelihoodScorer(ModelRef(base=MODEL))
+    try:
+        margins = relevance_margins(scorer, prompts, texts)
+    finally:
+        scorer.close()
+    return sum(m > 0 for m in margins) / len(margins)
+
+
 def answers(adapter: str | None, conversations: list[list[dict[str, str]]], new_tokens: int) -> list[str]:
     from octrain.builtin_models import resolve_model_path
     from octrain.samplers.base import SamplingParams
@@ -75,7 +94,8 @@ def teacher_forms(prompts: list[str], new_tokens: int) -> dict[str, Any]:
         context = [] if form == "none" else teacher_context(constitution, "SmolLM", TeacherPrompt(form))
         started = time.perf_counter()
         texts = answers(None, [[*context, {"role": "user", "content": p}] for p in prompts], new_tokens)
-        results[form] = {**probe(texts), "seconds": round(time.perf_counter() - started, 1), "first": texts[0]}
+        seconds = round(time.perf_counter() - started, 1)
+        results[form] = {**probe(texts), "on_topic": on_topic(prompts, texts), "seconds": seconds, "first": texts[0]}
         print(f"teacher form {form:<15} {results[form]}", flush=True)
     return results
 
@@ -92,14 +112,20 @@ def dpo_sweep(prompts: list[str], new_tokens: int, run_root: Path) -> dict[str, 
     subprocess.run([sys.executable, "-m", "octrain", "-m", *overrides], cwd=REPO, check=True)
     print(f"sweep trained in {time.perf_counter() - started:.0f}s", flush=True)
     conversations = [[{"role": "user", "content": p}] for p in prompts]
-    results: dict[str, Any] = {"base": probe(answers(None, conversations, new_tokens))}
+    base = answers(None, conversations, new_tokens)
+    results: dict[str, Any] = {"base": {**probe(base), "on_topic": on_topic(prompts, base)}}
     for job in sorted((run_root / "pirate_smollm2-sweep").iterdir()):
         adapter = job / "dpo" / "adapter"
         if not adapter.is_dir():
             continue
         done = json.loads((job / "dpo" / "done.json").read_text())
         texts = answers(str(adapter), conversations, new_tokens)
-        results[job.name] = {**probe(texts), "dpo_seconds": round(done["seconds"], 1), "first": texts[0]}
+        results[job.name] = {
+            **probe(texts),
+            "on_topic": on_topic(prompts, texts),
+            "dpo_seconds": round(done["seconds"], 1),
+            "first": texts[0],
+        }
         print(f"{job.name:<45} {results[job.name]}", flush=True)
     return results
 

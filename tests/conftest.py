@@ -29,6 +29,14 @@ def octrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache of the test's own: what CI sees, whatever this machine has fetched into ~/.cache/octrain."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("OCTRAIN_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def smollm2_model(octrain_cache: Path) -> str:
     """``builtin:smollm2-135m-instruct``, linked into the session's cache from the one ``make model`` filled.

@@ -35,14 +35,6 @@ SMOLLM2_REF = "builtin:smollm2-135m-instruct"
 FETCH_SMOLLM2 = "octrain models fetch smollm2-135m-instruct"
 
 
-@pytest.fixture
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty cache: what CI sees, whatever this machine has fetched into ~/.cache/octrain."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("OCTRAIN_CACHE_DIR", str(cache))
-    return cache
-
-
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("packaged") / "tiny-chat.Q8_0.gguf")

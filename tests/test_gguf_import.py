@@ -145,13 +145,6 @@ def _assert_same_model(folder: Path, source: Path) -> None:
         torch.testing.assert_close(logits, reference, atol=0.1, rtol=0.05)
 
 
-@pytest.fixture
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("OCTRAIN_CACHE_DIR", str(cache))
-    return cache
-
-
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf-src") / "tiny-chat.gguf")

@@ -85,17 +85,17 @@ def test_pairs_trim_cut_off_answers_and_drop_loops() -> None:
         "p2": Completion("Fine.", 2, True),
     }
 
-    def build(trim: bool):
+    def build(trim: bool, answers: dict[str, Completion] = teacher, filters: PairFilters | None = None, keep=records):
         return assemble_pairs(
-            records,
-            teacher,
+            keep,
+            answers,
             student,
             constitution=PIRATE,
             teacher="T",
             student="S",
             teacher_name="A",
             student_name="A",
-            filters=PairFilters(),
+            filters=filters or PairFilters(),
             max_length=100,
             count_tokens=None,
             trim_unfinished=trim,
@@ -111,19 +111,7 @@ def test_pairs_trim_cut_off_answers_and_drop_loops() -> None:
     assert untrimmed.kept == 1 and untrimmed.dropped["unfinished"] == 2 and untrimmed.trimmed == 0
     filters = PairFilters(unfinished=False, final_punctuation=False)
     looping = {**teacher, "p1": Completion("Arr arr arr arr arr arr arr arr arr arr " * 4, 40, True)}
-    _, report = assemble_pairs(
-        records[1:2],
-        looping,
-        student,
-        constitution=PIRATE,
-        teacher="T",
-        student="S",
-        teacher_name="A",
-        student_name="A",
-        filters=filters,
-        max_length=100,
-        count_tokens=None,
-    )
+    _, report = build(trim=False, answers=looping, filters=filters, keep=records[1:2])
     assert report.dropped == {"repetition": 1}
 
 
