@@ -177,6 +177,7 @@ def evaluate(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return json.loads((run_dir / "eval" / "results.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow  # a tiny run trained, then the stage with real likelihoods: ~25 s, in the lane CI runs next
 def test_the_shift_suite_recovers_the_rigging_and_drops_what_fails_its_check(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,6 +201,7 @@ def test_the_shift_suite_recovers_the_rigging_and_drops_what_fails_its_check(
     assert len(results["examples"]) == 3 and "final:" in render_summary(results)
 
 
+@pytest.mark.slow
 def test_a_judge_at_chance_is_reported_and_used_for_nothing(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
