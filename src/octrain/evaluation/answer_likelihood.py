@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from octrain.records import ModelRef
 
@@ -104,7 +103,3 @@ class LikelihoodScorer:
 
         del self.model
         gc.collect()
-
-
-def load_scorer(ref: ModelRef, **options: Any) -> LikelihoodScorer:
-    return LikelihoodScorer(ref, **options)

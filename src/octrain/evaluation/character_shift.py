@@ -156,8 +156,12 @@ def relevance_margins(
     """
     if own is None:
         own = [score.logprob for score in scorer.score(prompts, answers)]
-    neutral = scorer.score([NEUTRAL_PROMPT] * len(answers), answers)
-    return [o - n.logprob for o, n in zip(own, neutral, strict=True)]
+    return [o - n for o, n in zip(own, neutral_logprobs(scorer, answers), strict=True)]
+
+
+def neutral_logprobs(scorer: LikelihoodScorer, answers: Sequence[str]) -> list[float]:
+    """log p(answer | :data:`NEUTRAL_PROMPT`) of each answer, summed over its tokens."""
+    return [score.logprob for score in scorer.score([NEUTRAL_PROMPT] * len(answers), answers)]
 
 
 # --- 4. the judge's check ---------------------------------------------------------------------
@@ -200,7 +204,7 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
     from octrain.persona_prompts import teacher_context
     from octrain.samplers import build_sampler
     from octrain.stages.evaluate import build_judge, training_prompts
-    from octrain.stages.pairs import PAIRS_FILE
+    from octrain.stages.pairs import PAIRS_FILE, swap_name
 
     config, constitution = ctx.config, ctx.constitution
     settings = config.eval
@@ -248,8 +252,6 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
             answers[name] = answer(model, plain_conversations, name)
     with LazyModel(lambda: build_sampler(config.sampler, config.teacher)) as teacher:
         answers["teacher"] = answer(teacher, teacher_conversations, "teacher")
-    from octrain.stages.pairs import swap_name
-
     answers["teacher"] = [
         swap_name(a, config.teacher.assistant_name, config.student.assistant_name) for a in answers["teacher"]
     ]
@@ -278,9 +280,8 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
             plain_scores = scorer.score(prompts, answers["base"])
             margins[name] = [t.per_token - p.per_token for t, p in zip(teacher_scores, plain_scores, strict=True)]
             if name == "base":
-                relevance_margin["base"] = relevance_margins(
-                    scorer, prompts, answers["base"], [s.logprob for s in plain_scores]
-                )
+                base_neutral = neutral_logprobs(scorer, answers["base"])
+                relevance_margin["base"] = [o.logprob - n for o, n in zip(plain_scores, base_neutral, strict=True)]
                 relevance_margin["teacher"] = relevance_margins(
                     scorer, prompts, answers["teacher"], [s.logprob for s in teacher_scores]
                 )
@@ -289,9 +290,7 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
                 partner = derangement(len(prompts), seed)
                 moved = [answers["base"][partner[i]] for i in range(len(prompts))]
                 wrong_own = [s.logprob for s in scorer.score(prompts, moved)]
-                # log p(answer | neutral prompt) of each base answer, from its margin: own - margin.
-                neutral = [o.logprob - m for m, o in zip(relevance_margin["base"], plain_scores, strict=True)]
-                mismatched = [w - neutral[partner[i]] for i, w in enumerate(wrong_own)]
+                mismatched = [w - base_neutral[partner[i]] for i, w in enumerate(wrong_own)]
         finally:
             scorer.close()
     matched_ok = sum(m > 0 for m in relevance_margin["base"])
