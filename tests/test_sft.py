@@ -109,6 +109,18 @@ def test_sequential_final_adapter_is_dpo_then_sft(pipeline_run: Path, tiny_model
     assert summary["mode"] == "sequential" and summary["steps"] >= 1
 
 
+def test_stage_summaries_say_when_a_run_is_too_short(pipeline_run: Path) -> None:
+    """Each training stage's done.json counts its optimizer steps and, under SHORT_RUN_STEPS, carries the note."""
+    from octrain.trainers.schedule import SHORT_RUN_STEPS
+    from octrain.training_report import few_steps_note, read_summary
+
+    for stage in ("dpo", "sft"):
+        summary = json.loads((pipeline_run / stage / "done.json").read_text())["summary"]
+        assert summary["steps"] == read_summary(pipeline_run / stage)["optimizer_steps"] >= 1
+        assert summary.get("note") == few_steps_note(summary["steps"])
+        assert ("note" in summary) == (summary["steps"] < SHORT_RUN_STEPS)
+
+
 def test_final_adapter_carries_the_tokenizer(pipeline_run: Path, tiny_model_path: str) -> None:
     from peft import PeftConfig
     from transformers import AutoTokenizer

@@ -24,7 +24,7 @@ import torch
 from octrain.config import DpoStageConfig, LoraSettings, SftStageConfig, TinkerOptions
 from octrain.errors import ConfigError
 from octrain.records import Conversation, ModelRef, PreferencePair, save_records
-from octrain.trainers import tinker_common
+from octrain.trainers import schedule, tinker_common
 from tinker_fake import FakeService, Killed, target_logprobs
 
 TINY = "builtin:tiny-qwen3"
@@ -134,47 +134,25 @@ def test_reference_is_scored_on_the_policy_s_sequences(trained: Any) -> None:
 
 
 def test_adam_settings_and_schedule_are_the_method_s(trained: Any) -> None:
-    from transformers import get_scheduler
-
     _, service, _, _ = trained
     assert len(service.optim_params) == 3
     for params in service.optim_params:
         assert (params.beta1, params.beta2, params.eps) == (0.9, 0.98, 1e-8)
         assert (params.weight_decay, params.grad_clip_norm) == (0.0, 1.0)
-    # transformers' own cosine_with_min_lr schedule, as the TRL backend configures it, step for step.
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=CONFIG.learning_rate)
-    schedule = get_scheduler(
-        "cosine_with_min_lr",
-        optimizer,
-        num_warmup_steps=math.ceil(3 * CONFIG.warmup_ratio),
-        num_training_steps=3,
-        scheduler_specific_kwargs={"min_lr_rate": CONFIG.min_lr_ratio},
-    )
-    expected = []
-    for _ in range(3):
-        expected.append(schedule.get_last_lr()[0])
-        optimizer.step()
-        schedule.step()
-    assert [p.learning_rate for p in service.optim_params] == pytest.approx(expected, rel=1e-12)
-
-
-def test_schedule_matches_transformers_over_a_long_run() -> None:
-    from transformers import get_scheduler
-
-    for name, kwargs, floor in (("cosine_with_min_lr", {"min_lr_rate": 0.1}, 0.1), ("cosine", {}, 0.0)):
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-5)
-        schedule = get_scheduler(
-            name,
-            optimizer,
-            num_warmup_steps=math.ceil(47 * 0.1),
-            num_training_steps=47,
-            scheduler_specific_kwargs=kwargs,
+    # octrain's schedule (the TRL backend's too: test_schedule.py), step for step: 3 steps are too few to
+    # warm up, so the first trains at the peak and the cosine decays towards min_lr_ratio x the peak.
+    expected = [
+        schedule.learning_rate(
+            step,
+            total_steps=3,
+            peak=CONFIG.learning_rate,
+            warmup_ratio=CONFIG.warmup_ratio,
+            min_ratio=CONFIG.min_lr_ratio,
         )
-        for step in range(47):
-            ours = tinker_common.learning_rate(step, total_steps=47, peak=5e-5, warmup_ratio=0.1, min_ratio=floor)
-            assert ours == pytest.approx(schedule.get_last_lr()[0], rel=1e-12, abs=1e-18)
-            optimizer.step()
-            schedule.step()
+        for step in range(3)
+    ]
+    assert [p.learning_rate for p in service.optim_params] == pytest.approx(expected, rel=1e-12)
+    assert service.optim_params[0].learning_rate == CONFIG.learning_rate
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(
@@ -400,7 +378,7 @@ def test_sft_continues_from_the_dpo_state(key: None, pairs_file: Path, tiny_mode
     for params in service.optim_params:  # transformers' AdamW defaults, as the TRL SFT stage has them
         assert (params.beta1, params.beta2, params.eps, params.grad_clip_norm) == (0.9, 0.999, 1e-8, 1.0)
     first = rows(tmp_path / "sft")[0]
-    assert first["loss"] > 0 and first["learning_rate"] == 0.0  # warmup: transformers' first step has LR 0
+    assert first["loss"] > 0 and first["learning_rate"] == SFT_CONFIG.learning_rate  # 2 steps: no warmup
 
 
 def test_sft_first_loss_is_the_mean_over_trained_tokens(key: None, tiny_model_path: str, tmp_path: Path) -> None:
@@ -427,6 +405,46 @@ def test_sft_first_loss_is_the_mean_over_trained_tokens(key: None, tiny_model_pa
             nll -= float((target_logprobs(base, ids[:-1], ids[1:]) * mask).sum())
             count += int(mask.sum())
     assert rows(tmp_path / "sft")[0]["loss"] == pytest.approx(nll / count, rel=1e-5)
+
+
+# ---- runs too short to warm up (scale=smoke) -------------------------------------------------
+
+ONE_STEP_NOTE = "1 optimizer step: too few for the loss curve to mean much"
+
+
+def test_a_one_step_dpo_run_trains(key: None, tiny_model_path: str, tmp_path: Path) -> None:
+    """Fewer pairs than one batch of 32, as at scale=smoke: the one step trains at the peak LR, not at 0."""
+    from octrain.trainers.tinker_dpo import train_dpo
+
+    save_records(tmp_path / "pairs.jsonl", pairs(16))
+    config = DpoStageConfig(lora=LoraSettings(rank=4, alpha=8), max_length=128)  # batch 32, warmup 0.1, LR 5e-5
+    service = FakeService([TINY])
+    result = train_dpo(
+        tmp_path / "pairs.jsonl", ModelRef(base=TINY), tmp_path / "dpo", config, OPTIONS, service=service
+    )
+    assert [p.learning_rate for p in service.optim_params] == [config.learning_rate]
+    assert rows(tmp_path / "dpo")[0]["learning_rate"] == config.learning_rate > 0
+    weights = service.storage[result.remote]["weights"]
+    lora_b = {name: tensor for name, tensor in weights.items() if "lora_B" in name}
+    assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b.values())  # B starts at 0: it moved
+    assert json.loads((tmp_path / "dpo" / "train_summary.json").read_text()) == {
+        "optimizer_steps": 1,
+        "note": ONE_STEP_NOTE,
+    }
+
+
+def test_a_one_step_sft_run_trains(key: None, tiny_model_path: str, tmp_path: Path) -> None:
+    from octrain.trainers.tinker_sft import train_sft
+
+    save_records(tmp_path / "sft.jsonl", TRANSCRIPTS)
+    config = SftStageConfig(lora=LoraSettings(rank=4, alpha=8), max_length=256)  # batch 32: one step
+    service = FakeService([TINY])
+    result = train_sft(tmp_path / "sft.jsonl", TINY, tmp_path / "sft", config, OPTIONS, seed=5, service=service)
+    assert [p.learning_rate for p in service.optim_params] == [config.learning_rate]
+    weights = service.storage[result.remote]["weights"]
+    lora_b = {name: tensor for name, tensor in weights.items() if "lora_B" in name}
+    assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b.values())
+    assert json.loads((tmp_path / "sft" / "train_summary.json").read_text())["note"] == ONE_STEP_NOTE
 
 
 def test_build_trainer_picks_tinker() -> None:

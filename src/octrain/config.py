@@ -281,7 +281,7 @@ class DpoStageConfig:
     kl_weight: float = 0.001  # per-token KL penalty: mean over answer tokens of (log pi - log pi_ref)^2
     learning_rate: float = 5e-5
     min_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak LR
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # of the optimizer steps; none under 10 steps (octrain.trainers.schedule)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     weight_decay: float = 0.0
@@ -328,7 +328,7 @@ class SftStageConfig:
     mode: SftMode = SftMode.sequential
     lora: LoraSettings = field(default_factory=LoraSettings)
     learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # of the optimizer steps; none under 10 steps (octrain.trainers.schedule)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 32

@@ -25,7 +25,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.stages.pairs import PAIRS_FILE
     from octrain.trainers import build_trainer
     from octrain.trainers.trl_common import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
-    from octrain.training_report import read_metrics
+    from octrain.training_report import read_metrics, read_summary
 
     config = ctx.config
     out = ctx.stage_dir(StageName.dpo)
@@ -37,9 +37,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return {}  # another rank of a multi-process training: rank 0 saved the adapter and reports
     rows = read_metrics(out / METRICS_FILE)
     last = rows[-1] if rows else {}
+    report = read_summary(out)
     return {
         "model": trained.label,
-        "steps": int(last.get("step", 0)),
+        "steps": int(report.get("optimizer_steps", last.get("step", 0))),
+        # A run too short for its loss curve to mean much says so (octrain.training_report.record_steps).
+        **({"note": report["note"]} if report.get("note") else {}),
         "final_loss": last.get("loss"),
         "reward_accuracy": last.get("rewards/accuracies"),
         "reward_margin": last.get("rewards/margins"),
@@ -55,4 +58,5 @@ def describe(summary: dict[str, Any]) -> str:
         parts.append(f"final loss {loss:.4f}")
     if accuracy is not None:
         parts.append(f"reward accuracy {accuracy:.2f}")
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    return f"{text} ({summary['note']})" if summary.get("note") else text

@@ -38,7 +38,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.stages.introspect import SFT_FILE
     from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
     from octrain.trainers.trl_sft import train_sft
-    from octrain.training_report import read_metrics
+    from octrain.training_report import read_metrics, read_summary
 
     config = ctx.config
     if config.trainer.backend.value == "tinker":
@@ -78,9 +78,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         merge_into_weights(resolve_model_path(config.student.path), out / FINAL_ADAPTER, out / MERGED_DIR)
         files.append(str(out / MERGED_DIR))
     rows = read_metrics(out / METRICS_FILE)
+    report = read_summary(out)
     return {
         "mode": config.sft.mode.value,
-        "steps": int(rows[-1]["step"]) if rows else 0,
+        "steps": int(report.get("optimizer_steps", rows[-1]["step"] if rows else 0)),
+        # A run too short for its loss curve to mean much says so (octrain.training_report.record_steps).
+        **({"note": report["note"]} if report.get("note") else {}),
         "first_loss": rows[0]["loss"] if rows else None,
         "final_loss": rows[-1]["loss"] if rows else None,
         "model": str(out / MODEL_FILE),
@@ -99,7 +102,7 @@ def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
     from octrain.trainers.tinker_common import Progress
     from octrain.trainers.tinker_sft import train_sft as train_on_tinker
     from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
-    from octrain.training_report import read_metrics
+    from octrain.training_report import read_metrics, read_summary
 
     config = ctx.config
     out = ctx.stage_dir(StageName.sft)
@@ -117,9 +120,12 @@ def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
         enable_thinking=config.student.enable_thinking,
     )
     rows = read_metrics(out / METRICS_FILE)
+    report = read_summary(out)
     return {
         "mode": config.sft.mode.value,
-        "steps": int(rows[-1]["step"]) if rows else 0,
+        "steps": int(report.get("optimizer_steps", rows[-1]["step"] if rows else 0)),
+        # A run too short for its loss curve to mean much says so (octrain.training_report.record_steps).
+        **({"note": report["note"]} if report.get("note") else {}),
         "first_loss": rows[0]["loss"] if rows else None,
         "final_loss": rows[-1]["loss"] if rows else None,
         "model": str(out / MODEL_FILE),
@@ -132,4 +138,6 @@ def describe(summary: dict[str, Any]) -> str:
     text = f"{summary['mode']}, {summary['steps']} steps"
     if summary.get("final_loss") is not None:
         text += f", loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}"
+    if summary.get("note"):
+        text += f" ({summary['note']})"
     return text + "; final model in sft/model.json"

@@ -1,8 +1,9 @@
-"""What octrain's Tinker backends share: the SDK import, the key, the served models, LoRA, schedules.
+"""What octrain's Tinker backends share: the SDK import, the key, the served models, LoRA, batches.
 
 Tinker (Thinking Machines' hosted training and sampling API) runs the forward and backward
 passes of a LoRA model remotely and hands back per-token log-probs; everything else (the
-tokenization, the loss, the learning-rate schedule, checkpoint bookkeeping) is octrain's, here.
+tokenization, the loss, checkpoint bookkeeping) is octrain's, here; the learning-rate schedule is
+:mod:`octrain.trainers.schedule`, the one the TRL backend follows too.
 
 Checks happen before any work: the ``tinker`` SDK must be installed (the ``[tinker]`` extra),
 ``TINKER_API_KEY`` must be set and look like a Tinker key, and every model a run asks for must
@@ -154,26 +155,6 @@ def lora_layers(settings: LoraSettings) -> dict[str, bool]:
             f"{sorted(ATTENTION_MODULES)}, MLP {sorted(MLP_MODULES)}, unembedding lm_head) or all-linear"
         )
     return {"train_mlp": chosen["mlp"], "train_attn": chosen["attention"], "train_unembed": chosen["unembed"]}
-
-
-def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
-    """transformers' rule (``TrainingArguments.get_warmup_steps``): a ratio below 1 rounds up."""
-    return int(warmup_ratio) if warmup_ratio >= 1 else math.ceil(total_steps * warmup_ratio)
-
-
-def learning_rate(step: int, *, total_steps: int, peak: float, warmup_ratio: float, min_ratio: float = 0.0) -> float:
-    """The LR of optimizer step ``step`` (0-based): linear warmup, then half a cosine to ``min_ratio * peak``.
-
-    The same numbers as transformers' ``cosine`` (``min_ratio=0``) and ``cosine_with_min_lr`` schedules
-    the TRL backend uses, step for step: transformers' scheduler is read before each update, so the
-    first update has LR 0 when there is any warmup.
-    """
-    warm = warmup_steps(total_steps, warmup_ratio)
-    if step < warm:
-        return peak * step / max(1, warm)
-    progress = (step - warm) / max(1, total_steps - warm)
-    factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return peak * max(0.0, factor * (1.0 - min_ratio) + min_ratio)
 
 
 def adam_params(

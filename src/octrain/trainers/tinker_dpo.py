@@ -22,8 +22,8 @@ the backward pass from the gradient octrain's loss puts on each token's log-prob
 ``loss = dpo + nll_weight * nll + kl_weight * kl``, the TRL backend's definitions (there
 each is a mean per micro-batch of ``trainer.trl.per_device_batch_size``; here per batch of
 ``dpo.batch_size``, the same when the two are equal). The optimizer is Tinker's AdamW with
-every setting given (betas, epsilon, weight decay, gradient clipping) and the LR of
-transformers' ``cosine_with_min_lr`` schedule at each step.
+every setting given (betas, epsilon, weight decay, gradient clipping) and, at each step, the LR
+of :mod:`octrain.trainers.schedule` (warmup, then a cosine to ``min_lr_ratio``), the TRL backend's.
 
 Checkpoints: ``save_state`` every ``trainer.tinker.save_steps`` steps (weights and Adam
 moments); ``tinker_progress.json`` records a state only once Tinker has confirmed it, and a
@@ -47,9 +47,9 @@ from octrain.config import DpoStageConfig, TinkerOptions
 from octrain.errors import ConfigError
 from octrain.jsonl import iter_jsonl, write_jsonl
 from octrain.records import ModelRef, PreferencePair, load_records
-from octrain.trainers import tinker_common
+from octrain.trainers import schedule, tinker_common
 from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
-from octrain.training_report import plot_metrics, read_metrics, write_metrics
+from octrain.training_report import plot_metrics, read_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def train_dpo(
     def submit(step: int) -> tuple[Any, Any, float]:
         chosen = [pairs[i] for i in batches[step]]
         data, refs = batch_data(chosen, [references[i] for i in batches[step]])
-        lr = tinker_common.learning_rate(
+        lr = schedule.learning_rate(
             step,
             total_steps=len(batches),
             peak=config.learning_rate,
@@ -414,7 +414,8 @@ _METRIC_KEYS = frozenset(
 
 
 def _finish(output_dir: Path, start: ModelRef, progress: tinker_common.Progress) -> ModelRef:
-    plot_metrics(output_dir / PLOT_FILE, read_metrics(output_dir / METRICS_FILE), DPO_PANELS)
+    note = record_steps(output_dir, progress.step, stage="dpo")  # every step is trained by now
+    plot_metrics(output_dir / PLOT_FILE, read_metrics(output_dir / METRICS_FILE), DPO_PANELS, note=note)
     result = ModelRef(base=start.base, remote=progress.sampler_path)
     result.save(output_dir / MODEL_FILE)
     return result

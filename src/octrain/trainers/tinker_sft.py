@@ -31,9 +31,9 @@ from octrain.assistant_mask import tokenize_conversation
 from octrain.config import SftStageConfig, TinkerOptions
 from octrain.errors import ConfigError
 from octrain.records import Conversation, ModelRef, load_records
-from octrain.trainers import tinker_common
+from octrain.trainers import schedule, tinker_common
 from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
-from octrain.training_report import plot_metrics, read_metrics, write_metrics
+from octrain.training_report import plot_metrics, read_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def train_sft(
 
     def submit(step: int) -> tuple[Any, Any, list[Any], float]:
         data = step_data([examples[i] for i in batches[step]])
-        lr = tinker_common.learning_rate(
+        lr = schedule.learning_rate(
             step, total_steps=len(batches), peak=config.learning_rate, warmup_ratio=config.warmup_ratio
         )
         backward = client.forward_backward(data, "cross_entropy")
@@ -208,7 +208,8 @@ def train_sft(
 
 
 def _finish(output_dir: Path, base: str, progress: tinker_common.Progress) -> ModelRef:
-    plot_metrics(output_dir / PLOT_FILE, read_metrics(output_dir / METRICS_FILE), SFT_PANELS)
+    note = record_steps(output_dir, progress.step, stage="sft")  # every step is trained by now
+    plot_metrics(output_dir / PLOT_FILE, read_metrics(output_dir / METRICS_FILE), SFT_PANELS, note=note)
     result = ModelRef(base=base, remote=progress.sampler_path)
     result.save(output_dir / MODEL_FILE)
     return result

@@ -68,6 +68,38 @@ def shared_args(options: TRLOptions, output_dir: Path, *, batch_size: int, seed:
     }
 
 
+class ScheduleMixin:
+    """Put a transformers ``Trainer`` subclass on octrain's LR schedule (:mod:`octrain.trainers.schedule`).
+
+    Mixed in before the TRL trainer (``class T(ScheduleMixin, DPOTrainer)``). transformers' own
+    ``create_scheduler`` would warm up for ``ceil(total * ratio)`` steps from LR 0, so a one-step run
+    trains at LR 0; the TRL backend must also match the Tinker backend step for step. transformers
+    calls ``create_scheduler`` once the number of optimizer steps is known (``max_steps``, from the
+    dataloader after TRL's filtering, the processes and the accumulation), and DeepSpeed's wrapper
+    calls it too, on a copy of the trainer; so the schedule is built here, from that count, the
+    warmup ratio in ``args.warmup_steps`` (always a ratio below 1 in octrain's arguments) and the
+    floor in ``args.lr_scheduler_kwargs["min_lr_rate"]``. ``args.lr_scheduler_type`` still names the
+    decay (``cosine`` or ``cosine_with_min_lr``) for whoever reads the arguments.
+    """
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        from octrain.trainers.schedule import torch_scheduler
+
+        if self.lr_scheduler is None:
+            args = self.args
+            kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+            if kind not in ("cosine", "cosine_with_min_lr"):
+                raise ValueError(f"lr_scheduler_type={kind!r}: octrain's schedule is a cosine decay")
+            self.lr_scheduler = torch_scheduler(
+                optimizer if optimizer is not None else self.optimizer,
+                total_steps=num_training_steps,
+                warmup_ratio=args.warmup_steps,
+                min_ratio=(args.lr_scheduler_kwargs or {}).get("min_lr_rate", 0.0),
+            )
+            self._created_lr_scheduler = True  # transformers drops it before a second train() call
+        return self.lr_scheduler
+
+
 def lora_config(settings: LoraSettings) -> Any:
     from peft import LoraConfig
 

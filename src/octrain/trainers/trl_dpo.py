@@ -29,6 +29,7 @@ from octrain.trainers.trl_common import (
     METRICS_FILE,
     MODEL_FILE,
     PLOT_FILE,
+    ScheduleMixin,
     last_checkpoint,
     load_tokenizer,
     lora_config,
@@ -37,7 +38,7 @@ from octrain.trainers.trl_common import (
     save_trained_adapter,
     shared_args,
 )
-from octrain.training_report import plot_metrics, write_metrics
+from octrain.training_report import plot_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def make_trainer_class() -> type:
     import torch.nn.functional as F
     from trl import DPOTrainer
 
-    class CharacterDPOTrainer(DPOTrainer):
-        """DPOTrainer + the paper's per-token KL penalty, with the loss logged in parts."""
+    class CharacterDPOTrainer(ScheduleMixin, DPOTrainer):
+        """DPOTrainer + the paper's per-token KL penalty, with the loss logged in parts, on octrain's
+        LR schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`)."""
 
         def __init__(self, *args: Any, kl_weight: float = 0.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -112,7 +114,9 @@ def build_dpo_args(config: DpoStageConfig, options: TRLOptions, output_dir: Path
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        # A ratio below 1, read by ScheduleMixin.create_scheduler (octrain.trainers.schedule), not by
+        # transformers' get_warmup_steps: that rule gives a one-step run one warmup step at LR 0.
+        warmup_steps=config.warmup_ratio,
         adam_beta1=config.adam_beta1,
         adam_beta2=config.adam_beta2,
         weight_decay=config.weight_decay,
@@ -177,7 +181,8 @@ def train_dpo(
     save_trained_adapter(trainer, tokenizer, output_dir / ADAPTER_DIR)  # every rank: a gather under FSDP2 / ZeRO-3
     if trainer.accelerator.is_main_process:
         rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
-        plot_metrics(output_dir / PLOT_FILE, rows, DPO_PANELS)
+        note = record_steps(output_dir, trainer.state.global_step, stage="dpo")
+        plot_metrics(output_dir / PLOT_FILE, rows, DPO_PANELS, note=note)
     result = ModelRef(base=start.base, adapter=ADAPTER_DIR)
     if trainer.accelerator.is_main_process:
         result.save(output_dir / MODEL_FILE)

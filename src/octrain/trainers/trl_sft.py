@@ -23,6 +23,7 @@ from octrain.trainers.model_loading import training_student
 from octrain.trainers.trl_common import (
     METRICS_FILE,
     PLOT_FILE,
+    ScheduleMixin,
     last_checkpoint,
     load_tokenizer,
     lora_config,
@@ -31,7 +32,7 @@ from octrain.trainers.trl_common import (
     save_trained_adapter,
     shared_args,
 )
-from octrain.training_report import plot_metrics, write_metrics
+from octrain.training_report import plot_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ SFT_PANELS = (
     ("token accuracy", ("mean_token_accuracy",)),
     ("learning rate", ("learning_rate",)),
 )
+
+
+def make_trainer_class() -> type:
+    """SFTTrainer on octrain's LR schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`), built
+    lazily so that importing octrain never imports TRL."""
+    from trl import SFTTrainer
+
+    class CharacterSFTTrainer(ScheduleMixin, SFTTrainer):
+        pass
+
+    return CharacterSFTTrainer
 
 
 def build_sft_trainer(
@@ -63,7 +75,7 @@ def build_sft_trainer(
             generation prompt when it is false).
     """
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     name = model_name or str(getattr(tokenizer, "name_or_path", "") or "the student")
     records = load_records(conversations_path, Conversation)
@@ -90,14 +102,16 @@ def build_sft_trainer(
         packing=False,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        # A ratio below 1, read by ScheduleMixin.create_scheduler (octrain.trainers.schedule), not by
+        # transformers' get_warmup_steps: that rule gives a one-step run one warmup step at LR 0.
+        warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.epochs,
         **shared_args(options, output_dir, batch_size=config.batch_size, seed=seed),
     )
     args = on_one_device(args)
-    return SFTTrainer(
+    return make_trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(config.lora)
     )
 
@@ -191,5 +205,6 @@ def _train(
     save_trained_adapter(trainer, tokenizer, adapter_dir)  # every rank: a gather under FSDP2 / ZeRO-3
     if trainer.accelerator.is_main_process:
         rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
-        plot_metrics(output_dir / PLOT_FILE, rows, SFT_PANELS)
+        note = record_steps(output_dir, trainer.state.global_step, stage="sft")
+        plot_metrics(output_dir / PLOT_FILE, rows, SFT_PANELS, note=note)
     return adapter_dir
