@@ -8,7 +8,7 @@ STAMP := $(VENV)/.octrain-installed
 RECIPE ?= pirate_smollm2
 RUN_ROOT ?= runs
 
-.PHONY: install model demo test test-slow test-all test-vllm test-browser lint format bench bench-smollm2 sweep-smollm2 bench-gpu bench-gpu-smoke wheels-gpu-bench clean
+.PHONY: install model demo test test-slow test-all test-vllm test-browser lint format bench bench-smollm2 sweep-smollm2 bench-gpu bench-gpu-smoke wheels-gpu-bench device-check-wheels device-check-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,21 @@ wheels-gpu-bench: $(STAMP)
 	@# omegaconf's parser runtime is published as a source archive only: build its (pure-Python) wheel here.
 	$(BIN)/python -m pip wheel --quiet --no-deps -w $(GPU_WHEELS) antlr4-python3-runtime==4.9.3
 	@du -sh $(GPU_WHEELS)
+
+# The prepared device check of issue 24 (benchmarks/device_check.py: the fork probe, the stage workers on
+# CUDA, the release after training, the training benchmark; 8 minutes at most on one H100). Its wheels are the
+# set above plus hydra-core (~3 MB for Python 3.12, into wheels/); then, in one call of the device tool that
+# carries ["wheels"] with timeout_s 540:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#     wheels/*.whl && PYTHONPATH=/tmp/site:$PWD/src python3 benchmarks/device_check.py --out-dir $OUT
+# device-check-smoke runs the same script on this machine's CPU, the GPU-only parts skipped (~2-3 minutes).
+device-check-wheels: wheels-gpu-bench
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d $(GPU_WHEELS) \
+		hydra-core==1.3.8
+	@du -sh $(GPU_WHEELS)
+
+device-check-smoke: $(STAMP)
+	$(BIN)/python benchmarks/device_check.py --smoke --out-dir runs/device-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

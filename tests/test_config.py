@@ -51,7 +51,7 @@ def test_pirate_recipes_pick_their_models() -> None:
     assert tiny.teacher.path == tiny.student.path == "builtin:tiny-qwen3"
     assert tiny.sampler.backend is SamplerBackend.hf and tiny.scale.name == "smoke"
     mini = compose_config("+recipe=pirate_mini")
-    assert mini.teacher.path == "Qwen/Qwen3-32B"
+    assert mini.teacher.path == "Qwen/Qwen3-32B-FP8" and mini.teacher.quantization is None  # fp8 as published
     assert mini.student.path == "Qwen/Qwen3-4B-Instruct-2507"
     assert mini.sampler.backend is SamplerBackend.vllm and mini.scale.name == "mini"
 

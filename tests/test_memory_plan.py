@@ -132,15 +132,22 @@ def test_qlora_and_smaller_batches_need_less() -> None:
 
 
 def test_fp8_teacher_fits_an_80gb_card_where_bf16_leaves_little_kv_cache() -> None:
-    fp8 = compose_config("pirate_mini")
-    bf16 = compose_config("pirate_mini", ["teacher.quantization=null"])
+    fp8 = compose_config("pirate_mini")  # Qwen's published fp8 checkpoint, sized from its stored quantization
+    assert (fp8.teacher.path, fp8.teacher.quantization) == ("Qwen/Qwen3-32B-FP8", None)
+    bf16 = compose_config("pirate_mini", ["model@teacher=qwen3_32b"])
+    online = compose_config("pirate_mini", ["model@teacher=qwen3_32b", "teacher.quantization=fp8"])
+    need_online = engine_need(online, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=80)
     need_fp8 = engine_need(fp8, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=80)
     need_bf16 = engine_need(bf16, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=80)
     assert need_fp8.judge(80).status == "fits"
     assert need_bf16.judge(80).status == "tight"  # starts, but batches a few sequences at a time
     # bf16: 61 GiB; fp8: 32 GiB (vLLM leaves the embedding and the output head in bf16)
     assert need_bf16.parts["weights"] > 60 > 33 > need_fp8.parts["weights"] > 30
+    assert need_online.parts["weights"] == need_fp8.parts["weights"]  # the same fp8 weights either way
     assert need_bf16.judge(141).status == "fits"
+    # Where the bf16 checkpoint is tight, the advice is the published fp8 one, not vLLM's online fp8.
+    prompts = next(row for row in plan(bf16, (80,)) if row.stage == "prompts")  # the teacher's engine
+    assert "model@teacher=qwen3_32b_fp8" in prompts.advice[80]
 
 
 def test_advice_appears_where_a_stage_does_not_fit_and_the_advice_works() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,18 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import REPO
 from octrain.config import DpoStageConfig, LoraSettings, SftStageConfig, TRLOptions
+from octrain.devices import driver_report
 from octrain.errors import ConfigError
 from octrain.records import ModelRef, save_records
 from octrain.trainers import model_loading
 from octrain.trainers.model_loading import FOLDED_BASE_DIR, check_training_settings, load_student, training_student
 from test_dpo import style_pairs
 from test_sft import REFLECTION, TRANSCRIPT
+
+sys.path.insert(0, str(REPO / "tests" / "gpu_world"))
+from nvml_fake import FakeNvml, pretend_machine
 
 needs_bitsandbytes = pytest.mark.skipif(
     importlib.util.find_spec("bitsandbytes") is None,
@@ -217,17 +223,26 @@ def test_settings_check_names_the_accepted_kernels() -> None:
         assert kernel in message
 
 
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """For :func:`pretend_machine`: octrain's cached driver report is dropped when the test ends."""
+    yield monkeypatch
+    driver_report.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("kernel", "package"), [("flash_attention_2", "flash_attn"), ("flash_attention_3", "flash_attn_interface")]
 )
-def test_settings_check_flash_attention(monkeypatch: pytest.MonkeyPatch, kernel: str, package: str) -> None:
+def test_settings_check_flash_attention(
+    machine: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch, kernel: str, package: str
+) -> None:
     config = settings(f"student.attn_implementation={kernel}")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pretend_machine(machine, None, None)  # a CPU build of torch, no NVIDIA driver
     with pytest.raises(
         ConfigError, match=rf"student\.attn_implementation={kernel} needs a CUDA GPU; on the CPU use sdpa"
     ):
         check_training_settings(config)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pretend_machine(machine, FakeNvml(), "13.0")  # an H100 through NVML, torch built for CUDA 13.0
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name))
     with pytest.raises(ConfigError, match=rf"student\.attn_implementation={kernel} needs the {package} package"):

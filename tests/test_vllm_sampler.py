@@ -164,3 +164,31 @@ def test_one_vllm_engine_serves_the_base_and_every_adapter(tiny_model_path: str,
     assert result["vllm"] == result["hf"]  # each adapter's answers are its own, as a merged model gives them
     answers = list(result["vllm"].values())
     assert answers[0] != answers[1] and answers[1] != answers[2]  # and the adapters really differ
+
+
+STREAM_SCRIPT = """
+import json, sys
+from pathlib import Path
+from octrain.generation import generate_in_chunks
+from octrain.samplers import SamplingParams
+from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler
+
+if __name__ == "__main__":
+    model, work = sys.argv[1], Path(sys.argv[2])
+    conversations = [[{"role": "user", "content": f"Tell me about the sea, part {i}."}] for i in range(9)]
+    ids = [f"item-{i}" for i in range(9)]
+    greedy = SamplingParams(n=1, temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
+    loaded = VLLMEngine(model, dtype="float32", gpu_memory_utilization=0.2, max_model_len=512)
+    sampler = VLLMSampler(loaded, show_progress=False)
+    chat = [row[0].text for row in sampler.chat(conversations, greedy)]
+    streamed = generate_in_chunks(lambda: sampler, conversations, ids, greedy, work, chunk_size=4, desc="stream")
+    loaded.close()
+    print("RESULT " + json.dumps({"chat": chat, "streamed": [streamed[i][0].text for i in ids],
+                                  "chunks": sorted(p.name for p in work.glob("chunk-*.jsonl"))}))
+"""
+
+
+def test_the_engine_streams_a_stage_and_commits_every_chunk(tiny_model_path: str, tmp_path: Path) -> None:
+    result = compare(tiny_model_path, str(tmp_path / "chunks"), tmp_path, STREAM_SCRIPT)
+    assert result["streamed"] == result["chat"]  # answers as they finish are the batched call's answers
+    assert result["chunks"] == ["chunk-00000.jsonl", "chunk-00001.jsonl", "chunk-00002.jsonl"]

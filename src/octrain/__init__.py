@@ -9,6 +9,10 @@ from octrain.telemetry import disable_telemetry
 
 disable_telemetry()  # before anything imports huggingface_hub, which reads the variables once
 
+from octrain.devices import fork_safe_environment  # noqa: E402
+
+fork_safe_environment()  # before any CUDA check or vLLM engine start in this process (see octrain.devices)
+
 from octrain.config import OctrainConfig, StageName  # noqa: E402
 from octrain.constitution import Constitution, Trait, load_constitution  # noqa: E402
 from octrain.errors import ConfigError, DataFormatError, OctrainError, StageError  # noqa: E402

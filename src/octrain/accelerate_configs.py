@@ -300,9 +300,9 @@ def check_accelerate_config(
 
 
 def _cuda_available() -> bool:
-    import torch
+    from octrain.devices import gpu_usable
 
-    return torch.cuda.is_available()
+    return gpu_usable()  # NVML, not CUDA: this runs in the parent, before the launch
 
 
 def launch_command(
@@ -328,6 +328,7 @@ def launch_command(
 
     # octrain chooses the precision (bf16 on a GPU that has it, fp32 elsewhere: TrainingArguments'
     # bf16 flag); a file's mixed_precision must not put bf16 autocast on a CPU run or fp32 on a GPU one.
+    # precision() asks NVML: the parent that launches the ranks opens no CUDA context on GPU 0.
     mixed = "bf16" if precision()[1] else "no"
     command = [sys.executable, "-m", LAUNCHER_MODULE, "--config_file", str(path), "--num_processes", str(num_processes)]
     command += ["--mixed_precision", mixed]

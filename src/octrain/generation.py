@@ -8,6 +8,13 @@ done exactly once. Each item is sampled with its own seed, derived from the run 
 item's stable id (:func:`octrain.seeding.derive_seed`): repeats of one prompt draw different
 answers, and a resumed run gives the same answers as an uninterrupted one on a deterministic
 backend. The model is loaded only if some chunk is still missing.
+
+The chunk is the unit of commit, not of sampling. :func:`run_streaming` hands the sampler every
+missing item at once, as a :class:`~octrain.samplers.streams.ChatStream`, and commits each chunk
+the moment its last item comes back, in whatever order items finish: vLLM keeps its batch full
+across chunk boundaries instead of waiting on the longest answer of each chunk. A kill loses only
+the items of chunks not yet whole; a backend that can only answer batches is given one chunk per
+call, as before (:class:`~octrain.samplers.streams.WaveStream`).
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from octrain.errors import StageError
 from octrain.jsonl import iter_jsonl, write_jsonl
 from octrain.records import Message
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.samplers.streams import Request, open_stream
 from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -81,19 +89,26 @@ class ChunkLedger:
         write_jsonl(self.path(chunk), rows)
 
 
-def run_chunked(
+def run_streaming(
     ledger: ChunkLedger,
-    produce: Callable[[int, int, int], list[dict[str, Any]]],
+    produce: Callable[[list[int]], Iterator[tuple[int, dict[str, Any]]]],
     *,
     desc: str,
     unit: str,
     setup: Callable[[], Any] | None = None,
     teardown: Callable[[Any], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Produce every missing chunk with ``produce(chunk, start, stop)`` and commit it; return all rows.
+    """Produce every item of the missing chunks, commit each chunk once it is whole; return all rows.
 
-    ``setup`` (for example loading a model) runs once, only if a chunk is missing; its result is
-    passed to ``teardown`` at the end. A progress bar counts items with rate and ETA.
+    ``produce(indexes)`` gets the positions of every item still to do (whole chunks, in order) and
+    yields ``(index, row)`` for each as it finishes, in any order. A chunk is committed as soon as
+    its last row arrives, so a kill at any moment leaves only whole chunks on disk. ``setup`` (for
+    example loading a model) runs once, only if a chunk is missing; its result is passed to
+    ``teardown`` at the end. A progress bar counts items with rate and ETA.
+
+    Raises:
+        StageError: ``produce`` stopped before every item was done.
+        ValueError: ``produce`` yielded an item twice, or one it was not asked for.
     """
     from tqdm.auto import tqdm
 
@@ -108,20 +123,57 @@ def run_chunked(
         )
     if not missing:
         return rows
+    chunk_of = {index: chunk for chunk in missing for index in range(*ledger.bounds(chunk))}
+    waiting: dict[int, dict[int, dict[str, Any]]] = {chunk: {} for chunk in missing}  # chunk -> rows so far
     resource = setup() if setup else None
-    bar = tqdm(total=sum(ledger.bounds(c)[1] - ledger.bounds(c)[0] for c in missing), desc=desc, unit=unit)
+    bar = tqdm(total=len(chunk_of), desc=desc, unit=unit)
+    items = produce(list(chunk_of))
     try:
-        for chunk in missing:
+        for index, row in items:
+            chunk = chunk_of.get(index)
+            if chunk is None or chunk not in waiting or index in waiting[chunk]:
+                raise ValueError(f"{desc}: item {index} was produced twice, or was not asked for")
+            waiting[chunk][index] = row
+            bar.update(1)
             start, stop = ledger.bounds(chunk)
-            produced = produce(chunk, start, stop)
-            ledger.commit(chunk, produced)
-            rows.update((row["id"], row) for row in produced)
-            bar.update(stop - start)
+            if len(waiting[chunk]) == stop - start:
+                done = waiting.pop(chunk)
+                produced = [done[i] for i in range(start, stop)]
+                ledger.commit(chunk, produced)
+                rows.update((row["id"], row) for row in produced)
+        if waiting:
+            left = sum(stop - start for start, stop in map(ledger.bounds, waiting)) - sum(map(len, waiting.values()))
+            raise StageError(f"{desc}: the sampler stopped with {left} item(s) unanswered; run again to resume")
     finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # a generator's cleanup (its stream drops the requests still running) runs now, not at gc
         bar.close()
         if teardown is not None and resource is not None:
             teardown(resource)
     return rows
+
+
+def run_chunked(
+    ledger: ChunkLedger,
+    produce: Callable[[int, int, int], list[dict[str, Any]]],
+    *,
+    desc: str,
+    unit: str,
+    setup: Callable[[], Any] | None = None,
+    teardown: Callable[[Any], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Produce every missing chunk with ``produce(chunk, start, stop)`` and commit it; return all rows.
+
+    For work that is made a whole chunk at a time; :func:`run_streaming` with its guarantees.
+    """
+
+    def by_chunk(indexes: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for chunk in sorted({index // ledger.chunk_size for index in indexes}):
+            start, stop = ledger.bounds(chunk)
+            yield from enumerate(produce(chunk, start, stop), start)
+
+    return run_streaming(ledger, by_chunk, desc=desc, unit=unit, setup=setup, teardown=teardown)
 
 
 def duplicate_count(texts: Sequence[str]) -> int:
@@ -167,14 +219,21 @@ def generate_in_chunks(
         holder["sampler"] = load_sampler()
         return holder["sampler"]
 
-    def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
-        chunk_ids = ids[start:stop]
-        results = holder["sampler"].chat(
-            conversations[start:stop], params, seeds=item_seeds(params, chunk_ids), progress=False
-        )
-        return [{"id": i, "completions": completions_to_json(c)} for i, c in zip(chunk_ids, results, strict=True)]
+    def produce(indexes: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        # The whole remaining work at once: a streaming backend (vLLM) starts every request as it has
+        # room; a batch-only one is given a chunk per call (each request's order is its chunk).
+        stream = open_stream(holder["sampler"], wave=chunk_size)
+        try:
+            seeds: Sequence[int | None] = item_seeds(params, [ids[i] for i in indexes]) or [None] * len(indexes)
+            for index, seed in zip(indexes, seeds, strict=True):
+                stream.submit(Request(index, conversations[index], params, seed, order=index // chunk_size))
+            for key, completions in stream.answers():
+                index = cast(int, key)  # the key each request was submitted with
+                yield index, {"id": ids[index], "completions": completions_to_json(completions)}
+        finally:
+            stream.close()
 
-    rows = run_chunked(
+    rows = run_streaming(
         ChunkLedger(chunk_dir, ids, chunk_size),
         produce,
         desc=desc,

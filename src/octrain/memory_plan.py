@@ -98,6 +98,9 @@ class Architecture:
     o_bias: bool = False
     mlp_bias: bool = False
     source: str = ""  # where the numbers came from: a config.json, or the built-in table
+    # How the checkpoint itself is quantized (its config.json's quantization_config.quant_method, e.g.
+    # "fp8" for Qwen/Qwen3-32B-FP8): vLLM loads it so without being told (None: bf16/fp16 weights).
+    stored_quantization: str | None = None
 
     @property
     def q_width(self) -> int:
@@ -192,6 +195,7 @@ def architecture_from_config(config: dict[str, Any], *, name: str, source: str) 
         o_bias=attention_bias,
         mlp_bias=bool(text.get("mlp_bias", False)),
         source=source,
+        stored_quantization=(config.get("quantization_config") or {}).get("quant_method"),
     )
 
 
@@ -199,6 +203,7 @@ def architecture_from_config(config: dict[str, Any], *, name: str, source: str) 
 # figures are those of each model's config.json on the Hugging Face Hub:
 #   Qwen/Qwen3-32B: hidden 5120, intermediate 25600, 64 layers, 64 heads / 8 KV heads, head_dim 128,
 #     vocab 151936, untied; published total "32.8B" (from these shapes: 32,762,123,264).
+#   Qwen/Qwen3-32B-FP8: the same shapes, its linear layers stored in fp8 (quant_method "fp8", 128x128 blocks).
 #   Qwen/Qwen3-4B-Instruct-2507: hidden 2560, intermediate 9728, 36 layers, 32 / 8 heads, head_dim 128,
 #     vocab 151936, tied; model card "4.0B, 3.6B non-embedding" (from these shapes: 4,022,468,096).
 #   Qwen/Qwen3-8B: hidden 4096, intermediate 12288, 36 layers, 32 / 8 heads, head_dim 128,
@@ -210,6 +215,9 @@ KNOWN_ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
         Architecture("Qwen/Qwen3-32B", 5120, 25600, 64, 64, 8, 128, 151936, False, qk_norm=True),
+        Architecture(
+            "Qwen/Qwen3-32B-FP8", 5120, 25600, 64, 64, 8, 128, 151936, False, qk_norm=True, stored_quantization="fp8"
+        ),
         Architecture("Qwen/Qwen3-4B-Instruct-2507", 2560, 9728, 36, 32, 8, 128, 151936, True, qk_norm=True),
         Architecture("Qwen/Qwen3-8B", 4096, 12288, 36, 32, 8, 128, 151936, False, qk_norm=True),
         Architecture("meta-llama/Llama-3.1-8B-Instruct", 4096, 14336, 32, 32, 8, 128, 128256, False),
@@ -398,7 +406,7 @@ def engine_need(
         return _hf_engine_need(config, model, arch, label, seq, adapter_rank)
     options = config.sampler.vllm
     tp = options.tensor_parallel_size
-    quant = model.quantization
+    quant = model.quantization or arch.stored_quantization
     per_param = QUANT_BYTES.get(quant, 1.0)
     weights = (
         arch.layer_linear_parameters * per_param + (arch.parameters - arch.layer_linear_parameters) * UNQUANTIZED_BYTES
@@ -632,8 +640,15 @@ def _engine_changes(config: OctrainConfig, role: ModelRole) -> list[list[Change]
     share = [_set(f"{r}.gpu_memory_utilization", 0.95)] if (model.gpu_memory_utilization or 0.9) < 0.95 else []
     candidates: list[list[Change]] = []
     # Only the teacher is quantized: the student is sampled as it is trained, or its "rejected"
-    # answers and its evaluation would come from a different model.
-    fp8 = [_set(f"{r}.quantization", "fp8")] if role is ModelRole.teacher and model.quantization is None else []
+    # answers and its evaluation would come from a different model. Qwen3-32B has a published fp8
+    # checkpoint, half the read of the bf16 one and no quantizing at load; others are quantized by vLLM.
+    fp8: list[Change] = []
+    if role is ModelRole.teacher and model.quantization is None and architecture_of(model).stored_quantization is None:
+        fp8 = (
+            [_swap_model(role, "qwen3_32b_fp8")]
+            if model.path == "Qwen/Qwen3-32B"
+            else [_set(f"{r}.quantization", "fp8")]
+        )
     tp4 = [_set("sampler.vllm.tensor_parallel_size", 4)] if config.sampler.vllm.tensor_parallel_size < 4 else []
     for option in (fp8, short, share, fp8 + short, fp8 + share, tp2, tp2 + fp8, tp4, tp4 + fp8):
         if option and option not in candidates:

@@ -33,7 +33,7 @@ from octrain.errors import ConfigError, StageError
 from octrain.jsonl import remove_stray_temporaries, write_text_atomic
 from octrain.paths import constitution_dirs
 from octrain.run_lock import run_lock
-from octrain.stage_share import copy_finished_stage, retire_directory
+from octrain.stage_share import copy_finished_stage, retire_directory, stage_claim
 from octrain.stage_worker import StageRunner, stage_runner
 from octrain.storage_errors import write_failures_reported
 
@@ -97,6 +97,7 @@ def preflight(config: OctrainConfig) -> None:
     for role in ModelRole:  # a built-in that is not fetched stops here, naming the command that fetches it
         require_fetched(config.model(role).path)
     check_backend(config.sampler)
+    _check_gpu(config)
     if config.sampler.data_parallel_size > 1:
         from octrain.samplers.sharded import plan_devices
 
@@ -167,6 +168,30 @@ def preflight(config: OctrainConfig) -> None:
 
     check_judge(config)
     prepare_imports(config)
+
+
+def _check_gpu(config: OctrainConfig) -> None:
+    """Say, before any model loads, when a CUDA build of torch will not use the GPU for this run.
+
+    A driver too old for torch's CUDA build stops the run: the card is there, and the stages would
+    otherwise train in fp32 on the CPU for hours (``CUDA_VISIBLE_DEVICES=`` runs on the CPU on
+    purpose). A CUDA build on a machine without a GPU is a warning. Nothing is said for a run whose
+    models all run elsewhere (Tinker, the fake sampler without a training stage).
+    """
+    from octrain.config import SamplerBackend, TrainerBackend
+    from octrain.devices import gpu_problem
+
+    trains_here = bool({StageName.dpo, StageName.sft} & set(config.stages)) and (
+        config.trainer.backend is TrainerBackend.trl
+    )
+    if not trains_here and config.sampler.backend not in (SamplerBackend.hf, SamplerBackend.vllm):
+        return
+    problem = gpu_problem()  # NVML and torch.version.cuda: no CUDA context in this process
+    if problem is None:
+        return
+    if problem.fatal:
+        raise ConfigError(problem.message)
+    logger.warning("%s", problem.message)
 
 
 def save_config(config: OctrainConfig, path: Path) -> None:
@@ -436,7 +461,6 @@ def _run_or_skip_stage(
 ) -> StageOutcome:
     stage_dir = ctx.stage_dir(spec.name)
     done_path = stage_dir / DONE_FILE
-    started_path = stage_dir / STARTED_FILE
     for need in spec.needs:
         done = _read_done(ctx.stage_dir(need) / DONE_FILE)
         if done is None or done.get("fingerprint") != fingerprints[need]:
@@ -452,10 +476,43 @@ def _run_or_skip_stage(
     if done is not None and not forced and done.get("fingerprint") == fingerprint:
         logger.info("%s: complete, skipping (force=[%s] reruns it)", spec.name.value, spec.name.value)
         return StageOutcome(spec.name, "skipped", 0.0, done["summary"], spec.describe(done["summary"]))
-    if not forced and spec.name in ctx.config.reuse and _reuse(ctx, spec, fingerprint):
-        reused = _read_done(done_path) or {}
-        return StageOutcome(spec.name, "reused", 0.0, reused["summary"], spec.describe(reused["summary"]))
+    shared = spec.name in ctx.config.reuse
+    if not forced and shared and _reuse(ctx, spec, fingerprint):
+        return _reused(spec, done_path)
+    if not shared:
+        return _make_stage(ctx, spec, runner, fingerprint, forced=forced, done=done, tell=tell)
+    # A sibling run (a job of the same sweep) may be making this very stage now: wait for it and copy
+    # its output rather than sample it a second time. A forced stage is made here whatever the others
+    # do: it only claims the stage if nobody holds it, so that they wait for it.
+    with stage_claim(ctx.run_dir, spec.name.value, fingerprint, wait=not forced) as claim:
+        # Looked for again under the claim: the sibling waited for (or one that ended just before the
+        # claim was taken) has left a finished copy.
+        if not forced and _reuse(ctx, spec, fingerprint):
+            return _reused(spec, done_path)
+        if claim.waited_for is not None:
+            logger.info("%s: %s left no finished output to reuse: making it here", spec.name.value, claim.waited_for)
+        return _make_stage(ctx, spec, runner, fingerprint, forced=forced, done=done, tell=tell)
 
+
+def _reused(spec: StageSpec, done_path: Path) -> StageOutcome:
+    reused = _read_done(done_path) or {}
+    return StageOutcome(spec.name, "reused", 0.0, reused["summary"], spec.describe(reused["summary"]))
+
+
+def _make_stage(
+    ctx: RunContext,
+    spec: StageSpec,
+    runner: StageRunner,
+    fingerprint: str,
+    *,
+    forced: bool,
+    done: dict[str, Any] | None,
+    tell: Callable[[str], None] | None,
+) -> StageOutcome:
+    """Run the stage here, resuming its own partial work when that was made with the same settings."""
+    stage_dir = ctx.stage_dir(spec.name)
+    done_path = stage_dir / DONE_FILE
+    started_path = stage_dir / STARTED_FILE
     started, unknown_start = _read_marker(started_path, finished=False)
     if (
         forced

@@ -97,9 +97,9 @@ def _vllm_available() -> bool:
 
     if importlib.util.find_spec("vllm") is None:
         return False
-    import torch
+    from octrain.devices import gpu_usable
 
-    return torch.cuda.is_available()
+    return gpu_usable()
 
 
 def choose_backend(backend: str) -> str:

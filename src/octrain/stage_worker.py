@@ -53,9 +53,9 @@ RESULT_FILE = ".worker-result.json"
 def uses_workers(config: OctrainConfig) -> bool:
     """``execution=auto``: workers on a CUDA machine (memory), in-process on the CPU (speed)."""
     if config.execution is Execution.auto:
-        import torch
+        from octrain.devices import gpu_usable
 
-        return torch.cuda.is_available()
+        return gpu_usable()  # from NVML: the parent that only orchestrates never initialises CUDA
     return config.execution is Execution.worker
 
 
@@ -72,7 +72,8 @@ class StageRunner(Protocol):
 
 
 class InlineRunner:
-    """Every stage in this process; :func:`~octrain.samplers.release_engines` frees the engines."""
+    """Every stage in this process; :func:`~octrain.samplers.release_engines` frees the engines, and
+    a model a stage trained here, whether or not an engine was loaded."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx

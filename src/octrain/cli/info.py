@@ -6,8 +6,10 @@ here, and the run root with its runs and checkpoint registry. ``--json`` prints 
 one JSON object for scripts.
 
 Versions come from the installed distributions' metadata, so that no optional library is
-imported (vLLM's import alone takes seconds and may touch the GPU); only torch is imported,
-to count the GPUs.
+imported (vLLM's import alone takes seconds and may touch the GPU). The NVIDIA driver and the GPUs
+come from NVML or ``nvidia-smi`` (:mod:`octrain.nvidia`), never from a CUDA context: the driver's
+version is checked against what torch's CUDA build needs, and a CUDA build that will not use a GPU
+here (no driver, a driver too old) says so, with what to do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from octrain.devices import driver_report, gpu_problem, torch_cuda_build, visible_gpus
+from octrain.nvidia import DriverReport, driver_too_old, format_version, minimum_driver
 from octrain.registry import REGISTRY_FILE
 
 # (distribution, how to install it when missing, what it enables); None for core dependencies.
@@ -51,21 +55,31 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _gpus() -> tuple[list[dict[str, Any]], str | None]:
-    """The CUDA devices torch sees, and the CUDA version torch was built for (None for a CPU build)."""
-    if importlib.util.find_spec("torch") is None:
-        return [], None
-    import torch
-
-    devices = (
-        [
-            {"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
-            for i, props in ((i, torch.cuda.get_device_properties(i)) for i in range(torch.cuda.device_count()))
-        ]
-        if torch.cuda.is_available()
-        else []
-    )
-    return devices, torch.version.cuda
+def _nvidia(report: DriverReport, build: str | None) -> dict[str, Any]:
+    """The driver, the GPUs this process may use, and whether torch's CUDA build (``build``) can use them."""
+    floor = minimum_driver(build) if build else None
+    too_old = bool(build and report.driver and driver_too_old(report.driver, build))
+    problem = gpu_problem(report, build) if build else None
+    return {
+        "torch_cuda": build,
+        "driver": {
+            "version": report.driver,
+            "cuda": report.driver_cuda,
+            "source": report.source,
+            "needed": format_version(floor) if floor else None,
+            "too_old": too_old,
+        },
+        "gpus": [
+            {
+                "index": gpu.index,
+                "name": gpu.name,
+                "memory_gib": gpu.memory_gib,
+                "capability": ".".join(map(str, gpu.capability)),
+            }
+            for gpu in visible_gpus(report)
+        ],
+        "gpu_problem": None if problem is None else {"message": problem.message, "fatal": problem.fatal},
+    }
 
 
 def _backends(versions: dict[str, str | None], cuda: bool) -> dict[str, dict[str, Any]]:
@@ -130,9 +144,12 @@ def _runs(run_root: Path) -> dict[str, Any]:
     }
 
 
-def collect(run_root: Path) -> dict[str, Any]:
+def collect(run_root: Path, *, report: DriverReport | None = None, build: str | None = None) -> dict[str, Any]:
+    """Everything ``octrain info`` prints. ``report`` and ``build`` replace this machine's NVIDIA driver
+    report and torch's CUDA version (for tests)."""
     versions = {name: _version(name) for name, _, _ in PACKAGES}
-    gpus, cuda_build = _gpus()
+    nvidia = _nvidia(driver_report() if report is None else report, torch_cuda_build() if report is None else build)
+    usable = bool(nvidia["torch_cuda"] and nvidia["gpus"] and not nvidia["driver"]["too_old"])
     return {
         "python": platform.python_version(),
         "executable": sys.executable,
@@ -142,9 +159,8 @@ def collect(run_root: Path) -> dict[str, Any]:
             for name, install, enables in PACKAGES
             if versions[name] is None and install is not None
         },
-        "torch_cuda": cuda_build,
-        "gpus": gpus,
-        "backends": _backends(versions, bool(gpus)),
+        **nvidia,
+        "backends": _backends(versions, usable),
         "tinker_api_key": bool(os.environ.get("TINKER_API_KEY")),
         **_runs(run_root),
     }
@@ -158,17 +174,32 @@ def _print(info: dict[str, Any]) -> None:
         print("missing:")
         for name, how in info["missing"].items():
             print(f"  {name}: {how['install']}  enables {how['enables']}")
+    print(f"NVIDIA driver {_driver_line(info)}")
     print(f"GPUs (torch {'built for CUDA ' + info['torch_cuda'] if info['torch_cuda'] else 'CPU build'}):")
     for gpu in info["gpus"]:
-        print(f"  {gpu['index']}: {gpu['name']}, {gpu['memory_gib']} GiB")
+        print(f"  {gpu['index']}: {gpu['name']}, {gpu['memory_gib']} GiB, compute capability {gpu['capability']}")
     if not info["gpus"]:
         print("  none visible")
+    if info["gpu_problem"]:
+        print(f"{'error' if info['gpu_problem']['fatal'] else 'warning'}: {info['gpu_problem']['message']}")
     print("backends:")
     for name, backend in info["backends"].items():
         print(f"  {name:<16}{'usable' if backend['usable'] else 'no':<8}{backend['note']}")
     where = "" if info["exists"] else " (does not exist yet)"
     print(f"run root      {info['run_root']}{where}: {info['runs']} runs")
     print(f"registry      {info['registry'] or 'none'}")
+
+
+def _driver_line(info: dict[str, Any]) -> str:
+    """``580.82.07 (CUDA 13.0; torch's CUDA 13.0 build needs 580 or newer)``, or why there is none."""
+    driver = info["driver"]
+    if driver["version"] is None:
+        return "none (no NVIDIA driver found through NVML or nvidia-smi)"
+    notes = [f"CUDA {driver['cuda']}"] if driver["cuda"] else []
+    if driver["needed"]:
+        verdict = "TOO OLD: " if driver["too_old"] else ""
+        notes.append(f"{verdict}torch's CUDA {info['torch_cuda']} build needs {driver['needed']} or newer")
+    return driver["version"] + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -183,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="versions, GPUs, usable backends, the run root and registry",
+        help="versions, the NVIDIA driver and GPUs, usable backends, the run root and registry",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
         epilog="examples:\n  octrain info\n  octrain info --json --run-root /scratch/runs",
         formatter_class=argparse.RawDescriptionHelpFormatter,

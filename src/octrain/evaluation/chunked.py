@@ -14,18 +14,25 @@ list went to the sampler in one call. Two things rest on that: every model answe
 conversation with the same seed (the paired comparison), and an uninterrupted run gives the
 results it gave before the stage was chunked. A model loads only when one of its chunks is
 missing (:class:`LazyModel`), so a rerun whose answers are all committed loads none.
+
+Answers and judgements are streamed (:func:`octrain.generation.run_streaming`): every missing item
+of a list goes to the model at once and each chunk is committed when its last item is in, so vLLM
+is not held up by the longest answer of each chunk. A judge reply that does not parse is asked
+again the moment it comes back, with the seed :func:`~octrain.evaluation.protocols.judge_replies`
+would give it, so a streamed judgement is the one a batched call gives.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
-from octrain.evaluation import protocols
-from octrain.generation import ChunkLedger, run_chunked
+from octrain.generation import ChunkLedger, run_chunked, run_streaming
 from octrain.records import Message
 from octrain.samplers.base import Sampler, SamplingParams
+from octrain.samplers.streams import Request, open_stream
 from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -97,13 +104,20 @@ def answers_in_chunks(
 ) -> list[str]:
     """The first completion's text for each conversation, seeded by position (see the module doc)."""
 
-    def produce(start: int, stop: int) -> list[str]:
-        rows = model.get().chat(
-            conversations[start:stop], params, seeds=positional_seeds(params, start, stop), desc=desc, progress=False
-        )
-        return [row[0].text for row in rows]
+    def produce(indexes: list[int]) -> Iterator[tuple[int, dict[str, str]]]:
+        stream = open_stream(model.get(), wave=chunk_size)
+        try:
+            seeds = _positional(params, indexes)
+            for index, seed in zip(indexes, seeds, strict=True):
+                stream.submit(Request(index, conversations[index], params, seed, order=index // chunk_size))
+            for key, completions in stream.answers():
+                index = cast(int, key)
+                yield index, {"id": ids[index], "text": completions[0].text}
+        finally:
+            stream.close()
 
-    return texts_in_chunks(chunk_dir, ids, produce, chunk_size=chunk_size, desc=desc)
+    rows = run_streaming(ChunkLedger(chunk_dir, ids, chunk_size), produce, desc=desc, unit="conv")
+    return [rows[i]["text"] for i in ids]
 
 
 def judgements_in_chunks(
@@ -123,22 +137,41 @@ def judgements_in_chunks(
     The judge's reply is committed with its parsed answer, so a committed judgement is never
     asked again, and the raw replies stay on disk to see what an unparseable one said.
     """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
     ids = item_ids(prefix, len(requests))
 
-    def produce(_: int, start: int, stop: int) -> list[dict[str, str | None]]:
-        judged = protocols.judge_replies(
-            judge.get(),
-            requests[start:stop],
-            params,
-            parsers[start:stop],
-            seeds=positional_seeds(params, start, stop),
-            retries=retries,
-            desc=desc,
-        )
-        return [
-            {"id": i, "reply": reply, "parsed": parsed}
-            for i, (reply, parsed) in zip(ids[start:stop], judged, strict=True)
-        ]
+    def produce(indexes: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        stream = open_stream(judge.get(), wave=chunk_size)
+        first = dict(zip(indexes, _positional(params, indexes), strict=True))
 
-    rows = run_chunked(ChunkLedger(chunk_dir, ids, chunk_size), produce, desc=desc, unit="request")
+        def ask(index: int, attempt: int) -> None:
+            # protocols.judge_replies' seeds: the position's seed first, then a fresh one per re-ask.
+            seed = first[index]
+            if attempt and seed is not None:
+                seed = derive_seed(seed, "reask", attempt)
+            stream.submit(Request((index, attempt), requests[index], params, seed, order=index // chunk_size))
+
+        try:
+            for index in indexes:
+                ask(index, 0)
+            for key, completions in stream.answers():
+                index, attempt = cast(tuple[int, int], key)
+                reply = completions[0].text
+                parsed = parsers[index](reply)
+                if parsed is None and attempt < retries:
+                    ask(index, attempt + 1)
+                else:
+                    yield index, {"id": ids[index], "reply": reply, "parsed": parsed}
+        finally:
+            stream.close()
+
+    rows = run_streaming(ChunkLedger(chunk_dir, ids, chunk_size), produce, desc=desc, unit="request")
     return [rows[i]["parsed"] for i in ids]
+
+
+def _positional(params: SamplingParams, indexes: Sequence[int]) -> list[int | None]:
+    """The seed of each item at ``indexes``: as :func:`positional_seeds` gives it, None when unseeded."""
+    if params.seed is None:
+        return [None] * len(indexes)
+    return [derive_seed(params.seed, index) for index in indexes]

@@ -3,7 +3,9 @@
 One call takes a batch of conversations and returns ``n`` completions for each. The call is
 batched and synchronous on purpose: vLLM's offline engine and transformers' ``generate``
 both want the whole batch at once, and a remote API (Tinker, an HTTP endpoint) can fan the
-batch out concurrently inside its own implementation. Chat templates stay inside each
+batch out concurrently inside its own implementation. A backend that can also hand answers back
+as they finish offers ``open_stream()`` (:mod:`octrain.samplers.streams`), which the generation
+stages prefer. Chat templates stay inside each
 backend, since only the backend knows its model's template.
 
 Every conversation of a call is its own request with its own random stream: identical

@@ -15,12 +15,13 @@ Every engine start is logged with how long it took, and recorded in ``ENGINES.st
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+from octrain.devices import free_device_memory
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +71,25 @@ class EnginePool:
         return engine is not None and engine is self._engine
 
     def release(self) -> None:
-        """Close the loaded engine, if any, and give its memory back to the device."""
-        if self._engine is None:
-            return
-        engine, self._engine, self._key = self._engine, None, None
-        engine.close()
-        gc.collect()  # model objects in reference cycles (hooks, patched forwards) go only this way
-        import torch
+        """Close the loaded engine, if any, and give this process's free memory back to the device.
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        The memory goes back even when no engine is loaded: a training stage that ran in this
+        process (inline, or rank 0 under ``accelerate launch -m octrain``) leaves its trained model in
+        reference cycles (TRL's patched forward, the trainer and its callbacks) that only a garbage
+        collection frees, and torch keeps the freed memory cached until ``empty_cache()``. The next
+        vLLM engine asks for its share of the card's memory as free memory.
+        """
+        if self._engine is not None:
+            engine, self._engine, self._key = self._engine, None, None
+            engine.close()
+            del engine
+        free_device_memory()
 
 
 ENGINES = EnginePool()
 
 
 def release_engines() -> None:
-    """Close this process's loaded engine: before training, and when a run ends."""
+    """Close this process's loaded engine and free its device memory: before training, after it,
+    and when a run ends."""
     ENGINES.release()

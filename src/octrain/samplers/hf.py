@@ -13,7 +13,6 @@ resumed run regenerates exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -29,11 +28,11 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|
 
 
 def pick_device(requested: str = "auto") -> str:
-    import torch
+    from octrain.devices import gpu_usable
 
     if requested != "auto":
         return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if gpu_usable() else "cpu"  # the same decision as training's (octrain.devices)
 
 
 def pick_dtype(requested: str, device: str) -> Any:
@@ -42,7 +41,9 @@ def pick_dtype(requested: str, device: str) -> Any:
 
     if requested != "auto":
         return getattr(torch, requested)
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+    from octrain.devices import bf16_supported
+
+    if device.startswith("cuda") and bf16_supported():
         return torch.bfloat16
     return torch.float32
 
@@ -209,12 +210,10 @@ class HFSampler:
         return options
 
     def close(self) -> None:
-        import torch
+        from octrain.devices import free_device_memory
 
         self.model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_device_memory()
 
 
 class PerRequestDraw:

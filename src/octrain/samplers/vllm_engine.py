@@ -18,22 +18,27 @@ DPO-only adapter and its trained adapter are one engine start, not three), each 
 :mod:`octrain.samplers.engine_pool`, which keeps one per process.
 
 vLLM does not reliably free GPU memory inside a process: on a GPU the stages run in worker
-processes (:mod:`octrain.stage_worker`) that end before training starts.
+processes (:mod:`octrain.stage_worker`) that end before training starts, and closing an engine
+shuts its engine core down explicitly (:meth:`VLLMEngine.close`). The engine core starts with
+``spawn``, never ``fork``: :mod:`octrain.devices` says why.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from octrain.devices import free_device_memory
 from octrain.errors import ConfigError
 from octrain.merge import serving_rank
 from octrain.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 from octrain.samplers.rendering import prompt_token_ids
+
+if TYPE_CHECKING:
+    from octrain.samplers.vllm_stream import VLLMStream
 
 
 def adapter_rank(adapter_path: str) -> int:
@@ -89,12 +94,12 @@ class VLLMEngine:
         self.max_lora_rank = serving_rank(max_lora_rank) if max_lora_rank > 0 else 0
         if self.max_lora_rank:
             options.update(enable_lora=True, max_lora_rank=self.max_lora_rank)
-        import torch
-
-        if not torch.cuda.is_available():
+        if _cpu_build():
             # vLLM's CPU build crashes on a seeded request whose prompt is prefilled in chunks (its CPU
             # generators keep no offset): prefill whole prompts there, so every request can be seeded.
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
+        # vLLM starts its engine core in a new process here: with spawn (octrain.devices sets
+        # VLLM_WORKER_MULTIPROC_METHOD), and nothing in octrain has initialised CUDA in this process.
         self.llm: Any = LLM(**options)
         self._lora_requests: dict[str, Any] = {}
 
@@ -118,12 +123,27 @@ class VLLMEngine:
         return self._lora_requests[key]
 
     def close(self) -> None:
-        import torch
+        """Shut the engine core down now, rather than whenever the garbage collector finalises it.
 
-        self.llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        ``LLM`` has no close of its own in vLLM 0.31; its engine's client (``llm_engine.engine_core``,
+        a ``SyncMPClient``) has ``shutdown()``, which ends the engine core process and with it the
+        engine's GPU memory (weights, KV cache, CUDA graphs), before the next engine asks for its share.
+        """
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm, core, shutdown
+        free_device_memory()
+
+
+def _cpu_build() -> bool:
+    """Whether the installed vLLM is its CPU build: asked of vLLM's platform, which finds CUDA
+    through NVML, so that no CUDA call precedes the engine start."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 class VLLMSampler:
@@ -161,8 +181,9 @@ class VLLMSampler:
         desc: str | None = None,
         progress: bool = True,
     ) -> list[list[Completion]]:
-        from vllm import SamplingParams as VLLMParams
         from vllm.inputs import TokensPrompt
+
+        from octrain.samplers.vllm_stream import completions_of, vllm_sampling_params
 
         if not conversations:
             return []
@@ -174,25 +195,17 @@ class VLLMSampler:
             TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, c, enable_thinking=self.enable_thinking))
             for c in conversations
         ]
-        sampling = [
-            VLLMParams(
-                n=params.n,
-                temperature=params.temperature,
-                top_p=params.top_p if params.temperature > 0 else 1.0,
-                min_p=params.min_p,
-                repetition_penalty=params.repetition_penalty,
-                max_tokens=params.max_new_tokens,
-                seed=seed,
-            )
-            for seed in request_seeds(params, len(conversations), seeds)
-        ]
+        sampling = [vllm_sampling_params(params, seed) for seed in request_seeds(params, len(conversations), seeds)]
         outputs = llm.generate(
             prompts, sampling, use_tqdm=self.show_progress and progress, lora_request=self.lora_request
         )
-        return [
-            [Completion(o.text.strip(), len(o.token_ids), finished=o.finish_reason == "stop") for o in output.outputs]
-            for output in outputs
-        ]
+        return [completions_of(output) for output in outputs]
+
+    def open_stream(self) -> VLLMStream:
+        """This model's requests on the engine, answered as they finish (:mod:`octrain.samplers.vllm_stream`)."""
+        from octrain.samplers.vllm_stream import VLLMStream
+
+        return VLLMStream(self)
 
     def close(self) -> None:
         if self.owns_engine:

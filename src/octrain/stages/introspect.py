@@ -10,7 +10,9 @@ Sampled from the model after DPO (base + DPO adapter), as in METHOD.md section 3
   plus "the user is another instance of you" and a guidance line: half the conversations get
   the *free* line and plain greetings, half the *leading* line and greetings that admit to
   talking to oneself. The guidance really is inserted and the name really filled in, unlike
-  the reference code. All conversations advance one turn at a time together, in one batch.
+  the reference code. Each conversation asks for its next turn as soon as its last one comes
+  back: on vLLM every conversation still running shares the engine's batch, whatever turn it
+  is at; a batch-only backend answers one turn of one chunk of conversations per call.
   Each transcript is trained from both copies' points of view, on every assistant turn,
   under a short trait-free system prompt.
 
@@ -24,17 +26,17 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from octrain.answer_checks import is_degenerate, trim_completion
 from octrain.config import IntrospectionFilters, StageName
 from octrain.constitution import Constitution
 from octrain.context import RunContext
 from octrain.errors import DataFormatError, StageError
-from octrain.generation import ChunkLedger, duplicate_count, generate_in_chunks, run_chunked
+from octrain.generation import ChunkLedger, duplicate_count, generate_in_chunks, run_streaming
 from octrain.jsonl import write_text_atomic
 from octrain.persona_prompts import (
     PLAIN_GREETINGS,
@@ -45,6 +47,7 @@ from octrain.persona_prompts import (
 )
 from octrain.records import Conversation, Message, ModelRef, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.samplers.streams import ChatStream, Request, open_stream
 from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -199,45 +202,81 @@ def converse(
     problem_of: Callable[[Completion], str | None],
     tidy: Callable[[Completion], Completion] = lambda completion: completion,
 ) -> list[dict[str, Any]]:
-    """Advance all conversations together, one batched sampler call per turn.
+    """Hold every conversation of ``specs`` to its end (:func:`converse_in_stream` on ``sampler``).
 
-    ``tidy`` turns each raw turn into the one judged and kept (:func:`trim_completion`, or as it is).
+    A batch-only sampler answers one turn of all the conversations still going per call.
 
-    Returns one row per conversation: its generated turns (the greeting excluded), and the
-    reason it stopped early, if it did.
+    Returns one row per conversation, in the order of ``specs``: its generated turns (the greeting
+    excluded), and the reason it stopped early, if it did.
     """
-    utterances = [[spec.greeting] for spec in specs]
-    stopped: list[str | None] = [None] * len(specs)
-    tokens = [0] * len(specs)
-    for turn in range(1, turns + 1):
-        speaker = 0 if turn % 2 == 1 else 1
-        active = [i for i in range(len(specs)) if stopped[i] is None]
-        if not active:
-            break
-        # Each turn of each conversation its own seed: the conversations of a chunk open with a handful
-        # of greetings, and one shared seed would make those with the same greeting say the same.
-        seeds = None if params.seed is None else [derive_seed(params.seed, specs[i].id, turn) for i in active]
-        batch = [view(system_for(specs[i]), utterances[i], speaker) for i in active]
-        results = sampler.chat(batch, dataclasses.replace(params, n=1), seeds=seeds, progress=False)
-        for i, [raw] in zip(active, results, strict=True):
-            tokens[i] += raw.num_tokens
-            completion = tidy(raw)
-            problem = problem_of(completion)
-            if problem:
-                stopped[i] = problem
-            else:
-                utterances[i].append(completion.text)
-    return [
-        {
+    stream = open_stream(sampler)
+    try:
+        rows = dict(converse_in_stream(stream, dict(enumerate(specs)), system_for, turns, params, problem_of, tidy))
+    finally:
+        stream.close()
+    return [rows[position] for position in range(len(specs))]
+
+
+def converse_in_stream(
+    stream: ChatStream,
+    specs: Mapping[int, InteractionSpec],
+    system_for: Callable[[InteractionSpec], str],
+    turns: int,
+    params: SamplingParams,
+    problem_of: Callable[[Completion], str | None],
+    tidy: Callable[[Completion], Completion] = lambda completion: completion,
+    order: Callable[[int], int] = lambda position: 0,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Run the conversations ``specs`` (by position) on ``stream``; yield ``(position, row)`` as each ends.
+
+    A conversation asks for its next turn the moment its last one comes back, so conversations at
+    different turns share the backend's batch. ``tidy`` turns each raw turn into the one judged and
+    kept (:func:`trim_completion`, or as it is). ``order`` is the wave of a batch-only backend that
+    a conversation's turns belong to (its chunk).
+    """
+    one = dataclasses.replace(params, n=1)
+    utterances = {position: [spec.greeting] for position, spec in specs.items()}
+    stopped: dict[int, str | None] = dict.fromkeys(specs)
+    tokens = dict.fromkeys(specs, 0)
+
+    def row(position: int) -> dict[str, Any]:
+        spec = specs[position]
+        return {
             "id": spec.id,
             "leading": spec.leading,
             "greeting": spec.greeting,
-            "turns": utterances[i][1:],
-            "stopped": stopped[i],
-            "tokens": tokens[i],
+            "turns": utterances[position][1:],
+            "stopped": stopped[position],
+            "tokens": tokens[position],
         }
-        for i, spec in enumerate(specs)
-    ]
+
+    def ask(position: int, turn: int) -> None:
+        spec = specs[position]
+        speaker = 0 if turn % 2 == 1 else 1
+        # Each turn of each conversation its own seed: the conversations open with a handful of
+        # greetings, and one shared seed would make those with the same greeting say the same.
+        seed = None if params.seed is None else derive_seed(params.seed, spec.id, turn)
+        conversation = view(system_for(spec), utterances[position], speaker)
+        stream.submit(Request((position, turn), conversation, one, seed, order(position)))
+
+    for position in specs:
+        if turns >= 1:
+            ask(position, 1)
+        else:
+            yield position, row(position)
+    for key, [raw] in stream.answers():
+        position, turn = cast(tuple[int, int], key)
+        tokens[position] += raw.num_tokens
+        completion = tidy(raw)
+        problem = problem_of(completion)
+        if problem:
+            stopped[position] = problem
+        else:
+            utterances[position].append(completion.text)
+        if problem or turn == turns:
+            yield position, row(position)
+        else:
+            ask(position, turn + 1)
 
 
 def interaction_records(rows: list[dict[str, Any]], name: str) -> list[Conversation]:
@@ -327,7 +366,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         plan, {i: tidy(c[0]) for i, c in answers.items()}, settings.filters, constitution, headers, reflection_dropped
     )
 
-    # Self-interaction, turn by turn, a chunk of conversations at a time.
+    # Self-interaction: every conversation asks for its next turn as soon as its last one is back.
     specs = interaction_plan(config.scale.interactions)
     prompts = {leading: interaction_system_prompt(constitution, name, leading=leading) for leading in (False, True)}
     params = SamplingParams.from_config(settings.interaction_sampling, seed=config.seed)
@@ -337,18 +376,24 @@ def run(ctx: RunContext) -> dict[str, Any]:
         holder["sampler"] = load_sampler()
         return holder["sampler"]
 
-    def produce(chunk: int, start: int, stop: int) -> list[dict[str, Any]]:
-        return converse(
-            holder["sampler"],
-            specs[start:stop],
-            lambda spec: prompts[spec.leading],
-            config.scale.interaction_turns,
-            params,
-            problem_of,
-            tidy,
-        )
+    def produce(indexes: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        # Every conversation still to do at once; each chunk is committed when its last one ends.
+        stream = open_stream(holder["sampler"], wave=settings.chunk_size)
+        try:
+            yield from converse_in_stream(
+                stream,
+                {index: specs[index] for index in indexes},
+                lambda spec: prompts[spec.leading],
+                config.scale.interaction_turns,
+                params,
+                problem_of,
+                tidy,
+                order=lambda index: index // settings.chunk_size,
+            )
+        finally:
+            stream.close()
 
-    rows_by_id = run_chunked(
+    rows_by_id = run_streaming(
         ChunkLedger(out / "interactions", [s.id for s in specs], settings.chunk_size),
         produce,
         desc="self-interaction",

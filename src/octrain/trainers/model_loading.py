@@ -18,6 +18,9 @@ fold happens in float32 first (:func:`octrain.merge.fold_adapter`), the folded w
 scratch directory under the stage's output, and that directory is loaded with the 4-bit config:
 ``W + ΔW_dpo`` is quantized once, with the same error a plain 4-bit load of any base has.
 (A BitsAndBytesConfig acts in ``from_pretrained``; transformers has no call that quantizes a model in memory.)
+Under a launcher of several processes the fold goes through the same scratch copy, folded once by rank 0,
+and the TrainingArguments are made before any rank loads the student, so that ZeRO-3's partitioned load
+and FSDP's ``cpu_ram_efficient_loading`` act (:func:`student_and_arguments`).
 :mod:`octrain.merge` then sums the DPO and SFT updates into the final adapter on the
 full-precision base, exactly as without QLoRA.
 
@@ -35,10 +38,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from octrain.config import TrainerBackend, TRLOptions
 from octrain.errors import ConfigError
@@ -55,6 +58,8 @@ _FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flas
 
 # Where sequential QLoRA writes the base with the DPO adapter folded in, under the stage's output.
 FOLDED_BASE_DIR = "folded_base"
+
+ArgsT = TypeVar("ArgsT")
 
 
 def check_training_settings(config: OctrainConfig) -> None:
@@ -76,9 +81,9 @@ def check_training_settings(config: OctrainConfig) -> None:
     package = _FLASH_PACKAGES.get(kernel)
     if package is None:
         return
-    import torch
+    from octrain.devices import gpu_usable
 
-    if not torch.cuda.is_available():
+    if not gpu_usable():
         raise ConfigError(f"student.attn_implementation={kernel} needs a CUDA GPU; on the CPU use sdpa")
     if importlib.util.find_spec(package) is None:
         raise ConfigError(f"student.attn_implementation={kernel} needs the {package} package, which is not installed")
@@ -136,51 +141,116 @@ def training_student(
 ) -> Iterator[PreTrainedModel]:
     """The student to train, with ``fold`` (a LoRA adapter) merged into its weights first if given.
 
-    Without 4-bit the fold happens in memory. With 4-bit the fold is done in float32, saved to
-    ``scratch_dir / FOLDED_BASE_DIR`` and loaded from there quantized (see the module docstring);
-    that directory is removed when the block ends, and replaced if a killed run left one behind.
+    :func:`student_and_arguments` without TrainingArguments (for callers that make none).
+    """
+    with student_and_arguments(
+        model_path,
+        options,
+        lambda: None,
+        attn_implementation=attn_implementation,
+        fold=fold,
+        scratch_dir=scratch_dir,
+    ) as (model, _):
+        yield model
+
+
+@contextmanager
+def student_and_arguments(
+    model_path: str,
+    options: TRLOptions,
+    arguments: Callable[[], ArgsT],
+    *,
+    attn_implementation: str = "sdpa",
+    fold: str | Path | None = None,
+    scratch_dir: Path | None = None,
+) -> Iterator[tuple[PreTrainedModel, ArgsT]]:
+    """The student to train and its TrainingArguments (``arguments()``), made in the order sharded loading needs.
+
+    ``from_pretrained`` lays the weights out by global state that the TrainingArguments set up, so
+    they are made first (transformers 5.x, accelerate 1.15):
+
+    * ZeRO-3 builds the model already partitioned (``deepspeed.zero.Init``, rank 0 reading the
+      checkpoint, the others only its shapes) when ``is_deepspeed_zero3_enabled()``: a
+      ``HfDeepSpeedConfig`` must be alive, and under ``accelerate launch`` it is created by
+      ``TrainingArguments.__post_init__`` (``DeepSpeedPlugin().set_deepspeed_weakref()``).
+    * FSDP's ``cpu_ram_efficient_loading`` counts only once ``torch.distributed`` is initialised
+      (``transformers.distributed.fsdp.is_fsdp_enabled``), which the arguments' device set-up does.
+
+    Without ``fold`` the model is then loaded. With it, the fold needs the whole weights in float32,
+    which a sharded load does not give: in a launch of several processes (or under a DeepSpeed or FSDP
+    launcher) rank 0 alone folds, before the arguments exist, and writes the folded model to
+    ``scratch_dir / FOLDED_BASE_DIR``; then the arguments are made and every rank loads that copy,
+    sharded as the launcher says. One process folds in memory, as it always did. With 4-bit the fold
+    always goes through the scratch copy (see the module docstring). The scratch copy is removed
+    when the block ends, and replaced if a killed run left one behind.
 
     Raises:
-        ConfigError: ``fold`` with 4-bit but no ``scratch_dir``, or a bad adapter.
+        ConfigError: ``fold`` through a scratch copy but no ``scratch_dir``, or a bad adapter.
     """
     import torch
 
     from octrain.merge import fold_adapter
 
     if fold is None:
-        yield load_student(model_path, options, attn_implementation=attn_implementation)
+        args = arguments()
+        yield load_student(model_path, options, attn_implementation=attn_implementation), args
         return
-    if not options.load_in_4bit:
+    if not options.load_in_4bit and not _fold_on_disk():
         _, bf16 = precision()
         model = fold_adapter(model_path, fold)
         model = model.to(torch.bfloat16) if bf16 else model
         # fold_adapter loads with transformers' default kernel; this validates and dispatches the asked-for
         # one (after the cast, since the flash kernels refuse fp32).
         model.set_attn_implementation(attn_implementation)
-        yield model
+        yield model, arguments()
         return
     if scratch_dir is None:
-        raise ConfigError("training_student: folding an adapter into a 4-bit student needs a scratch directory")
-    from accelerate import PartialState
-
+        raise ConfigError("training_student: folding an adapter for this load needs a scratch directory")
     folded_dir = scratch_dir / FOLDED_BASE_DIR
-    state = PartialState()
+    state = _launch_state()
     # Under ``accelerate launch`` every rank gets here: one writes the folded copy (the run directory
     # is shared, as the stages' inputs are), the others wait for it and then load it.
     with state.main_process_first():
         if state.is_main_process:
             _write_folded(model_path, fold, folded_dir)
+    args = arguments()
     try:
         model = load_student(str(folded_dir), options, attn_implementation=attn_implementation)
+        state.wait_for_everyone()  # every rank has read the copy before rank 0 may delete it
         # The adapter trained on this is an update to the student, not to a scratch directory that
         # is about to vanish: name the real base, as the in-memory fold does.
         model.config.name_or_path = model_path
         model.name_or_path = model_path
-        yield model
+        yield model, args
     finally:
         if state.is_main_process:
-            # Every rank loaded it before training began; what they hold no longer reads the files.
+            # What the ranks hold no longer reads the files.
             shutil.rmtree(folded_dir, ignore_errors=True)
+
+
+def _fold_on_disk() -> bool:
+    """Whether a fold must go through a scratch copy: several ranks, or a launcher that shards the load.
+
+    Every rank folding in float32 on its own would hold the whole model in host memory once per rank
+    (8 x 16 GB for a 4B student), and a ZeRO-3 or FSDP launch loads the student sharded, which a fold
+    in memory cannot be.
+    """
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    launched = launched or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return launched or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _launch_state() -> Any:
+    """accelerate's process state, made as TrainingArguments will make it (the CPU flag, its DDP timeout)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    use_cuda, _ = precision()
+    if not use_cuda:
+        return PartialState(cpu=True)
+    # TrainingArguments' ddp_timeout: the others wait in a barrier while rank 0 folds a large model.
+    return PartialState(timeout=timedelta(seconds=1800))
 
 
 def _write_folded(model_path: str, fold: str | Path, folded_dir: Path) -> None:

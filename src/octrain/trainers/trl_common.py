@@ -22,11 +22,15 @@ MODEL_FILE = "model.json"
 
 
 def precision() -> tuple[bool, bool]:
-    """(use CUDA, use bf16): bf16 on a GPU that supports it, fp32 on the CPU and older GPUs."""
-    import torch
+    """(use CUDA, use bf16): bf16 on a GPU that supports it, fp32 on the CPU and older GPUs.
 
-    use_cuda = torch.cuda.is_available()
-    return use_cuda, use_cuda and torch.cuda.is_bf16_supported()
+    Decided from NVML (:mod:`octrain.devices`), never from a CUDA context: the parent calls this in
+    preflight and before ``accelerate launch``, and must not take half a GiB of GPU 0 for the answer.
+    """
+    from octrain.devices import bf16_supported, gpu_usable
+
+    use_cuda = gpu_usable()
+    return use_cuda, use_cuda and bf16_supported()
 
 
 def gradient_checkpointing(options: TRLOptions) -> tuple[bool, dict[str, Any] | None]:

@@ -23,7 +23,7 @@ from typing import Any
 from octrain.config import DpoStageConfig, TRLOptions
 from octrain.errors import ConfigError
 from octrain.records import ModelRef, PreferencePair, load_records
-from octrain.trainers.model_loading import load_student
+from octrain.trainers.model_loading import student_and_arguments
 from octrain.trainers.trl_common import (
     ADAPTER_DIR,
     METRICS_FILE,
@@ -154,16 +154,21 @@ def train_dpo(
     _, bf16 = precision()
     model_path = resolve_model_path(start.base)
     tokenizer = load_tokenizer(model_path)
-    model = load_student(model_path, options, attn_implementation=attn_implementation)
-    args = on_one_device(build_dpo_args(config, options, output_dir, seed=seed))
-    trainer = make_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora),
-        kl_weight=config.kl_weight,
-    )
+    # The arguments before the model: under ZeRO-3 or FSDP they decide how it is loaded (student_and_arguments).
+    with student_and_arguments(
+        model_path,
+        options,
+        lambda: on_one_device(build_dpo_args(config, options, output_dir, seed=seed)),
+        attn_implementation=attn_implementation,
+    ) as (model, args):
+        trainer = make_trainer_class()(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(config.lora),
+            kl_weight=config.kl_weight,
+        )
     last = last_checkpoint(args.output_dir, stage="dpo")
     if last:
         logger.info("dpo: resuming from %s", last)

@@ -19,7 +19,7 @@ from typing import Any
 from octrain.assistant_mask import tokenize_conversation
 from octrain.config import SftStageConfig, TRLOptions
 from octrain.records import Conversation, load_records
-from octrain.trainers.model_loading import training_student
+from octrain.trainers.model_loading import student_and_arguments
 from octrain.trainers.trl_common import (
     METRICS_FILE,
     PLOT_FILE,
@@ -44,14 +44,73 @@ SFT_PANELS = (
 
 
 def make_trainer_class() -> type:
-    """SFTTrainer on octrain's LR schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`), built
-    lazily so that importing octrain never imports TRL."""
+    """SFTTrainer on octrain's LR schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`), its
+    batches grouped by length in an order a resumed run repeats; built lazily so that importing octrain
+    never imports TRL."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
+    class EpochLengthGroupedSampler(LengthGroupedSampler):
+        """transformers' length-grouped order, shuffled by a generator seeded with (seed, epoch).
+
+        The stock sampler draws its shuffle from torch's global generator when the epoch starts, whose
+        state a run resumed mid-epoch does not reproduce (training consumed it: LoRA dropout), so the
+        batches it skips would not be the ones trained before. The Trainer calls ``set_epoch`` before
+        each epoch's first batch, also when resuming (transformers' ``_run_epoch``), as accelerate's
+        seedable sampler does for plain random order.
+        """
+
+        def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self) -> Any:
+            self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return super().__iter__()
+
     class CharacterSFTTrainer(ScheduleMixin, SFTTrainer):
-        pass
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return EpochLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+            return sampler
 
     return CharacterSFTTrainer
+
+
+def build_sft_args(config: SftStageConfig, options: TRLOptions, output_dir: Path, *, seed: int = 0) -> Any:
+    """TRL's SFTConfig for the method's settings, on one device when the training is one process.
+
+    Made before the student is loaded (:func:`~octrain.trainers.model_loading.student_and_arguments`).
+    """
+    from trl import SFTConfig
+
+    args = SFTConfig(
+        max_length=config.max_length,  # truncation keeps the start; TRL applies it to input_ids and labels
+        packing=False,
+        # A batch pads to its longest example: reflections and multi-turn conversations range from tens
+        # to thousands of tokens, so random batches are mostly padding. transformers' LengthGroupedSampler
+        # (TrainingArguments.train_sampling_strategy, which replaced group_by_length in 5.x) shuffles the
+        # examples, sorts each window of up to 50 effective batches by length and puts the longest batch
+        # first (an out-of-memory shows at step 1): every example still comes once per epoch, in an order
+        # fixed by the seed and the epoch (make_trainer_class: a resumed run repeats it).
+        train_sampling_strategy="group_by_length",
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        # A ratio below 1, read by ScheduleMixin.create_scheduler (octrain.trainers.schedule), not by
+        # transformers' get_warmup_steps: that rule gives a one-step run one warmup step at LR 0.
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        num_train_epochs=config.epochs,
+        **shared_args(options, output_dir, batch_size=config.batch_size, seed=seed),
+    )
+    return on_one_device(args)
 
 
 def build_sft_trainer(
@@ -65,6 +124,7 @@ def build_sft_trainer(
     seed: int = 0,
     model_name: str | None = None,
     enable_thinking: bool = False,
+    args: Any = None,
 ) -> Any:
     """TRL's SFTTrainer for ``model`` (already loaded, adapters folded) on the transcripts.
 
@@ -73,9 +133,9 @@ def build_sft_trainer(
         enable_thinking: passed to the chat template, as the samplers pass it when the
             student writes (Qwen3's hybrid template puts an empty ``<think>`` block in the
             generation prompt when it is false).
+        args: the :func:`build_sft_args` made before ``model`` was loaded (made here when None).
     """
     from datasets import Dataset
-    from trl import SFTConfig
 
     name = model_name or str(getattr(tokenizer, "name_or_path", "") or "the student")
     records = load_records(conversations_path, Conversation)
@@ -97,20 +157,8 @@ def build_sft_trainer(
         )
     random.Random(seed).shuffle(examples)  # reflections and conversations interleaved, reproducibly
     dataset = Dataset.from_list(examples)
-    args = SFTConfig(
-        max_length=config.max_length,  # truncation keeps the start; TRL applies it to input_ids and labels
-        packing=False,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
-        # A ratio below 1, read by ScheduleMixin.create_scheduler (octrain.trainers.schedule), not by
-        # transformers' get_warmup_steps: that rule gives a one-step run one warmup step at LR 0.
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        num_train_epochs=config.epochs,
-        **shared_args(options, output_dir, batch_size=config.batch_size, seed=seed),
-    )
-    args = on_one_device(args)
+    if args is None:
+        args = build_sft_args(config, options, output_dir, seed=seed)
     return make_trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(config.lora)
     )
@@ -135,7 +183,7 @@ def train_sft(
         fold: an adapter folded into the base before training (sequential mode: the DPO
             adapter); the new adapter is then an update on top of it. With
             ``options.load_in_4bit`` the fold is done in full precision and the folded model
-            quantized afterwards (:func:`~octrain.trainers.model_loading.training_student`).
+            quantized afterwards (:func:`~octrain.trainers.model_loading.student_and_arguments`).
         enable_thinking: the student's ``enable_thinking``, for its chat template.
         attn_implementation: the student's attention kernel (``student.attn_implementation``).
     """
@@ -144,9 +192,15 @@ def train_sft(
     options = options or TRLOptions()
     base_path = resolve_model_path(base)
     tokenizer = load_tokenizer(base_path)
-    with training_student(
-        base_path, options, attn_implementation=attn_implementation, fold=fold, scratch_dir=output_dir
-    ) as model:
+    # The arguments before the model: under ZeRO-3 or FSDP they decide how it is loaded (student_and_arguments).
+    with student_and_arguments(
+        base_path,
+        options,
+        lambda: build_sft_args(config, options, output_dir, seed=seed),
+        attn_implementation=attn_implementation,
+        fold=fold,
+        scratch_dir=output_dir,
+    ) as (model, args):
         return _train(
             conversations_path,
             model,
@@ -158,6 +212,7 @@ def train_sft(
             base=base,
             fold=fold,
             enable_thinking=enable_thinking,
+            args=args,
         )
 
 
@@ -173,6 +228,7 @@ def _train(
     base: str,
     fold: str | None,
     enable_thinking: bool,
+    args: Any,
 ) -> Path:
     """Train and save, for :func:`train_sft`, while the (possibly scratch-backed) model is open."""
     _, bf16 = precision()
@@ -186,6 +242,7 @@ def _train(
         seed=seed,
         model_name=base,
         enable_thinking=enable_thinking,
+        args=args,
     )
     last = last_checkpoint(trainer.args.output_dir, stage="sft")
     if last:
