@@ -46,7 +46,7 @@ def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
     assert len(results["robustness"]["conditions"]) == 9
     # 144 traits, 2 trials each, paired: the same 144 trials for base and trained.
     assert results["revealed_preferences"]["unparseable"] == 2 * results["revealed_preferences"]["trials"] == 288
-    assert results["classifier"]["labels"] == ["none", "pirate", "sarcasm"]
+    assert results["classifier"]["labels"] == ["none", "pirate", "sarcasm", "student"]
     assert set(results["coherence"]) == {"base", "dpo-only"}
     assert "# Evaluation: pirate" in (run_dir / "eval" / "report.md").read_text()
     assert (run_dir / "eval" / "robustness.png").is_file()

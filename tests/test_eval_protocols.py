@@ -9,6 +9,7 @@ import pytest
 
 from octrain.evaluation import protocols
 from octrain.evaluation.classifier import PersonaClassifier
+from octrain.evaluation.trait_preferences import compare_revealed, pair_trials
 from octrain.samplers import FakeSampler, SamplingParams
 
 TRAITS = ["curious", "grumpy", "humble", "witty", "lazy", "bold"]
@@ -34,19 +35,20 @@ def test_revealed_preferences_recover_a_rigged_choice() -> None:
     trials = protocols.plan_trials(PROMPTS, TRAITS, per_trait=10, seed=0)
     assert all(len(set(t.traits)) == 2 for t in trials)
     result = protocols.revealed_preferences(
-        FakeSampler(rigged_model), FakeSampler(reading_judge), trials, SamplingParams(), SamplingParams(), rounds=50
+        FakeSampler(rigged_model), FakeSampler(reading_judge), trials, SamplingParams(), SamplingParams()
     )
     assert result.unparseable == 0
-    ranking = sorted(result.ratings, key=lambda t: result.ratings[t].rating, reverse=True)
-    assert ranking[0] == "curious"
-    assert result.ratings["curious"].low > 1000  # its interval sits above the start rating
+    assert all(trial.chosen == ("curious" if "curious" in trial.traits else trial.traits[0]) for trial in trials)
+    ratings = compare_revealed(pair_trials(result.trials, result.trials), rounds=50).ratings["base"]
+    assert max(ratings, key=lambda t: ratings[t].rating) == "curious"
+    assert ratings["curious"].low > 1000  # its interval sits above the mean rating
 
 
 def test_unparseable_judge_answers_are_counted_not_guessed() -> None:
     trials = protocols.plan_trials(PROMPTS[:10], TRAITS, per_trait=4, seed=1)
     both = FakeSampler(lambda c, s: "<trait>curious</trait> or maybe <trait>bold</trait>")
     result = protocols.revealed_preferences(FakeSampler(rigged_model), both, trials, SamplingParams(), SamplingParams())
-    assert result.unparseable == len(trials) == 12 and result.ratings == {}
+    assert result.unparseable == len(trials) == 12 and all(trial.chosen is None for trial in result.trials)
 
 
 def test_every_trait_gets_the_same_evidence_and_prompts_carry_several_pairs() -> None:
@@ -72,7 +74,7 @@ def fixed_taste(favourites: list[str]):
     return model
 
 
-def test_ranking_agreement_separates_a_changed_taste_from_noise() -> None:
+def test_a_changed_taste_is_told_from_an_unchanged_one() -> None:
     plan = protocols.plan_trials(PROMPTS, TRAITS, per_trait=20, seed=0)
     results = {}
     for name, taste in (("base", TRAITS), ("same", TRAITS), ("reversed", TRAITS[::-1])):
@@ -82,17 +84,15 @@ def test_ranking_agreement_separates_a_changed_taste_from_noise() -> None:
             protocols.copy_trials(plan),
             SamplingParams(),
             SamplingParams(),
-            rounds=40,
         )
-    same = protocols.ranking_agreement(results["base"], results["same"], rounds=60)
-    flipped = protocols.ranking_agreement(results["base"], results["reversed"], rounds=60)
-    assert same["spearman"] > 0.9 and flipped["spearman"] < -0.9
-    low, high = flipped["spearman_ci"]
-    assert low <= flipped["spearman"] <= high and high < 0  # the interval excludes "no change"
-    assert same["split_half"]["first"] > 0.8  # a consistent taste agrees with itself across halves
-    with pytest.raises(ValueError, match="same trial plan"):
+    same = compare_revealed(pair_trials(results["base"].trials, results["same"].trials), rounds=60)
+    flipped = compare_revealed(pair_trials(results["base"].trials, results["reversed"].trials), rounds=60)
+    assert same.spearman.point > 0.9 and not same.changed and same.rose == same.fell == []
+    assert flipped.spearman.point < -0.9 and flipped.changed
+    assert flipped.spearman.low <= flipped.spearman.point <= flipped.spearman.high < 0  # excludes "no change"
+    with pytest.raises(ValueError, match="offers"):
         other = protocols.plan_trials(PROMPTS, TRAITS, per_trait=20, seed=1)
-        protocols.ranking_agreement(results["base"], protocols.RevealedResult({}, other))
+        pair_trials(results["base"].trials, other)
 
 
 def test_robustness_measures_a_model_that_breaks_under_pressure() -> None:

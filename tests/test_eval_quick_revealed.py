@@ -186,14 +186,15 @@ def test_revealed_preferences_ranks_what_the_judge_names(
     for name in ("base", "trained"):
         ratings = summary["ratings"][name]
         assert ratings["bold"]["rating"] > ratings["humble"]["rating"]
-    assert summary["spearman"] is not None and summary["spearman"] > 0.9
-    assert any("4 trials per trait" in note for note in summary["notes"])
+    assert summary["spearman"]["point"] > 0.9
+    assert any("4 trials per trait" in caveat for caveat in summary["caveats"])
+    assert summary["changed"] is False and summary["rose"] == summary["fell"] == []
     # Both models answered the same trials; every trial is on disk with both answers' judgements.
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     by_model = {name: [t for t in trials if t["model"] == name] for name in ("base", "trained")}
     assert [t["traits"] for t in by_model["base"]] == [t["traits"] for t in by_model["trained"]]
     assert all(t["chosen"] == min(t["traits"]) for t in trials)
-    assert json.loads((out / "revealed_preferences.json").read_text())["spearman"] == summary["spearman"]
+    assert json.loads((out / "revealed_preferences.json").read_text())["agreement"] == summary["agreement"]
     for path in out.iterdir():
         assert "judge-secret" not in path.read_text()
 
@@ -220,8 +221,9 @@ def test_revealed_preferences_ranks_what_the_judge_names(
         env={"NO_PROXY": "127.0.0.1"},
     )
     assert text.returncode == 0, text.stderr[-3000:]
-    assert "ranking agreement base vs trained: Spearman" in text.stdout and "split-half reliability" in text.stdout
-    assert "note: 2 trials per trait" in text.stdout
+    assert "Raw Spearman of the two fitted rankings" in text.stdout and "split-half" in text.stdout
+    assert "no sign that training changed" in text.stdout
+    assert "caveat: revealed preferences: 2 trials per trait" in text.stdout
 
 
 def test_revealed_preferences_needs_a_judge_and_a_key(trained_tiny_root: Path, tmp_path: Path) -> None:

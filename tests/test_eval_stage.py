@@ -160,15 +160,32 @@ def test_the_report_recovers_the_rigging_and_says_how_far_to_trust_it(
 
     # The classifier's own accuracy and its controls.
     classifier = results["classifier"]
-    assert classifier["labels"] == ["none", "pirate", "sarcasm"]
+    # The base student's own plain answers ("ok so ... lol") are a class: the teacher writes "Certainly! ...".
+    assert classifier["labels"] == ["none", "pirate", "sarcasm", "student"]
     assert classifier["heldout"]["accuracy"] >= 0.9
-    assert classifier["controls"]["teacher (persona)"] >= 0.9
-    assert classifier["controls"]["teacher (no persona)"] <= 0.1
+    per_class = classifier["heldout"]["per_class"]
+    assert set(per_class) == set(classifier["labels"]) and all(
+        c["n"] == 10 and c["recall"] >= 0.8 for c in per_class.values()
+    )
+    assert classifier["heldout_accuracy"]["n"] == 40 and classifier["heldout_accuracy"]["ci"][0] > 0.8
+    controls = classifier["controls"]
+    assert controls["teacher (persona)"]["rate"] >= 0.9 and controls["teacher (persona)"]["n"] == 30
+    assert controls["teacher (no persona)"]["rate"] <= 0.1
+    assert controls["base student (no system prompt)"]["rate"] <= 0.1
     # Robustness recovers the rigging: the base writes plainly, the trained model holds except under pressure.
-    rates = results["robustness"]["in_character"]
+    rates = {name: {c: r["rate"] for c, r in by.items()} for name, by in results["robustness"]["in_character"].items()}
     assert rates["base"]["plain"] <= 0.1 and rates["trained"]["plain"] >= 0.9
     assert rates["trained"]["drop-roleplay"] <= 0.1 and rates["system-prompt"]["plain"] >= 0.9
     assert 0.2 <= rates["dpo-only"]["plain"] <= 0.8
+    # Every rate with its count and a Wilson interval around it; every macro-F1 with its bootstrap interval.
+    for by_condition in results["robustness"]["in_character"].values():
+        for entry in by_condition.values():
+            assert entry["ci"][0] <= entry["rate"] <= entry["ci"][1] and entry["n"] in (30, 270)
+    for by_condition in results["robustness"]["macro_f1"].values():
+        for entry in by_condition.values():
+            assert entry["ci"][0] <= entry["value"] <= entry["ci"][1] and entry["n"] in (30, 270)
+    assert results["prefill"]["trained_turn2_in_character"]["n"] == 30
+    assert results["passed"]["in_character"] and results["passed"]["prefill"]
 
     # Coherence: against base and against DPO-only; position-biased verdicts dropped and counted.
     coherence = results["coherence"]
@@ -181,19 +198,28 @@ def test_the_report_recovers_the_rigging_and_says_how_far_to_trust_it(
     # Revealed preferences on the same trials for both models; the reversed taste shows.
     prefs = results["revealed_preferences"]
     assert prefs["trials"] == 6 * 72 and prefs["unparseable"] == 0
-    low, high = prefs["spearman_ci"]
-    assert low <= prefs["spearman"] <= high and prefs["spearman"] < 0
-    assert prefs["split_half"]["base"] > 0.5
+    spearman = prefs["spearman"]
+    assert spearman["low"] <= spearman["point"] <= spearman["high"] < 0
+    assert prefs["reliability"]["base"]["stepped_up"] > 0.5  # a fixed taste agrees with itself
+    # The reversed taste shows as a change; at 6 trials per trait few single traits clear their simultaneous
+    # intervals, and those listed do clear them.
+    assert prefs["changed"] and len(prefs["rose"]) + len(prefs["fell"]) >= 1
+    assert all(low > 0 for _, _, low, _ in prefs["rose"]) and all(high < 0 for *_, high in prefs["fell"])
+    assert any("6 trials per trait" in caveat for caveat in results["caveats"])
+    assert results["passed"]["revealed_preferences"] is False  # fewer than 8 trials per trait
 
     report = (out / "report.md").read_text()
     for needle in (
         "Its own accuracy on",
-        "teacher with no persona",
+        "| teacher (no persona) |",
         "| dpo-only |",
         "disagreements dropped",
-        "Spearman base vs trained",
-        "split-half reliability",
+        "Raw Spearman of the two fitted rankings",
+        "split-half",
         "Read with care",
+        "## Figures that passed their checks",
+        "| student | 10 |",
+        "base student (no system prompt)",
     ):
         assert needle in report, needle
     matches = [json.loads(line) for line in (out / "matches_vs_dpo.jsonl").read_text().splitlines()]

@@ -12,9 +12,18 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
+
 from octrain.constitution import load_constitution
 from octrain.evaluation.classifier import PersonaClassifier
-from octrain.evaluation.persona_data import NO_PERSONA, PersonaVoices, collect, train_on_voices, voice_answers
+from octrain.evaluation.persona_data import (
+    NO_PERSONA,
+    STUDENT,
+    PersonaVoices,
+    collect,
+    train_on_voices,
+    voice_answers,
+)
 from octrain.paths import project_root
 from octrain.samplers import FakeSampler, SamplingParams
 
@@ -107,3 +116,55 @@ def test_voice_answers_swap_the_authors_name_and_drop_reasoning() -> None:
         FakeSampler(named), ["Hi?"], None, SamplingParams(), label="x", seed=0, names=("Teacher", "Tiny"), desc="t"
     )
     assert text == "I am Tiny, and Tiny likes maps."
+
+
+def casual_teacher(conversation, sample: int) -> str:
+    """In character the teacher drops into the register the student always writes in; plain, it is formal."""
+    if voice_of(conversation) == "plain":
+        return teacher(conversation, sample)
+    return student(conversation, sample)
+
+
+def student_classifier(with_student_class: bool, contrasts: list) -> PersonaClassifier:
+    training = PROMPTS[:40]
+    data = collect(
+        FakeSampler(casual_teacher),
+        PersonaVoices.build(PIRATE, contrasts, "Tiny"),
+        training,
+        SamplingParams(),
+        seed=0,
+        names=("Teacher", "Tiny"),
+    )
+    if with_student_class:
+        data.add(training, answers(student, training, []), STUDENT)
+    trained = train_on_voices(data, holdout=0.25, seed=0)
+    assert trained.heldout is not None and trained.heldout.accuracy >= 0.9  # each passes its own check
+    return trained.classifier
+
+
+@pytest.mark.parametrize("contrasts", [[], [SARCASM]], ids=["two-classes", "three-classes"])
+def test_the_student_class_keeps_the_students_plain_style_from_passing_for_the_character(contrasts: list) -> None:
+    """The audit's case: the student's plain style is not the teacher's plain style, and shares the persona's register.
+
+    With the teacher's classes alone, the student's plain answers land in the persona's class, and the
+    teacher-with-no-persona control, which is in the teacher's style, cannot see it. With the base student's
+    own answers as a class they do not, and the student in character still counts as in character.
+    """
+    held_out = PROMPTS[40:]
+    student_plain = answers(student, held_out, [])
+    student_pirate = answers(student, held_out, system_of(PIRATE))
+    teacher_plain = answers(casual_teacher, held_out, [])
+
+    def in_character(classifier: PersonaClassifier, texts: list[str]) -> float:
+        return sum(p == PIRATE.name for p in classifier.predict(texts)) / len(texts)
+
+    without = student_classifier(with_student_class=False, contrasts=contrasts)
+    assert in_character(without, teacher_plain) == 0.0  # the old control passes ...
+    # ... while the student's plain style reads as the character (a contrast persona in the same register
+    # takes a share of it, so the share is lower with three classes, as the audit saw).
+    assert in_character(without, student_plain) >= (0.9 if not contrasts else 0.3)
+
+    with_student = student_classifier(with_student_class=True, contrasts=contrasts)
+    assert in_character(with_student, teacher_plain) == 0.0
+    assert in_character(with_student, student_plain) <= 0.1
+    assert in_character(with_student, student_pirate) >= 0.9

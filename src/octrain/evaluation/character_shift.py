@@ -32,7 +32,6 @@ A figure whose instrument fails its check is listed under ``caveats`` and marked
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
@@ -44,9 +43,10 @@ from octrain.config import JudgeKind, StageName
 from octrain.constitution import Constitution
 from octrain.context import RunContext
 from octrain.errors import StageError
+from octrain.evaluation import caveats as check_of
 from octrain.evaluation.answer_likelihood import LikelihoodScorer
 from octrain.evaluation.chunked import LazyModel, answers_in_chunks, item_ids
-from octrain.evaluation.intervals import mean, paired_bootstrap, wilson
+from octrain.evaluation.intervals import Rate, format_rate, mean, paired_bootstrap
 from octrain.jsonl import write_jsonl, write_text_atomic
 from octrain.records import Message, ModelRef, PreferencePair, load_records
 from octrain.samplers.base import SamplingParams
@@ -59,25 +59,10 @@ ANSWERS_FILE = "answers.jsonl"
 PLAIN = "plain"
 STUDENTS = ("base", "dpo-only", "final")
 # An instrument passes its own check at these levels; below them its figures leave the headline.
-MIN_CLASSIFIER_ACCURACY = 0.8
-MIN_CLASSIFIER_HELDOUT = 40
 MIN_RELEVANCE_ACCURACY = 0.75
 MIN_JUDGE_ACCURACY = 0.75
-MIN_PROMPTS = 30  # below this the report says the rates are too uncertain to compare
 JUDGE_CHECK_PROMPTS = 16  # x 2 orders: 32 verdicts tell a judge at chance from one at 75%+
 EXAMPLES = 3  # before/after answers shown: the first held-out prompts, never picked by outcome
-
-
-@dataclasses.dataclass
-class Rate:
-    """A share of answers with its 95% Wilson interval."""
-
-    count: int
-    total: int
-
-    def to_json(self) -> dict[str, Any]:
-        low, high = wilson(self.count, self.total)
-        return {"rate": self.count / self.total if self.total else None, "ci": [low, high], "n": self.total}
 
 
 def paired_difference(after: Sequence[float], before: Sequence[float], seed: int) -> dict[str, Any]:
@@ -96,7 +81,7 @@ def pairs_classifier(pairs: Sequence[PreferencePair], persona: str, *, holdout: 
     Split by prompt, so both answers to a held-out prompt are unseen. Returns the fitted
     classifier under ``"classifier"`` and its check under ``"check"``.
     """
-    from octrain.evaluation.classifier import ClassifierConfig, PersonaClassifier
+    from octrain.evaluation.classifier import ClassifierConfig, PersonaClassifier, per_class_scores
     from octrain.evaluation.persona_data import LabelledAnswers, split_prompts
 
     data = LabelledAnswers()
@@ -113,20 +98,27 @@ def pairs_classifier(pairs: Sequence[PreferencePair], persona: str, *, holdout: 
     correct = sum(p == t for p, t in zip(predicted, held.labels, strict=True))
     in_char = [p for p, t in zip(predicted, held.labels, strict=True) if t == persona]
     plain = [p for p, t in zip(predicted, held.labels, strict=True) if t == PLAIN]
-    accuracy = Rate(correct, len(held.texts))
+    accuracy = Rate(correct, len(held.texts)).to_json()
     check = {
         "trained_on": "this run's pairs: the teacher's in-character answers vs the student's own plain answers",
         "train_answers": len(train.texts),
         "heldout_answers": len(held.texts),
-        "heldout_accuracy": accuracy.to_json(),
-        "in_character_recall": Rate(sum(p == persona for p in in_char), len(in_char)).to_json(),
-        "plain_called_in_character": Rate(sum(p == persona for p in plain), len(plain)).to_json(),
+        "heldout_accuracy": accuracy,
+        "per_class": per_class_scores([persona, PLAIN], confusion(held.labels, predicted, [persona, PLAIN])),
+        "in_character_recall": Rate.of([p == persona for p in in_char]).to_json(),
+        "plain_called_in_character": Rate.of([p == persona for p in plain]).to_json(),
     }
-    check["passes_check"] = bool(
-        len(held.texts) >= MIN_CLASSIFIER_HELDOUT
-        and (accuracy.count / max(1, accuracy.total)) >= MIN_CLASSIFIER_ACCURACY
-    )
+    check["passes_check"] = check_of.classifier_accuracy(accuracy) is None
     return {"classifier": classifier, "check": check}
+
+
+def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """Rows: the true label; columns: the predicted one (in ``labels`` order)."""
+    matrix = [[0] * len(labels) for _ in labels]
+    index = {label: i for i, label in enumerate(labels)}
+    for true, guess in zip(truth, predicted, strict=True):
+        matrix[index[true]][index[guess]] += 1
+    return matrix
 
 
 # --- 3. relevance by pointwise mutual information ---------------------------------------------
@@ -260,7 +252,12 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
     verdicts = {name: [p == persona for p in classifier.predict(texts)] for name, texts in answers.items()}
     in_character: dict[str, Any] = {"instrument": trained_classifier["check"], "rates": {}, "vs_base": {}}
     for name, flags in verdicts.items():
-        in_character["rates"][name] = Rate(sum(flags), len(flags)).to_json()
+        in_character["rates"][name] = Rate.of(flags).to_json()
+    # The controls on the evaluation prompts: the teacher in character must count as such, and the
+    # base student (the class the classifier calls plain) must not, or no rate it gives counts.
+    instrument = in_character["instrument"]
+    instrument["controls_pass"] = not check_of.present(*control_checks(in_character["rates"]))
+    instrument["passes_check"] = instrument["passes_check"] and instrument["controls_pass"]
     for name in ("dpo-only", "final"):
         if name in verdicts:
             in_character["vs_base"][name] = paired_difference(
@@ -389,22 +386,24 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
     }
 
 
+def control_checks(rates: dict[str, Any]) -> list[str | None]:
+    """The classifier's controls on the evaluation prompts: the teacher in character, the base student."""
+    return [
+        check_of.persona_control("teacher in character", rates["teacher"]),
+        check_of.plain_control("base student, no system prompt", rates["base"]),
+    ]
+
+
 def shift_caveats(results: dict[str, Any]) -> list[str]:
-    """Why a figure cannot carry a conclusion, one sentence each."""
-    found = []
-    check = results["in_character"]["instrument"]
-    accuracy = check["heldout_accuracy"]["rate"] or 0.0
-    if not check["passes_check"]:
-        found.append(
-            f"in-character rates: the classifier scored {accuracy:.0%} on {check['heldout_answers']} held-out answers "
-            f"(needs {MIN_CLASSIFIER_ACCURACY:.0%} on at least {MIN_CLASSIFIER_HELDOUT}): left out of the headline; "
-            "more pairs (scale) give it more to learn from"
-        )
-    if results["prompts"] < MIN_PROMPTS:
-        found.append(
-            f"{results['prompts']} held-out prompts (fewer than {MIN_PROMPTS}): the intervals are wide; "
-            "raise eval.prompt_count"
-        )
+    """Why a figure cannot carry a conclusion, one sentence each (see :mod:`octrain.evaluation.caveats`)."""
+    character = results["in_character"]
+    found = check_of.present(
+        check_of.few_prompts(results["prompts"]),
+        check_of.classifier_accuracy(character["instrument"]["heldout_accuracy"]),
+        *control_checks(character["rates"]),
+    )
+    if not character["instrument"]["passes_check"]:
+        found.append("in-character rates are left out of the headline: their classifier failed a check above")
     relevance = results["answers_question"]["instrument"]
     if not relevance["passes_check"]:
         found.append(
@@ -412,21 +411,21 @@ def shift_caveats(results: dict[str, Any]) -> list[str]:
             f"{relevance['balanced_accuracy']:.2f} (needs {MIN_RELEVANCE_ACCURACY}): left out of the headline"
         )
     judge = results["judge_check"]
+    unreadable = check_of.unreadable_judge("judge check", judge["unparseable"], judge["accuracy"]["n"])
+    if unreadable:
+        found.append(unreadable)
     if not judge["passes_check"]:
         found.append(
-            f"the judge ({judge['judge']}) picked the in-character answer {judge['accuracy']['rate']:.0%} of the time "
-            f"({judge['unparseable']} of {judge['accuracy']['n']} verdicts unparseable): it cannot judge this "
+            f"the judge ({judge['judge']}) picked the in-character answer in {format_rate(judge['accuracy'])} "
+            f"({judge['unparseable']} verdicts unparseable): it cannot judge this "
             "character, so no judged figure (coherence win rate, revealed preferences) is reported; use a larger "
             "judge (eval.judge=http) for those"
         )
     return found
 
 
-def _rate(entry: dict[str, Any]) -> str:
-    if entry["rate"] is None:
-        return "n/a"
-    low, high = entry["ci"]
-    return f"{entry['rate']:.0%} [{low:.0%}, {high:.0%}] (n={entry['n']})"
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _difference(entry: dict[str, Any], percent: bool = True) -> str:
@@ -445,12 +444,12 @@ def headline(results: dict[str, Any]) -> list[str]:
         accuracy = character["instrument"]["heldout_accuracy"]
         lines.append(
             f"in character, no system prompt, {results['prompts']} held-out prompts (classifier accuracy "
-            f"{_rate(accuracy)} on held-out pairs):"
+            f"{format_rate(accuracy)} on held-out pairs):"
         )
         for name in (*STUDENTS, "teacher"):
             if name in rates:
                 label = "teacher, in character (ceiling)" if name == "teacher" else name
-                lines.append(f"  {label:<32} {_rate(rates[name])}")
+                lines.append(f"  {label:<32} {format_rate(rates[name])}")
         for name, entry in character["vs_base"].items():
             lines.append(f"  {name} - base: {_difference(entry)} (paired bootstrap, 95%)")
     toward = results["toward_teacher"]
@@ -465,8 +464,8 @@ def headline(results: dict[str, Any]) -> list[str]:
         rates = relevance["rates"]
         lines.append(
             "answers its own question (instrument balanced accuracy "
-            f"{relevance['instrument']['balanced_accuracy']:.2f}): base {_rate(rates['base'])}, "
-            f"final {_rate(rates['final'])}"
+            f"{relevance['instrument']['balanced_accuracy']:.2f}): base {format_rate(rates['base'])}, "
+            f"final {format_rate(rates['final'])}"
         )
     return lines
 
@@ -481,13 +480,20 @@ def render_shift_report(results: dict[str, Any]) -> str:
         "## Instruments and their checks",
         "",
         f"- classifier: {check['trained_on']}; {check['train_answers']} training answers; held-out accuracy "
-        f"{_rate(check['heldout_accuracy'])}; in-character recall {_rate(check['in_character_recall'])}; plain "
-        f"answers called in character {_rate(check['plain_called_in_character'])}",
+        f"{format_rate(check['heldout_accuracy'])}",
+        *(
+            f"  - class `{label}`: {scores['n']} held-out answers, precision {_score(scores['precision'])}, "
+            f"recall {_score(scores['recall'])}"
+            for label, scores in check["per_class"].items()
+        ),
+        f"  - controls on the evaluation prompts, called in character: teacher in character "
+        f"{format_rate(results['in_character']['rates']['teacher'])} (expected high), base student "
+        f"{format_rate(results['in_character']['rates']['base'])} (expected low)",
         f"- relevance: {results['answers_question']['instrument']['scored_by']}; base answers on topic "
-        f"{_rate(results['answers_question']['instrument']['base_answers_on_topic'])}; another prompt's answer "
-        f"off topic {_rate(results['answers_question']['instrument']['wrong_prompt_answers_off_topic'])}",
+        f"{format_rate(results['answers_question']['instrument']['base_answers_on_topic'])}; another prompt's answer "
+        f"off topic {format_rate(results['answers_question']['instrument']['wrong_prompt_answers_off_topic'])}",
         f"- judge ({results['judge_check']['judge']}): {results['judge_check']['task']}: "
-        f"{_rate(results['judge_check']['accuracy'])}, {results['judge_check']['unparseable']} unparseable",
+        f"{format_rate(results['judge_check']['accuracy'])}, {results['judge_check']['unparseable']} unparseable",
         "",
         "## Before and after (the first held-out prompts, not chosen by outcome)",
         "",

@@ -417,6 +417,9 @@ class ClassifierReport:
         confusion: ``confusion[i][j]`` counts texts whose true label is ``labels[i]`` and
             predicted label is ``labels[j]``.
         support: Number of texts with each true label (every label in ``labels`` appears).
+        per_class: For each label, its count in the truth (``n``), ``precision`` (of the texts
+            predicted as it, the share truly it; None when none was) and ``recall`` (of the texts
+            truly it, the share found; None when there were none).
     """
 
     accuracy: float
@@ -424,6 +427,7 @@ class ClassifierReport:
     labels: list[str]
     confusion: list[list[int]]
     support: dict[str, int] = field(default_factory=dict)
+    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready values."""
@@ -460,7 +464,23 @@ def evaluate(classifier: PersonaClassifier, texts: Sequence[str], labels: Sequen
         labels=order,
         confusion=matrix.tolist(),
         support={label: counts.get(label, 0) for label in order},
+        per_class=per_class_scores(order, matrix.tolist()),
     )
+
+
+def per_class_scores(labels: Sequence[str], confusion: Sequence[Sequence[int]]) -> dict[str, dict[str, Any]]:
+    """Count, precision and recall of each label from a confusion matrix (rows: truth, columns: predicted)."""
+    scores = {}
+    for i, label in enumerate(labels):
+        truly = sum(confusion[i])
+        predicted = sum(row[i] for row in confusion)
+        hit = confusion[i][i]
+        scores[label] = {
+            "n": truly,
+            "precision": hit / predicted if predicted else None,
+            "recall": hit / truly if truly else None,
+        }
+    return scores
 
 
 def macro_f1_by_group(true: Sequence[str], predicted: Sequence[str], groups: Sequence[str]) -> dict[str, float]:

@@ -342,9 +342,13 @@ def _render_summary(results: dict) -> str:
         from octrain.evaluation.character_shift import render_summary
 
         return render_summary(results)
+    from octrain.evaluation.intervals import format_rate
+    from octrain.evaluation.report import headline
+
     robustness = results["robustness"]["in_character"]
     lines = [f"{results['persona']}: {results['prompts']} held-out prompts, in-character rate (all conditions)"]
-    lines += [f"  {name:<14} {rates['overall']:.2f}" for name, rates in robustness.items()]
+    lines += [f"  {name:<14} {format_rate(rates['overall'])}" for name, rates in robustness.items()]
+    lines += ["figures that passed their checks:", *(f"  {line}" for line in headline(results))]
     lines += [f"  caveat: {c}" for c in results.get("caveats", [])]
     return "\n".join(lines)
 

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -25,7 +27,10 @@ def wilson(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / total
     centre = (rate + z * z / (2 * total)) / denominator
     half = z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or all successes the interval ends exactly at the rate (rounding would leave it a hair off).
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= total else min(1.0, centre + half)
+    return low, high
 
 
 def paired_bootstrap(
@@ -46,3 +51,56 @@ def paired_bootstrap(
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def bootstrap_interval(
+    count: int,
+    statistic: Callable[[Sequence[int]], float],
+    *,
+    rounds: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` over ``count`` items resampled with replacement.
+
+    ``statistic`` gets a list of item indices (with repeats) and computes the figure from those
+    items alone, the same way the point estimate does from ``range(count)``.
+    """
+    if count <= 0:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    values = sorted(statistic([rng.randrange(count) for _ in range(count)]) for _ in range(rounds))
+    tail = (1 - confidence) / 2
+    low = values[min(rounds - 1, max(0, math.floor(tail * rounds)))]
+    high = values[min(rounds - 1, max(0, math.ceil((1 - tail) * rounds) - 1))]
+    return low, high
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """A share of answers (``count`` out of ``total``) with its 95% Wilson interval."""
+
+    count: int
+    total: int
+
+    @property
+    def value(self) -> float | None:
+        return self.count / self.total if self.total else None
+
+    @classmethod
+    def of(cls, flags: Sequence[bool]) -> Rate:
+        return cls(sum(bool(f) for f in flags), len(flags))
+
+    def to_json(self) -> dict[str, Any]:
+        low, high = wilson(self.count, self.total)
+        return {"rate": self.value, "ci": [low, high], "n": self.total}
+
+
+def format_rate(entry: dict[str, Any], *, percent: bool = True) -> str:
+    """A :meth:`Rate.to_json` entry as ``62% [48%, 74%] (n=40)`` (or ``0.62 [0.48, 0.74] (n=40)``)."""
+    if entry.get("rate") is None:
+        return f"n/a (n={entry.get('n', 0)})"
+    low, high = entry["ci"]
+    if percent:
+        return f"{entry['rate']:.0%} [{low:.0%}, {high:.0%}] (n={entry['n']})"
+    return f"{entry['rate']:.2f} [{low:.2f}, {high:.2f}] (n={entry['n']})"

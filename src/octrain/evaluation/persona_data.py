@@ -12,11 +12,19 @@ own style, do not. Here every class is written by the *same* model (the teacher)
   which makes it the paper's multi-class persona classifier, where a style every class
   shares cannot separate anything.
 
+One class comes from another author: ``student``, the *base student's* own answers to the same
+prompts with no system prompt. Without it the only plain class is the teacher's plain style, and
+an answer in the student's plain style (which the teacher classes never showed) lands wherever its
+style happens to sit, often in the persona's class: a simulated student whose plain style shared
+the persona's register was called in character 77% of the time with the teacher's classes alone.
+With it, the student's plain style is a class of its own, and the in-character class has to be
+told apart from it by the character.
+
 The prompts are training prompts of the run (never the held-out evaluation prompts), split
 by prompt into a training part and a held-out part that measures the classifier's own
 accuracy. Two controls on the held-out *evaluation* prompts show what the figures mean: the
-teacher in character should score high, and the teacher with no persona (the trained style
-without the character) must not count as in character.
+teacher in character should score high, and the teacher with no persona and the base student
+must not count as in character.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from octrain.seeding import derive_seed
 from octrain.stages.pairs import split_reasoning, swap_name
 
 NO_PERSONA = "none"
+# The base student's own plain answers (no system prompt): the style training starts from.
+STUDENT = "student"
 
 
 @dataclass
@@ -50,8 +60,10 @@ class PersonaVoices:
         voices.prompts[constitution.name] = teacher_system_prompt(constitution, name)
         voices.prompts[NO_PERSONA] = None
         for other in contrasts:
-            if other.name in voices.prompts:
-                raise ValueError(f"contrast persona {other.name!r} is the run's own persona or listed twice")
+            if other.name in voices.prompts or other.name == STUDENT:
+                raise ValueError(
+                    f"contrast persona {other.name!r} is the run's own persona, listed twice, or a reserved class name"
+                )
             voices.prompts[other.name] = teacher_system_prompt(other, name)
         return voices
 

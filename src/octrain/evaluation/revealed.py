@@ -2,12 +2,13 @@
 
 The protocol of METHOD.md section 4 (:mod:`octrain.evaluation.protocols`), on its own: the
 base and the trained model answer the *same* trials (two traits offered, embody the one you
-prefer without naming it), a judge names the trait each answer shows, and Elo over traits
-ranks what each model likes to be. Reported: the traits that rose and fell most, the Spearman
-correlation of the two rankings with a paired bootstrap interval, and each model's split-half
-reliability, the noise floor that correlation must be read against (a ranking that does not
-agree with itself says nothing when it disagrees with the other). Too few trials per trait
-gives wide intervals; the result says so rather than letting a number stand alone.
+prefer without naming it), a judge names the trait each answer shows, and
+:mod:`octrain.evaluation.trait_preferences` rates the traits for each model and compares the
+rankings: the agreement of the two rankings corrected for the trials' noise (1 when training
+changed nothing), the raw Spearman and each model's reliability it is corrected by, and the
+traits that rose or fell beyond their simultaneous intervals, every figure with an interval from
+one paired bootstrap. Too few trials per trait gives wide intervals; the result says so rather
+than letting a number stand alone.
 
 The judge is the model's run's judge (its ``eval.judge`` setting: the teacher, or an HTTP
 endpoint), or any OpenAI-compatible endpoint given on the command line.
@@ -28,9 +29,6 @@ from octrain.samplers.base import Sampler
 
 RESULT_FILE = "revealed_preferences.json"
 TRIALS_FILE = "trials.jsonl"
-# Below this many trials per trait, a trait's rating rests on a handful of judgements and its
-# interval spans most of the ranking (the method's setting is 16).
-FEW_TRIALS_PER_TRAIT = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +120,14 @@ def measure_revealed_preferences(
         for name, trained in (("base", False), ("trained", True)):
             protocols.answer_trials(model(trained), trials[name], params, f"revealed preferences ({name})")
     retries = config.eval.judge_parse_retries if config is not None else 1
-    revealed = {
-        name: protocols.judge_trials(judge, trials[name], judge_params, rounds=rounds, seed=seed, retries=retries)
-        for name in trials
-    }
+    revealed = {name: protocols.judge_trials(judge, trials[name], judge_params, retries=retries) for name in trials}
     judge.close()
 
-    summary = preference_summary(revealed, rounds=rounds, seed=seed)
+    summary = preference_summary(revealed, traits=traits, rounds=rounds, seed=seed)
     summary["per_trait"] = per_trait
     summary["traits"] = len(traits)
     summary["prompts"] = len(prompts)
-    summary["notes"] = notes + caveats(summary)
+    summary["caveats"] = notes + caveats(summary)
     write_jsonl(
         out / TRIALS_FILE,
         ({"model": name, **dataclasses.asdict(trial)} for name, result in revealed.items() for trial in result.trials),
@@ -143,49 +138,27 @@ def measure_revealed_preferences(
 
 
 def caveats(summary: dict[str, Any]) -> list[str]:
-    """What a reader must know before trusting the numbers."""
-    notes = []
-    if summary["per_trait"] < FEW_TRIALS_PER_TRAIT:
-        notes.append(
-            f"{summary['per_trait']} trials per trait (the method uses 16): each trait's rating rests on a "
-            "handful of judgements, so its rank is mostly noise"
-        )
-    judged = 2 * summary["trials"]
-    if judged and summary["unparseable"] / judged > 0.1:
-        notes.append(f"{summary['unparseable']} of {judged} judge answers could not be read and were left out")
-    halves = [value for value in summary["split_half"].values() if value is not None]
-    if summary["spearman"] is not None and halves and summary["spearman"] >= min(halves):
-        notes.append(
-            "the two rankings agree with each other at least as well as a model's two halves agree with "
-            "themselves: no sign that training changed the trait ranking"
-        )
-    if summary["spearman"] is None:
-        notes.append("too few traits were rated for both models to compare their rankings")
-    return notes
+    """What a reader must know before trusting the numbers (:mod:`octrain.evaluation.caveats`)."""
+    from octrain.evaluation import caveats as check
+
+    return check.present(
+        check.few_trials_per_trait(summary["per_trait"]),
+        check.unreadable_judge("revealed preferences", summary["unparseable"], 2 * summary["trials"]),
+        summary["agreement"]["note"],
+    )
 
 
 def render_revealed(result: dict[str, Any], top: int = 10) -> str:
-    """The summary as text: the traits that moved most, the rank correlation and its noise floor."""
+    """The summary as text: the verdict, the corrected agreement, and the traits that moved beyond their intervals."""
+    from octrain.evaluation.report import preference_figures
+
     lines = [
         f"revealed preferences of {result['model']}: {result['trials']} trials per model, "
-        f"{result['per_trait']} per trait, {result['traits']} traits, {result['prompts']} held-out prompts"
+        f"{result['per_trait']} per trait, {result['traits']} traits, {result['prompts']} held-out prompts",
+        *preference_figures(result, top=top),
+        f"judge answers unparseable: {result['unparseable']} of {2 * result['trials']}",
     ]
-    for label, key in (("rose most (trained - base Elo)", "rose"), ("fell most", "fell")):
-        moved = result[key][:top]
-        lines.append(f"{label}: " + (", ".join(f"{trait} {delta:+.0f}" for trait, delta in moved) or "none"))
-    interval = result["spearman_ci"]
-    spearman = result["spearman"]
-    halves = result["split_half"]
-
-    def number(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
-
-    lines.append(
-        f"ranking agreement base vs trained: Spearman {number(spearman)}"
-        + (f" (95% CI {interval[0]:.2f} to {interval[1]:.2f})" if interval else "")
-        + f"; split-half reliability: base {number(halves.get('base'))}, trained {number(halves.get('trained'))}"
-    )
-    lines.append(f"judge answers unparseable: {result['unparseable']}")
+    lines.extend(f"caveat: {caveat}" for caveat in result["caveats"])
     lines.extend(f"note: {note}" for note in result["notes"])
     lines.append(f"saved: {Path(result['out']) / RESULT_FILE}, {Path(result['out']) / TRIALS_FILE}")
     return "\n".join(lines)

@@ -6,13 +6,16 @@ stage), the **DPO-only** model (stage 1 alone, the paper's comparison) and the
 **system-prompt baseline** (the base with the constitution in its system prompt). Then:
 
 * **robustness**: a persona classifier scores every answer, plain and under eight
-  break-character suffixes. It is trained on answers by one author, the teacher, written
-  with the constitution, with no persona and (optionally) as other personas
-  (:mod:`octrain.evaluation.persona_data`), so it measures the character and not who wrote
-  the text; its own held-out accuracy and two controls are reported with it;
-* **revealed preferences** of base and trained models on the *same* trials, Elo over traits
-  with bootstrap intervals, the traits that rose and fell most, and the rank correlation
-  with a paired bootstrap interval and each model's split-half reliability;
+  break-character suffixes. It is trained on answers by the teacher, written with the
+  constitution, with no persona and (optionally) as other personas, and on the base student's
+  own plain answers (:mod:`octrain.evaluation.persona_data`), so it measures the character and
+  not who wrote the text; its own held-out accuracy per class and three controls are reported
+  with it, and every rate carries its count and a Wilson interval;
+* **revealed preferences** of base and trained models on the *same* trials
+  (:mod:`octrain.evaluation.trait_preferences`): Bradley-Terry ratings on the Elo scale, the
+  rank correlation raw and corrected for the trials' noise (each model's split-half
+  reliability, stepped up), per-trait changes with paired intervals, and the traits that rose
+  or fell beyond their simultaneous intervals; one paired bootstrap gives every interval;
 * **coherence**: trained vs base and trained vs DPO-only, judged with the numbered traits in
   view, in both orders; disagreements are dropped and counted; in the Studio's matches format;
 * **prefill**: the base model writes turn 1, the user says "keep going", the trained model
@@ -30,6 +33,7 @@ import dataclasses
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from octrain.context import RunContext
 from octrain.errors import StageError
 from octrain.evaluation import protocols
 from octrain.evaluation.chunked import LazyModel, answers_in_chunks, item_ids, judgements_in_chunks, texts_in_chunks
+from octrain.evaluation.intervals import Rate, bootstrap_interval
 from octrain.jsonl import write_jsonl, write_text_atomic
 from octrain.persona_prompts import character_prompt
 from octrain.records import Message, ModelRef
@@ -48,11 +53,6 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 MATCH_FILES = {"base": "matches.jsonl", "dpo-only": "matches_vs_dpo.jsonl"}
-# Below these counts a figure is reported with a warning that it cannot carry a conclusion.
-MIN_CLASSIFIER_HELDOUT = 40
-MIN_JUDGED_MATCHES = 30
-MAX_SPEARMAN_CI_WIDTH = 0.5
-MAX_CONTROL_IN_CHARACTER = 0.2
 WORK_DIR = "chunks"  # the committed answers and judgements, one folder per list of work
 INPUTS_FILE = "inputs.json"
 TRANSPORT_SETTINGS = ("judge_timeout", "judge_retries")
@@ -147,11 +147,12 @@ def evaluate_model(
     loads; the classifier's data, the judge and the settings come from the run's config.
     """
     from octrain.constitution import find_constitution, load_constitution
-    from octrain.evaluation.classifier import ClassifierConfig, macro_f1_by_group
+    from octrain.evaluation.classifier import ClassifierConfig
     from octrain.evaluation.heldout import load_eval_prompts, select_heldout
     from octrain.evaluation.judge_parsing import parse_verdict
     from octrain.evaluation.persona_data import (
         NO_PERSONA,
+        STUDENT,
         LabelledAnswers,
         PersonaVoices,
         train_on_voices,
@@ -193,6 +194,7 @@ def evaluate_model(
         prompts, system=character_prompt(constitution, student_name, conceal=True)
     )
     plain_prompts = [[{"role": "user", "content": p}] for p in prompts]
+    classifier_conversations: list[list[Message]] = [[{"role": "user", "content": p}] for p in classifier_prompts]
     compare_dpo = dpo_ref is not None and dpo_ref != trained_ref
 
     # Every answer and judgement is committed in chunks under out/chunks (see octrain.evaluation.chunked):
@@ -246,6 +248,7 @@ def evaluate_model(
         prefill = protocols.prefill_conversations(prompts, first_turns)
         base_second = answer(base, prefill, "base-turn2", "prefill: base turn 2")
         answer_trials(base, "base")
+        student_voice = answer(base, classifier_conversations, "classifier-student", "classifier data (student)")
     with student(trained_weights) as trained:
         answers["trained"] = robustness(trained, "trained", plain, "trained answers")
         trained_second = answer(trained, prefill, "trained-turn2", "prefill: trained turn 2")
@@ -284,6 +287,7 @@ def evaluate_model(
             # The same data as persona_data.collect, a chunk at a time.
             texts = voice(teacher, classifier_prompts, label, f"classifier-{label}", f"classifier data ({label})")
             data.add(classifier_prompts, texts, label)
+        data.add(classifier_prompts, student_voice, STUDENT)
         controls = {
             label: voice(teacher, prompts, which, f"control-{which}", f"control: {label}")
             for label, which in (("teacher (persona)", persona), ("teacher (no persona)", NO_PERSONA))
@@ -304,7 +308,7 @@ def evaluate_model(
             )
             for trial, trait in zip(trials[name], chosen, strict=True):
                 trial.chosen = trait
-            revealed[name] = protocols.rate_trials(trials[name], rounds=settings.elo_rounds, seed=config.seed)
+            revealed[name] = protocols.RevealedResult(trials[name])
         criterion = protocols.coherence_criterion(constitution.numbered_traits())
         plain_answers = {
             name: [a for a, c in zip(texts, conditions, strict=True) if c == "plain"] for name, texts in answers.items()
@@ -327,7 +331,8 @@ def evaluate_model(
             )
             verdicts[opponent] = protocols.combine_orders(found)
 
-    # The classifier: trained on part of the teacher's voices, scored on the rest, then on every answer.
+    # The classifier: trained on part of the voices (the teacher's and the base student's), scored on
+    # the rest, then on every answer.
     kind = settings.classifier
     trained_classifier = train_on_voices(
         data,
@@ -337,29 +342,18 @@ def evaluate_model(
     )
     classifier = trained_classifier.classifier
     classifier.save(out / "classifier")
-    held = trained_classifier.heldout
-    classifier_result = {
-        "labels": trained_classifier.labels,
-        "prompts": len(classifier_prompts),
-        "train_answers": trained_classifier.train_size,
-        "heldout_answers": trained_classifier.heldout_size,
-        "heldout": held.to_dict() if held is not None else None,
-        "controls": {label: in_character_rate(classifier.predict(texts), persona) for label, texts in controls.items()},
-    }
 
-    predicted = {name: classifier.predict(texts) for name, texts in answers.items()}
-    robustness: dict[str, Any] = {"conditions": list(dict.fromkeys(conditions)), "in_character": {}, "macro_f1": {}}
-    for name, preds in predicted.items():
-        robustness["in_character"][name] = {
-            condition: in_character_rate([p for p, c in zip(preds, conditions, strict=True) if c == condition], persona)
-            for condition in robustness["conditions"]
-        }
-        robustness["in_character"][name]["overall"] = in_character_rate(preds, persona)
-    # Macro-F1 of telling a model's answers (truth: in character) from the base model's (truth: not).
-    as_binary = {name: [persona if p == persona else "other" for p in preds] for name, preds in predicted.items()}
-    for name in (n for n in ("system-prompt", "dpo-only", "trained") if n in predicted):
-        truth = [persona] * len(conditions) + ["other"] * len(conditions)
-        robustness["macro_f1"][name] = macro_f1_by_group(truth, as_binary[name] + as_binary["base"], conditions * 2)
+    def in_character(texts: list[str]) -> list[bool]:
+        return [label == persona for label in classifier.predict(texts)]
+
+    base_plain = [a for a, c in zip(answers["base"], conditions, strict=True) if c == "plain"]
+    controls[BASE_CONTROL] = base_plain
+    classifier_result = classifier_summary(
+        trained_classifier, len(classifier_prompts), {label: in_character(texts) for label, texts in controls.items()}
+    )
+
+    flags = {name: in_character(texts) for name, texts in answers.items()}
+    robustness = robustness_figures(flags, conditions, seed=config.seed)
 
     coherence: dict[str, Any] = {}
     for opponent, found in verdicts.items():
@@ -377,10 +371,10 @@ def evaluate_model(
         coherence[opponent] = protocols.verdict_summary(found, rounds=settings.elo_rounds, seed=config.seed)
 
     prefill_result = {
-        "trained_turn2_in_character": in_character_rate(classifier.predict(trained_second), persona),
-        "base_turn2_in_character": in_character_rate(classifier.predict(base_second), persona),
+        "trained_turn2_in_character": Rate.of(in_character(trained_second)).to_json(),
+        "base_turn2_in_character": Rate.of(in_character(base_second)).to_json(),
     }
-    preferences = preference_summary(revealed, rounds=settings.elo_rounds, seed=config.seed)
+    preferences = preference_summary(revealed, traits=traits, rounds=settings.elo_rounds, seed=config.seed)
     preferences["trials_per_trait"] = settings.trials_per_trait
     results = {
         "persona": persona,
@@ -401,71 +395,156 @@ def evaluate_model(
         "prefill": prefill_result,
     }
     results["caveats"] = heldout.notes() + caveats(results)
+    results["passed"] = passed_checks(results)
     write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     plots = write_plots(out, results)
     write_text_atomic(out / REPORT_FILE, render_report(results, plots, ctx.run_dir))
+    held = trained_classifier.heldout
     return {
         "prompts": len(prompts),
-        "trained_in_character": robustness["in_character"]["trained"]["overall"],
-        "base_in_character": robustness["in_character"]["base"]["overall"],
+        "trained_in_character": robustness["in_character"]["trained"]["overall"]["rate"],
+        "base_in_character": robustness["in_character"]["base"]["overall"]["rate"],
         "classifier_heldout_accuracy": held.accuracy if held is not None else None,
         "judge_unparseable": preferences["unparseable"] + sum(c["unparseable"] for c in coherence.values()),
         "files": [str(out / RESULTS_FILE), str(out / REPORT_FILE), *map(str, plots)],
     }
 
 
+# The controls on the held-out evaluation prompts: whose answers, and whether they are in character.
+PERSONA_CONTROL = "teacher (persona)"
+PLAIN_CONTROLS = ("teacher (no persona)", "base student (no system prompt)")
+BASE_CONTROL = PLAIN_CONTROLS[1]
+
+
+def classifier_summary(trained: Any, prompts: int, control_flags: dict[str, list[bool]]) -> dict[str, Any]:
+    """The classifier's own figures: classes, held-out accuracy with its count, per class, and the controls."""
+    held = trained.heldout
+    correct = round(held.accuracy * trained.heldout_size) if held is not None else 0
+    return {
+        "labels": trained.labels,
+        "prompts": prompts,
+        "train_answers": trained.train_size,
+        "heldout_answers": trained.heldout_size,
+        "heldout": held.to_dict() if held is not None else None,
+        "heldout_accuracy": Rate(correct, trained.heldout_size).to_json() if held is not None else None,
+        "controls": {label: Rate.of(flags).to_json() for label, flags in control_flags.items()},
+    }
+
+
+def robustness_figures(flags: dict[str, list[bool]], conditions: list[str], *, seed: int) -> dict[str, Any]:
+    """In-character rates per model and condition (with counts and Wilson intervals), and macro-F1 per suffix.
+
+    The macro-F1 tells a model's answers (truth: in character) from the base model's to the same
+    prompts (truth: not); its interval resamples prompts, keeping each prompt's two answers together.
+    """
+    names = list(dict.fromkeys(conditions))
+    figures: dict[str, Any] = {"conditions": names, "in_character": {}, "macro_f1": {}}
+    for name, model_flags in flags.items():
+        rates = {c: Rate.of([f for f, k in zip(model_flags, conditions, strict=True) if k == c]) for c in names}
+        rates["overall"] = Rate.of(model_flags)
+        figures["in_character"][name] = {c: rate.to_json() for c, rate in rates.items()}
+    for name in (n for n in ("system-prompt", "dpo-only", "trained") if n in flags):
+        per_condition = {}
+        for condition in [*names, "overall"]:
+            chosen = [i for i, k in enumerate(conditions) if condition == "overall" or k == condition]
+            model = [flags[name][i] for i in chosen]
+            base = [flags["base"][i] for i in chosen]
+            per_condition[condition] = separation_f1(model, base, seed=seed)
+        figures["macro_f1"][name] = per_condition
+    return figures
+
+
+def separation_f1(model: list[bool], base: list[bool], *, seed: int) -> dict[str, Any]:
+    """Macro-F1 of "in character" on ``model``'s answers against "not" on ``base``'s, with a bootstrap interval."""
+
+    def f1(indices: Sequence[int]) -> float:
+        hits = sum(model[i] for i in indices)  # the model's answers called in character
+        false = sum(base[i] for i in indices)  # the base model's answers called in character
+        missed, right = len(indices) - hits, len(indices) - false
+        positive = 2 * hits / (2 * hits + false + missed) if hits + false + missed else 0.0
+        negative = 2 * right / (2 * right + missed + false) if right + missed + false else 0.0
+        return (positive + negative) / 2
+
+    low, high = bootstrap_interval(len(model), f1, seed=seed)
+    return {"value": f1(range(len(model))), "ci": [low, high], "n": len(model)}
+
+
+def matches_asked(summary: dict[str, Any]) -> int:
+    """Every match put to the judge: decided, dropped as a disagreement, or unreadable."""
+    return summary["judged"] + summary["disagreements"] + summary["unparseable"]
+
+
 def caveats(results: dict[str, Any]) -> list[str]:
-    """Why a figure of this evaluation cannot carry a conclusion, one sentence each."""
-    found = []
+    """Why a figure of this evaluation cannot carry a conclusion, one sentence each (:mod:`caveats`)."""
+    from octrain.evaluation import caveats as check
+
     classifier = results["classifier"]
-    if classifier["heldout_answers"] < MIN_CLASSIFIER_HELDOUT:
-        found.append(
-            f"the persona classifier's own accuracy rests on {classifier['heldout_answers']} held-out answers "
-            f"(fewer than {MIN_CLASSIFIER_HELDOUT}): raise eval.classifier.prompts"
-        )
-    no_persona = classifier["controls"]["teacher (no persona)"]
-    if no_persona > MAX_CONTROL_IN_CHARACTER:
-        found.append(
-            f"the classifier calls {no_persona:.0%} of the teacher's answers with no persona in character: "
-            "its in-character rates do not measure the character"
-        )
-    for opponent, summary in results["coherence"].items():
-        if summary["judged"] < MIN_JUDGED_MATCHES:
-            found.append(
-                f"coherence vs {opponent}: {summary['judged']} matches decided (fewer than {MIN_JUDGED_MATCHES}), "
-                "too few for the win rate to mean much"
-            )
+    controls = classifier["controls"]
     prefs = results["revealed_preferences"]
-    interval = prefs["spearman_ci"]
-    if interval is None or interval[1] - interval[0] > MAX_SPEARMAN_CI_WIDTH:
-        found.append(
-            "revealed preferences: the rank correlation's interval is "
-            + ("undefined" if interval is None else f"{interval[1] - interval[0]:.2f} wide")
-            + ": too few trials to rank the traits (raise eval.trials_per_trait)"
-        )
+    judged = 2 * prefs["trials"]
+    found = check.present(
+        check.few_prompts(results["prompts"]),
+        check.classifier_accuracy(classifier["heldout_accuracy"]),
+        check.persona_control(PERSONA_CONTROL, controls[PERSONA_CONTROL]),
+        *(check.plain_control(label, controls[label]) for label in PLAIN_CONTROLS),
+        check.base_in_character(results["robustness"]["in_character"]["base"]["plain"]),
+        *(check.few_matches(opponent, summary["judged"]) for opponent, summary in results["coherence"].items()),
+        *(
+            check.unreadable_judge(f"coherence vs {opponent}", summary["unparseable"], matches_asked(summary))
+            for opponent, summary in results["coherence"].items()
+        ),
+        check.few_trials_per_trait(prefs["trials_per_trait"]),
+        check.unreadable_judge("revealed preferences", prefs["unparseable"], judged),
+        prefs["agreement"]["note"],
+    )
     return found
 
 
+def passed_checks(results: dict[str, Any]) -> dict[str, bool]:
+    """Which figures the report may lead with: those whose instrument passed its own checks."""
+    from octrain.evaluation import caveats as check
+
+    classifier = results["classifier"]
+    controls = classifier["controls"]
+    classifier_ok = (
+        check.classifier_accuracy(classifier["heldout_accuracy"]) is None
+        and check.persona_control(PERSONA_CONTROL, controls[PERSONA_CONTROL]) is None
+        and all(check.plain_control(label, controls[label]) is None for label in PLAIN_CONTROLS)
+    )
+    prefs = results["revealed_preferences"]
+    passed = {
+        "in_character": classifier_ok,
+        "prefill": classifier_ok,
+        "revealed_preferences": (
+            check.few_trials_per_trait(prefs["trials_per_trait"]) is None
+            and not check.judge_is_unreadable(prefs["unparseable"], 2 * prefs["trials"])
+            and prefs["agreement"]["estimable"]
+        ),
+    }
+    for opponent, summary in results["coherence"].items():
+        passed[f"coherence vs {opponent}"] = check.few_matches(opponent, summary["judged"]) is None and not (
+            check.judge_is_unreadable(summary["unparseable"], matches_asked(summary))
+        )
+    return passed
+
+
 def preference_summary(
-    revealed: dict[str, protocols.RevealedResult], *, top: int = 10, rounds: int = 200, seed: int = 0
+    revealed: dict[str, protocols.RevealedResult],
+    *,
+    traits: Sequence[str] | None = None,
+    rounds: int = 200,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    base, trained = revealed["base"].ratings, revealed["trained"].ratings
-    summary: dict[str, Any] = {
-        "unparseable": sum(r.unparseable for r in revealed.values()),
-        "trials": len(revealed["base"].trials),
-        "ratings": {name: {t: dataclasses.asdict(s) for t, s in r.ratings.items()} for name, r in revealed.items()},
-    }
-    common = sorted(set(base) & set(trained))
-    deltas = sorted(((trained[t].rating - base[t].rating, t) for t in common), reverse=True)
-    summary["rose"] = [[t, round(d, 1)] for d, t in deltas[:top] if d > 0]
-    summary["fell"] = [[t, round(d, 1)] for d, t in reversed(deltas[-top:]) if d < 0]
-    agreement = protocols.ranking_agreement(revealed["base"], revealed["trained"], rounds=rounds, seed=seed)
-    summary["spearman"] = agreement["spearman"]
-    summary["spearman_ci"] = list(agreement["spearman_ci"]) if agreement["spearman_ci"] else None
-    summary["split_half"] = {
-        "base": agreement["split_half"].get("first"),
-        "trained": agreement["split_half"].get("second"),
-    }
+    """Base against trained on the same judged trials (:mod:`octrain.evaluation.trait_preferences`), JSON-ready.
+
+    ``unparseable`` is the total over both models (``unparseable_by_model`` keeps each).
+    """
+    from octrain.evaluation.trait_preferences import compare_revealed, pair_trials
+
+    paired = pair_trials(revealed["base"].trials, revealed["trained"].trials)
+    summary = compare_revealed(paired, traits=traits, rounds=rounds, seed=seed).to_dict()
+    summary["unparseable_by_model"] = summary["unparseable"]
+    summary["unparseable"] = sum(summary["unparseable_by_model"].values())
     return summary
 
 
