@@ -12,6 +12,7 @@ from octrain.pipeline import load_config
 from octrain.records import ModelRef
 
 
+@pytest.mark.slow  # the README's quick start end to end (80 s): the slow lane, which CI runs
 def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
     first = run_cli("+recipe=pirate_tiny", f"run_root={tmp_path}")
     assert first.returncode == 0, first.stderr
@@ -67,6 +68,7 @@ def test_quick_start_runs_then_resumes(tmp_path: Path) -> None:
     assert "dpo: its settings or inputs changed since it last ran" in changed.stderr
 
 
+@pytest.mark.slow  # a real two-point sweep (20 s): the slow lane, which CI runs
 def test_two_point_sweep_reuses_the_pairs(tmp_path: Path) -> None:
     result = run_cli("-m", "+recipe=pirate_tiny", f"run_root={tmp_path}", "sampler=fake", "dpo.beta=0.1,0.3")
     assert result.returncode == 0, result.stderr

@@ -56,6 +56,7 @@ def test_the_whole_recipe_runs_stage_by_stage_in_workers(tmp_path: Path) -> None
     assert "worker process" not in again.stderr  # finished stages are skipped by the parent alone
 
 
+@pytest.mark.slow  # two sweep jobs in stage workers (30 s): the slow lane, which CI runs
 def test_a_two_job_sweep_runs_in_workers(tmp_path: Path) -> None:
     args = ["-m", "+recipe=pirate_tiny", "execution=worker", "stages=[prompts,pairs,dpo]", "dpo.beta=0.1,0.2"]
     sweep = run_cli(*args, f"run_root={tmp_path}", timeout=900)

@@ -190,6 +190,7 @@ def test_the_thought_is_shown_apart_from_the_answer(trained_tiny_root: Path) -> 
 # --- the command line ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains a thinking run first (23 s): the slow lane, which CI runs
 def test_sample_json_and_no_thinking_on_a_run_that_thinks(thinking_run: Path) -> None:
     spec = str(thinking_run / "sft")
     runs = sample_json(spec)
