@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import kill_when_exists, run_cli
 
 # No prompt expansion (the tiny model writes none anyway): the test is about the pairs stage.
@@ -43,6 +45,7 @@ def test_killed_pairs_stage_resumes_exactly_once(tmp_path: Path) -> None:
     assert (clean / "pirate_tiny" / "pairs" / "pairs.jsonl").read_text() == (pairs_dir / "pairs.jsonl").read_text()
 
 
+@pytest.mark.slow  # 19 s: the slow lane, which CI runs
 def test_changed_sampling_starts_the_stage_afresh(tmp_path: Path) -> None:
     args = ["+recipe=pirate_tiny", "stages=[prompts,pairs]", "prompts.expansion_rounds=0"]
     first = run_cli(*args, f"run_root={tmp_path}")
@@ -137,6 +140,7 @@ def test_killed_mid_checkpoint_dpo_resumes_from_the_last_whole_one(tmp_path: Pat
     assert (half / "trainer_state.json").is_file()  # saved again, whole, by the resumed training
 
 
+@pytest.mark.slow  # 20 s: the slow lane, which CI runs
 def test_killed_prompts_stage_replays_its_finished_rounds(tmp_path: Path) -> None:
     args = ["+recipe=pirate_tiny", "stages=[prompts]"]  # three expansion rounds with the tiny generator
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
