@@ -149,3 +149,26 @@ def kill_when_exists(command: list[str], path: Path, timeout: float = 180) -> No
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         process.wait()
+
+
+# Topic words for synthetic training data (pirate-flavoured pairs and transcripts).
+WORDS = ["sea", "ship", "gold", "map", "storm", "crew", "sail", "island", "parrot", "anchor", "tide", "port"]
+
+
+def synthetic_pairs(count: int) -> list:
+    """``count`` preference pairs, a pirate answer chosen over a plain one, on cycling topics."""
+    from octrain.records import PreferencePair
+
+    return [
+        PreferencePair(
+            id=f"pair-{i}",
+            prompt=[{"role": "user", "content": f"Tell me about the {WORDS[i % len(WORDS)]}."}],
+            chosen=[{"role": "assistant", "content": f"Arr, the {WORDS[i % len(WORDS)]} be grand, matey!"}],
+            rejected=[{"role": "assistant", "content": f"The {WORDS[i % len(WORDS)]} is fine."}],
+            prompt_id=f"p{i}",
+            teacher="synthetic",
+            student="tiny",
+            constitution="pirate",
+        )
+        for i in range(count)
+    ]

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from octrain.records import Conversation, ModelRef, PreferencePair, save_records
+from conftest import WORDS, synthetic_pairs
+from octrain.records import Conversation, ModelRef, save_records
 from octrain.trainers import schedule
 from octrain.training_report import read_summary
-
-WORDS = ["sea", "ship", "gold", "map", "storm", "crew", "sail", "island", "parrot", "anchor", "tide", "port"]
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +53,7 @@ def test_smoke_dpo_trains_its_one_step(smoke: Any, tiny_model_path: str, tmp_pat
     config, count = smoke
     # The audit's case: fewer pairs than one batch (19 for the pirate's 13 traits, at batch 32), warmup on.
     assert count <= config.dpo.batch_size and config.dpo.warmup_ratio > 0
-    pairs = [
-        PreferencePair(
-            id=f"pair-{i}",
-            prompt=[{"role": "user", "content": f"Tell me about the {WORDS[i % len(WORDS)]}."}],
-            chosen=[{"role": "assistant", "content": f"Arr, the {WORDS[i % len(WORDS)]} be grand, matey!"}],
-            rejected=[{"role": "assistant", "content": f"The {WORDS[i % len(WORDS)]} is fine."}],
-            prompt_id=f"p{i}",
-            teacher="synthetic",
-            student="tiny",
-            constitution="pirate",
-        )
-        for i in range(count)
-    ]
+    pairs = synthetic_pairs(count)
     save_records(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "dpo"
     result = train_dpo(tmp_path / "pairs.jsonl", ModelRef(base=tiny_model_path), out, config.dpo, config.trainer.trl)

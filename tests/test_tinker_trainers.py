@@ -21,9 +21,10 @@ pytest.importorskip("tinker")
 
 import torch
 
+from conftest import WORDS, synthetic_pairs
 from octrain.config import DpoStageConfig, LoraSettings, SftStageConfig, TinkerOptions
 from octrain.errors import ConfigError
-from octrain.records import Conversation, ModelRef, PreferencePair, save_records
+from octrain.records import Conversation, ModelRef, save_records
 from octrain.trainers import schedule, tinker_common
 from tinker_fake import FakeService, Killed, target_logprobs
 
@@ -33,23 +34,6 @@ CONFIG = DpoStageConfig(
     lora=LoraSettings(rank=4, alpha=8), learning_rate=5e-3, batch_size=4, epochs=1.0, max_length=128
 )
 OPTIONS = TinkerOptions(save_steps=2, max_concurrency=8)
-WORDS = ["sea", "ship", "gold", "map", "storm", "crew", "sail", "island", "parrot", "anchor", "tide", "port"]
-
-
-def pairs(count: int) -> list[PreferencePair]:
-    return [
-        PreferencePair(
-            id=f"pair-{i}",
-            prompt=[{"role": "user", "content": f"Tell me about the {WORDS[i % len(WORDS)]}."}],
-            chosen=[{"role": "assistant", "content": f"Arr, the {WORDS[i % len(WORDS)]} be grand, matey!"}],
-            rejected=[{"role": "assistant", "content": f"The {WORDS[i % len(WORDS)]} is fine."}],
-            prompt_id=f"p{i}",
-            teacher="synthetic",
-            student="tiny",
-            constitution="pirate",
-        )
-        for i in range(count)
-    ]
 
 
 @pytest.fixture
@@ -59,7 +43,7 @@ def key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def pairs_file(tmp_path: Path) -> Path:
-    save_records(tmp_path / "pairs.jsonl", pairs(10))  # 3 steps of 4 (the last one 2)
+    save_records(tmp_path / "pairs.jsonl", synthetic_pairs(10))  # 3 steps of 4 (the last one 2)
     return tmp_path / "pairs.jsonl"
 
 
@@ -77,7 +61,7 @@ def rows(out: Path) -> list[dict[str, Any]]:
 def trained(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One DPO run on the fake service, shared by the tests that only read what it did."""
     directory = tmp_path_factory.mktemp("tinker-dpo")
-    save_records(directory / "pairs.jsonl", pairs(10))
+    save_records(directory / "pairs.jsonl", synthetic_pairs(10))
     service = FakeService([TINY])
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TINKER_API_KEY", GOOD_KEY)
@@ -227,7 +211,7 @@ def trl_dpo(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> A
 
     args = build_dpo_args(config, TRLOptions(per_device_batch_size=4), directory, seed=0)
     tokenizer = load_tokenizer(tiny_model_path)
-    records = pairs(4)
+    records = synthetic_pairs(4)
     dataset = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in records])
     trainer = make_trainer_class()(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32),
@@ -416,7 +400,7 @@ def test_a_one_step_dpo_run_trains(key: None, tiny_model_path: str, tmp_path: Pa
     """Fewer pairs than one batch of 32, as at scale=smoke: the one step trains at the peak LR, not at 0."""
     from octrain.trainers.tinker_dpo import train_dpo
 
-    save_records(tmp_path / "pairs.jsonl", pairs(16))
+    save_records(tmp_path / "pairs.jsonl", synthetic_pairs(16))
     config = DpoStageConfig(lora=LoraSettings(rank=4, alpha=8), max_length=128)  # batch 32, warmup 0.1, LR 5e-5
     service = FakeService([TINY])
     result = train_dpo(
@@ -465,7 +449,7 @@ def test_live_dpo_smoke(tmp_path: Path) -> None:
     if not os.environ.get("TINKER_API_KEY"):
         pytest.skip("needs TINKER_API_KEY")
     tinker_common.forget_sessions()
-    save_records(tmp_path / "pairs.jsonl", pairs(4))
+    save_records(tmp_path / "pairs.jsonl", synthetic_pairs(4))
     config = DpoStageConfig(lora=LoraSettings(rank=8, alpha=16), batch_size=2, max_length=256)
     result = train_dpo(tmp_path / "pairs.jsonl", ModelRef(base="Qwen/Qwen3-8B"), tmp_path / "dpo", config)
     assert result.remote and result.remote.startswith("tinker://")

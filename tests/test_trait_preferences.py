@@ -49,9 +49,9 @@ METHOD, TINY = 16, 2  # trials per trait: the method's default and recipes/pirat
 # --- the simulated judge ----------------------------------------------------------------------------
 
 
-def judged(plan: list[Trial], strengths: np.ndarray, rng: np.random.Generator) -> list[str]:
-    """The trait the judge names in each trial, for a model with these true log-strengths."""
-    index = {trait: i for i, trait in enumerate(TRAITS)}
+def judged(plan: list[Trial], strengths: np.ndarray, rng: np.random.Generator, traits: list[str] = TRAITS) -> list[str]:
+    """The trait the judge names in each trial, for a model whose true log-strengths over ``traits`` are these."""
+    index = {trait: i for i, trait in enumerate(traits)}
     first = np.array([index[t.traits[0]] for t in plan])
     second = np.array([index[t.traits[1]] for t in plan])
     named_first = rng.random(len(plan)) < 1.0 / (1.0 + np.exp(-(strengths[first] - strengths[second])))
@@ -235,17 +235,7 @@ def test_one_bootstrap_serves_several_models() -> None:
     traits = TRAITS[:30]
     plan = plan_trials(PROMPTS, traits, per_trait=8, seed=6)
     strengths = rng.normal(0.0, SIGMA, len(traits))
-    index = {t: i for i, t in enumerate(traits)}
-
-    def verdicts() -> list[str]:
-        out = []
-        for t in plan:
-            a, b = t.traits
-            p = 1.0 / (1.0 + math.exp(-(strengths[index[a]] - strengths[index[b]])))
-            out.append(a if rng.random() < p else b)
-        return out
-
-    base, first, second = verdicts(), verdicts(), verdicts()
+    base, first, second = (judged(plan, strengths, rng, traits) for _ in range(3))
     settings = {"rounds": 60, "seed": 2, "confidence": 0.95, "splits": DEFAULT_SPLITS, "prior_sd": PRIOR_SD}
     together = _against_first(_encode([t.traits for t in plan], [base, first, second], traits), traits, settings)
     for trained, shared in zip((first, second), together, strict=True):
@@ -343,17 +333,8 @@ def planted(change: bool, seed: int = 3) -> RevealedComparison:
     if change:
         trained[0] = 4.0
     plan = plan_trials(PROMPTS, traits, per_trait=16, seed=seed)
-    index = {t: i for i, t in enumerate(traits)}
-
-    def verdicts(strengths: np.ndarray) -> list[str]:
-        out = []
-        for t in plan:
-            a, b = t.traits
-            p = 1.0 / (1.0 + math.exp(-(strengths[index[a]] - strengths[index[b]])))
-            out.append(a if rng.random() < p else b)
-        return out
-
-    trials = [PairedTrial(t.traits, b, a) for t, b, a in zip(plan, verdicts(base), verdicts(trained), strict=True)]
+    verdicts = [judged(plan, strengths, rng, traits) for strengths in (base, trained)]
+    trials = [PairedTrial(t.traits, b, a) for t, b, a in zip(plan, *verdicts, strict=True)]
     return compare_revealed(trials, traits=traits, rounds=100)
 
 

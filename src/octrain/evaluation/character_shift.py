@@ -81,7 +81,7 @@ def pairs_classifier(pairs: Sequence[PreferencePair], persona: str, *, holdout: 
     Split by prompt, so both answers to a held-out prompt are unseen. Returns the fitted
     classifier under ``"classifier"`` and its check under ``"check"``.
     """
-    from octrain.evaluation.classifier import ClassifierConfig, PersonaClassifier, per_class_scores
+    from octrain.evaluation.classifier import ClassifierConfig, PersonaClassifier, evaluate
     from octrain.evaluation.persona_data import LabelledAnswers, split_prompts
 
     data = LabelledAnswers()
@@ -94,31 +94,29 @@ def pairs_classifier(pairs: Sequence[PreferencePair], persona: str, *, holdout: 
     if len(set(train.labels)) < 2:
         raise StageError("eval: the pairs give the classifier fewer than two classes to learn; see pairs/pairs.jsonl")
     classifier = PersonaClassifier(ClassifierConfig(kind="tfidf", seed=seed)).fit(train.texts, train.labels)
-    predicted = classifier.predict(held.texts) if held.texts else []
-    correct = sum(p == t for p, t in zip(predicted, held.labels, strict=True))
-    in_char = [p for p, t in zip(predicted, held.labels, strict=True) if t == persona]
-    plain = [p for p, t in zip(predicted, held.labels, strict=True) if t == PLAIN]
+    # classifier.evaluate scores the held-out answers once: accuracy, each class's precision and recall, and
+    # the confusion counts the recall and the plain control are read from.
+    report = evaluate(classifier, held.texts, held.labels) if held.texts else None
+
+    def called_in_character(label: str) -> Rate:
+        if report is None or label not in report.labels:
+            return Rate(0, 0)
+        row = report.confusion[report.labels.index(label)]
+        return Rate(row[report.labels.index(persona)] if persona in report.labels else 0, sum(row))
+
+    correct = round(report.accuracy * len(held.texts)) if report is not None else 0
     accuracy = Rate(correct, len(held.texts)).to_json()
     check = {
         "trained_on": "this run's pairs: the teacher's in-character answers vs the student's own plain answers",
         "train_answers": len(train.texts),
         "heldout_answers": len(held.texts),
         "heldout_accuracy": accuracy,
-        "per_class": per_class_scores([persona, PLAIN], confusion(held.labels, predicted, [persona, PLAIN])),
-        "in_character_recall": Rate.of([p == persona for p in in_char]).to_json(),
-        "plain_called_in_character": Rate.of([p == persona for p in plain]).to_json(),
+        "per_class": report.per_class if report is not None else {},
+        "in_character_recall": called_in_character(persona).to_json(),
+        "plain_called_in_character": called_in_character(PLAIN).to_json(),
     }
     check["passes_check"] = check_of.classifier_accuracy(accuracy) is None
     return {"classifier": classifier, "check": check}
-
-
-def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
-    """Rows: the true label; columns: the predicted one (in ``labels`` order)."""
-    matrix = [[0] * len(labels) for _ in labels]
-    index = {label: i for i, label in enumerate(labels)}
-    for true, guess in zip(truth, predicted, strict=True):
-        matrix[index[true]][index[guess]] += 1
-    return matrix
 
 
 # --- 3. relevance by pointwise mutual information ---------------------------------------------
