@@ -77,7 +77,13 @@ def make_trainer_class() -> type:
             sampler = super()._get_train_sampler(train_dataset)
             if type(sampler) is LengthGroupedSampler:
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                return EpochLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+                # Grouped by the whole optimizer step (every rank's micro-batches), not one rank's
+                # share: the stock sampler groups by one rank's batch, so two ranks would see another
+                # order than one process accumulating the same step, and train another model.
+                # accelerate deals each rank its micro-batches from this one sequence.
+                step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                step *= max(1, self.args.world_size)
+                return EpochLengthGroupedSampler(step, sampler.lengths, seed)
             return sampler
 
     return CharacterSFTTrainer
