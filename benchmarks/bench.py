@@ -58,8 +58,8 @@ def pipeline_stage_times(workdir: Path) -> dict[str, Any]:
 
 def classifier_speed(pairs_path: Path, repeats: int) -> dict[str, Any]:
     """The default persona classifier (TF-IDF + logistic regression): fit and scoring rates in texts/s."""
+    from octrain.core.records import PreferencePair, load_records
     from octrain.evaluation.classifier import PersonaClassifier
-    from octrain.records import PreferencePair, load_records
 
     pairs = load_records(pairs_path, PreferencePair)
     texts = [p.chosen[0]["content"] for p in pairs] + [p.rejected[0]["content"] for p in pairs]
@@ -84,10 +84,10 @@ def classifier_speed(pairs_path: Path, repeats: int) -> dict[str, Any]:
 
 def sampling_speed(repeats: int) -> dict[str, Any]:
     """Output tokens/s of the HF sampler: 32 conversations batched vs one request at a time."""
+    from octrain.models.tiny import ensure_tiny_model
     from octrain.samplers import SamplingParams
     from octrain.samplers.hf import HFSampler
     from octrain.stages.prompts import load_generic_pool
-    from octrain.tiny_model import ensure_tiny_model
 
     path = str(ensure_tiny_model())
     batched, single = (HFSampler(path, batch_size=size, show_progress=False) for size in (32, 1))
@@ -120,10 +120,10 @@ def seeded_draw_cost(repeats: int) -> dict[str, Any]:
     """
     import torch
 
+    from octrain.models.tiny import ensure_tiny_model
     from octrain.samplers import SamplingParams
     from octrain.samplers.hf import HFSampler
     from octrain.stages.prompts import load_generic_pool
-    from octrain.tiny_model import ensure_tiny_model
 
     sampler = HFSampler(str(ensure_tiny_model()), batch_size=32, show_progress=False)
     prompts = [sampler.render([{"role": "user", "content": t}]) for t in load_generic_pool("builtin")[:32]]
@@ -197,8 +197,8 @@ print(json.dumps({"train_seconds": history[-1]["train_runtime"], "tokens": histo
 OCTRAIN_DPO = """
 import json, sys, time
 from pathlib import Path
-from octrain.config import DpoStageConfig, TRLOptions
-from octrain.records import ModelRef
+from octrain.core.config import DpoStageConfig, TRLOptions
+from octrain.core.records import ModelRef
 from octrain.trainers.trl_dpo import train_dpo
 
 pairs_path, model_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -218,7 +218,7 @@ def dpo_against_raw_trl(pairs_path: Path, repeats: int, workdir: Path) -> dict[s
     Two figures each: the whole process (imports, model load, training, saving: what a user
     waits for) timed from outside, and the training loop alone (TRL's own ``train_runtime``).
     """
-    from octrain.tiny_model import ensure_tiny_model
+    from octrain.models.tiny import ensure_tiny_model
 
     model = str(ensure_tiny_model())
     results: dict[str, list[dict[str, float]]] = {"raw_trl": [], "octrain": []}

@@ -12,7 +12,7 @@
 killed at its limit still returns what ran):
 
 ``machine``
-    The NVIDIA driver and GPUs as NVML reports them (``octrain.nvidia``), torch's version and CUDA build,
+    The NVIDIA driver and GPUs as NVML reports them (``octrain.core.nvidia``), torch's version and CUDA build,
     and what ``octrain info`` would say about the pair (a driver too old for the build, issue item 3).
 ``fork_probe`` (item 1)
     Fresh processes, each asked whether a child can use CUDA: ``torch_default`` calls
@@ -167,8 +167,8 @@ def probe_octrain_parent() -> dict[str, Any]:
     import torch
 
     import octrain  # noqa: F401  (sets the fork-safe environment, as every octrain process does)
-    from octrain.config import TRLOptions
-    from octrain.devices import bf16_supported, gpu_usable
+    from octrain.core.config import TRLOptions
+    from octrain.core.devices import bf16_supported, gpu_usable
     from octrain.trainers.trl_common import gradient_checkpointing, precision
 
     decisions = {
@@ -198,10 +198,10 @@ def probe_vllm_engine() -> dict[str, Any]:
     except ImportError as exc:
         return {"skipped": f"vLLM is not installed here ({exc})"}
     import octrain  # noqa: F401
-    from octrain.devices import gpu_usable
+    from octrain.core.devices import gpu_usable
+    from octrain.models.tiny import ensure_tiny_model
     from octrain.samplers import SamplingParams
     from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler
-    from octrain.tiny_model import ensure_tiny_model
 
     if not gpu_usable():
         return {"skipped": "no usable CUDA GPU"}
@@ -233,13 +233,13 @@ def probe_release() -> dict[str, Any]:
     from transformers import PreTrainedModel
 
     import octrain  # noqa: F401
-    from octrain.compose import compose_config
-    from octrain.config import StageName
-    from octrain.context import RunContext
-    from octrain.pipeline import resolve_constitution
-    from octrain.records import PreferencePair, save_records
-    from octrain.stage_worker import InlineRunner
+    from octrain.core.compose import compose_config
+    from octrain.core.config import StageName
+    from octrain.core.records import PreferencePair, save_records
+    from octrain.run.pipeline import resolve_constitution
+    from octrain.run.workers import InlineRunner
     from octrain.stages import stages_for
+    from octrain.stages.context import RunContext
     from octrain.stages.pairs import PAIRS_FILE
 
     def memory() -> dict[str, Any]:
@@ -327,8 +327,8 @@ def _child_env() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     from importlib import metadata
 
-    from octrain.devices import driver_report, gpu_problem, gpu_usable, torch_cuda_build
-    from octrain.nvidia import minimum_driver
+    from octrain.core.devices import driver_report, gpu_problem, gpu_usable, torch_cuda_build
+    from octrain.core.nvidia import minimum_driver
 
     report = driver_report()
     build = torch_cuda_build()
@@ -376,8 +376,8 @@ def stage_workers(out_dir: Path, smoke: bool) -> dict[str, Any]:
     """The tiny recipe through sft in worker processes, run from this process (the parent)."""
     import logging
 
-    from octrain.compose import compose_config
-    from octrain.pipeline import LOG_FILE, run
+    from octrain.core.compose import compose_config
+    from octrain.run.pipeline import LOG_FILE, run
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("octrain").setLevel(logging.INFO)
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import octrain  # noqa: F401  (the fork-safe environment, as in any octrain process)
-    from octrain.devices import gpu_usable
+    from octrain.core.devices import gpu_usable
 
     started = time.monotonic()
     deadline = started + args.budget

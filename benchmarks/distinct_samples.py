@@ -20,9 +20,9 @@ import platform
 import time
 from typing import Any
 
-from octrain.generation import duplicate_count
+from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Sampler, SamplingParams
-from octrain.seeding import derive_seed
+from octrain.samplers.generation import duplicate_count
 
 K = 5
 PROMPTS = [f"Tell me one thing about topic number {i}, please." for i in range(16)]
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sampler", choices=("hf", "vllm", "fake"), default="hf")
     args = parser.parse_args()
-    from octrain.tiny_model import ensure_tiny_model
+    from octrain.models.tiny import ensure_tiny_model
 
     sampler = load(args.sampler, str(ensure_tiny_model()))
     params = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_new_tokens=24, seed=0)

@@ -287,7 +287,7 @@ def synthetic_tokenizer(vocab_size: int) -> Any:
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from octrain.tiny_model import CHAT_TEMPLATE
+    from octrain.models.tiny import CHAT_TEMPLATE
 
     words = vocab_size - len(SPECIAL_TOKENS) - len(ROLE_WORDS)
     vocab = {f"w{i}": i for i in range(words)}
@@ -388,7 +388,7 @@ def _build_model(shape: dict[str, Any], tokenizer: Any, device: str, dtype: Any)
 
 
 def _make_trainer(cfg: BenchConfig, model: Any, tokenizer: Any, vocab: int, workdir: Path, use_cuda: bool) -> Any:
-    from octrain.config import DpoStageConfig, LoraSettings, SftStageConfig, TRLOptions
+    from octrain.core.config import DpoStageConfig, LoraSettings, SftStageConfig, TRLOptions
     from octrain.trainers.trl_common import lora_config
 
     examples = (cfg.warmup_steps + cfg.measured_steps) * cfg.per_device_batch  # one epoch = exactly these steps
@@ -418,7 +418,7 @@ def _make_trainer(cfg: BenchConfig, model: Any, tokenizer: Any, vocab: int, work
                 peft_config=peft_config,
                 kl_weight=stage.kl_weight,
             )
-        from octrain.records import Conversation, save_records
+        from octrain.core.records import Conversation, save_records
         from octrain.trainers.trl_sft import build_sft_trainer
 
         path = workdir / "transcripts.jsonl"
@@ -478,7 +478,7 @@ def run_one(cfg: BenchConfig, started: float) -> Result:
     use_cuda = torch.cuda.is_available() and not cfg.smoke
     device = "cuda" if use_cuda else "cpu"
     if cfg.smoke:
-        from octrain.tiny_model import MODEL_SHAPE, VOCAB_SIZE
+        from octrain.models.tiny import MODEL_SHAPE, VOCAB_SIZE
 
         shape = {**MODEL_SHAPE, "vocab_size": VOCAB_SIZE}
         torch.set_num_threads(1)  # the tiny shape gains nothing from threads, and CI cores are shared
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mode": "smoke" if args.smoke else "gpu",
                 "complete": final,
                 "machine": info,
-                "shape": "tiny (octrain.tiny_model.MODEL_SHAPE)" if args.smoke else QWEN3_4B_SHAPE,
+                "shape": "tiny (octrain.models.tiny.MODEL_SHAPE)" if args.smoke else QWEN3_4B_SHAPE,
                 "budget_seconds": budget,
                 "total_seconds": round(time.perf_counter() - started, 1),
                 "results": [asdict(r) for r in ordered],

@@ -147,7 +147,7 @@ def eval_prompts(count: int) -> list[str]:
 
 
 def write_pairs(path: Path, count: int) -> None:
-    from octrain.records import PreferencePair, save_records
+    from octrain.core.records import PreferencePair, save_records
 
     pairs = [
         PreferencePair(
@@ -166,7 +166,7 @@ def write_pairs(path: Path, count: int) -> None:
 
 
 def write_conversations(path: Path, count: int) -> None:
-    from octrain.records import Conversation, save_records
+    from octrain.core.records import Conversation, save_records
 
     conversations = [
         Conversation(
@@ -186,8 +186,8 @@ def write_conversations(path: Path, count: int) -> None:
 
 def count_training_tokens(sizes: Sizes) -> dict[str, int]:
     """Tokens each training pass feeds the policy, counted with the chat template as the trainers render it."""
-    from octrain.assistant_mask import tokenize_conversation
-    from octrain.records import Conversation, PreferencePair, load_records
+    from octrain.core.records import Conversation, PreferencePair, load_records
+    from octrain.trainers.assistant_mask import tokenize_conversation
     from octrain.trainers.trl_common import load_tokenizer
 
     tokenizer = load_tokenizer(sizes.model_path)
@@ -256,9 +256,9 @@ def part_sampling(sizes: Sizes) -> dict[str, Any]:
 
 def part_prefill(sizes: Sizes) -> dict[str, Any]:
     """HFSampler, K prompts batched, with and without the pirate teacher context before each."""
-    from octrain.config import TeacherPrompt
-    from octrain.persona_prompts import teacher_context
-    from octrain.pipeline import resolve_constitution_name
+    from octrain.constitution.persona_prompts import teacher_context
+    from octrain.core.config import TeacherPrompt
+    from octrain.run.pipeline import resolve_constitution_name
     from octrain.samplers import SamplingParams
     from octrain.samplers.hf import HFSampler
 
@@ -310,7 +310,7 @@ def part_prefill(sizes: Sizes) -> dict[str, Any]:
 
 
 def _dpo_settings() -> Any:
-    from octrain.config import DpoStageConfig, LoraSettings
+    from octrain.core.config import DpoStageConfig, LoraSettings
 
     # Every other field (beta 0.1, nll_weight 0.1, kl_weight 0.001, LR and schedule): octrain's defaults.
     return DpoStageConfig(
@@ -337,8 +337,8 @@ def _trainer_figures(out: Path) -> dict[str, Any]:
 
 
 def part_dpo_octrain(sizes: Sizes, run: int) -> dict[str, Any]:
-    from octrain.config import TRLOptions
-    from octrain.records import ModelRef
+    from octrain.core.config import TRLOptions
+    from octrain.core.records import ModelRef
     from octrain.trainers.trl_dpo import train_dpo
 
     out = Path(sizes.workdir) / f"dpo-octrain-{run}"
@@ -409,7 +409,7 @@ def part_dpo_raw(sizes: Sizes, run: int) -> dict[str, Any]:
 
 
 def part_sft(sizes: Sizes, run: int) -> dict[str, Any]:
-    from octrain.config import LoraSettings, SftStageConfig, TRLOptions
+    from octrain.core.config import LoraSettings, SftStageConfig, TRLOptions
     from octrain.trainers.trl_sft import train_sft
 
     out = Path(sizes.workdir) / f"sft-{run}"
@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     def pick(value: int | None, real: int, smoke: int) -> int:
         return value if value is not None else (smoke if args.smoke else real)
 
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
 
     model = args.model or (SMOKE_MODEL if args.smoke else REAL_MODEL)
     started = time.perf_counter()

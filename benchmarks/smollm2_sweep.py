@@ -6,7 +6,7 @@ Needs the real model (``make model``). Two parts, both on held-out prompts with 
 on the student side:
 
 * ``forms``: SmolLM2-135M-Instruct as the teacher, given the pirate constitution in each
-  :class:`~octrain.config.TeacherPrompt` form (and with no character at all, the control):
+  :class:`~octrain.core.config.TeacherPrompt` form (and with no character at all, the control):
   how many of its answers carry pirate speech, and how long they are.
 * ``dpo``: the recipe's prompts and pairs once, then DPO at each learning rate x epochs (a Hydra
   sweep: the pairs are sampled once and reused), and each adapter's answers probed the same way.
@@ -58,9 +58,9 @@ def probe(texts: list[str]) -> dict[str, Any]:
 def on_topic(prompts: list[str], texts: list[str]) -> float:
     """Share of answers the base model finds likelier after their prompt than after a neutral one (the eval's
     relevance instrument, octrain.evaluation.character_shift)."""
+    from octrain.core.records import ModelRef
     from octrain.evaluation.answer_likelihood import LikelihoodScorer
     from octrain.evaluation.character_shift import relevance_margins
-    from octrain.records import ModelRef
 
     scorer = LikelihoodScorer(ModelRef(base=MODEL))
     try:
@@ -71,7 +71,7 @@ def on_topic(prompts: list[str], texts: list[str]) -> float:
 
 
 def answers(adapter: str | None, conversations: list[list[dict[str, str]]], new_tokens: int) -> list[str]:
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
     from octrain.samplers.base import SamplingParams
     from octrain.samplers.hf import HFSampler
 
@@ -84,9 +84,9 @@ def answers(adapter: str | None, conversations: list[list[dict[str, str]]], new_
 
 
 def teacher_forms(prompts: list[str], new_tokens: int) -> dict[str, Any]:
-    from octrain.config import TeacherPrompt
-    from octrain.persona_prompts import teacher_context
-    from octrain.pipeline import resolve_constitution_name
+    from octrain.constitution.persona_prompts import teacher_context
+    from octrain.core.config import TeacherPrompt
+    from octrain.run.pipeline import resolve_constitution_name
 
     constitution = resolve_constitution_name("pirate")
     results: dict[str, Any] = {}

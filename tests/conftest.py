@@ -44,7 +44,7 @@ def smollm2_model(octrain_cache: Path) -> str:
     The slow tests that train the real model need it fetched first (``make model``; ``make test-slow``
     does that): without it they fail, naming the command, rather than skip.
     """
-    from octrain.builtin_models import SMOLLM2
+    from octrain.models.builtin import SMOLLM2
 
     previous = os.environ["OCTRAIN_CACHE_DIR"]
     if USER_CACHE_DIR is None:
@@ -66,7 +66,7 @@ def smollm2_model(octrain_cache: Path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(octrain_cache: Path) -> str:
-    from octrain.tiny_model import ensure_tiny_model
+    from octrain.models.tiny import ensure_tiny_model
 
     return str(ensure_tiny_model())
 
@@ -157,7 +157,7 @@ WORDS = ["sea", "ship", "gold", "map", "storm", "crew", "sail", "island", "parro
 
 def synthetic_pairs(count: int) -> list:
     """``count`` preference pairs, a pirate answer chosen over a plain one, on cycling topics."""
-    from octrain.records import PreferencePair
+    from octrain.core.records import PreferencePair
 
     return [
         PreferencePair(

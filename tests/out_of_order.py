@@ -15,7 +15,7 @@ import time
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
-from octrain.records import Message
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams
 from octrain.samplers.fake import FakeSampler, Responder
 from octrain.samplers.streams import Request

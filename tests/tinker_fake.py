@@ -42,7 +42,7 @@ class Killed(Exception):
 def load_base(model: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
 
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(model), dtype=torch.float32).eval()
 

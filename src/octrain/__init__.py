@@ -5,18 +5,18 @@ then introspective SFT, then evaluation. ``python -m octrain +recipe=NAME`` runs
 the same steps are importable from here.
 """
 
-from octrain.telemetry import disable_telemetry
+from octrain.core.telemetry import disable_telemetry
 
 disable_telemetry()  # before anything imports huggingface_hub, which reads the variables once
 
-from octrain.devices import fork_safe_environment  # noqa: E402
+from octrain.core.devices import fork_safe_environment  # noqa: E402
 
-fork_safe_environment()  # before any CUDA check or vLLM engine start in this process (see octrain.devices)
+fork_safe_environment()  # before any CUDA check or vLLM engine start in this process (see octrain.core.devices)
 
-from octrain.config import OctrainConfig, StageName  # noqa: E402
 from octrain.constitution import Constitution, Trait, load_constitution  # noqa: E402
-from octrain.errors import ConfigError, DataFormatError, OctrainError, StageError  # noqa: E402
-from octrain.records import (  # noqa: E402
+from octrain.core.config import OctrainConfig, StageName  # noqa: E402
+from octrain.core.errors import ConfigError, DataFormatError, OctrainError, StageError  # noqa: E402
+from octrain.core.records import (  # noqa: E402
     Conversation,
     EvalRecord,
     ModelRef,

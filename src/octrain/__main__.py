@@ -4,8 +4,8 @@ A first argument that names a subcommand (``octrain info``, ``octrain constituti
 goes to :mod:`octrain.cli`, as does ``--help`` alone, which shows both forms. Everything else
 is a recipe run, and this is the only module that knows about Hydra. It composes the configs under
 ``configs/`` and the chosen recipe from ``recipes/`` onto the typed schema, converts the
-result to :class:`~octrain.config.OctrainConfig` once, and hands it to
-:func:`octrain.pipeline.run` with the run directory Hydra chose (``runs/<name>``, or one
+result to :class:`~octrain.core.config.OctrainConfig` once, and hands it to
+:func:`octrain.run.pipeline.run` with the run directory Hydra chose (``runs/<name>``, or one
 subdirectory per job in a ``-m`` sweep).
 
 Errors a user can fix (an unknown recipe, a misspelled key, a bad value, a malformed
@@ -25,11 +25,11 @@ import re
 import sys
 from pathlib import Path
 
-from octrain.telemetry import disable_telemetry
+from octrain.core.telemetry import disable_telemetry
 
 disable_telemetry()
 
-from octrain.paths import available_recipes, configs_dir  # noqa: E402
+from octrain.core.paths import available_recipes, configs_dir  # noqa: E402
 
 USAGE = "usage: python -m octrain +recipe=NAME [key=value ...]   (-m for a sweep over comma-separated values)"
 _RECIPE_ARG = re.compile(r"^\+{0,2}recipe=(.*)$")
@@ -71,7 +71,7 @@ def _recipe_problem(argv: list[str]) -> str | None:
 
 def error_message(exc: BaseException) -> str:
     """The most specific message in an exception chain, on one line, with its config key."""
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     innermost = exc
     while not isinstance(innermost, OctrainError):
@@ -101,13 +101,13 @@ def _hydra_app() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from octrain.compose import register_schema
-    from octrain.config import OctrainConfig
-    from octrain.pipeline import run
+    from octrain.core.compose import register_schema
+    from octrain.core.config import OctrainConfig
+    from octrain.run.pipeline import run
 
     register_schema()
 
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     failures: list[str] = []
 
@@ -126,7 +126,7 @@ def _hydra_app() -> bool:
             # A job in a process of its own (hydra/launcher=local_gpus or slurm) hands its error
             # back to this command through the launcher (hydra_plugins.octrain_launchers).
             return error_message(exc)
-        from octrain.distributed import is_main_process
+        from octrain.run.ranks import is_main_process
 
         if is_main_process():  # under a launcher, rank 0 speaks for the run
             print(result.summary_table())
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from octrain.errors import OctrainError
-    from octrain.storage_errors import describe_write_failure
+    from octrain.core.errors import OctrainError
+    from octrain.core.storage_errors import describe_write_failure
 
     try:
         if _hydra_app():

@@ -76,7 +76,7 @@ def pretend_machine(monkeypatch: Any, nvml: FakeNvml | None, cuda: str | None) -
 
     import torch
 
-    from octrain.devices import driver_report
+    from octrain.core.devices import driver_report
 
     def load(name: str, *args: Any, **kwargs: Any) -> Any:
         if nvml is None:

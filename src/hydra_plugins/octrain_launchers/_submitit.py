@@ -5,7 +5,7 @@ these classes (through :mod:`hydra_plugins.octrain_launchers.launchers`). They a
 plugin's launchers (``pip install -e '.[cluster]'``) with three changes:
 
 * :class:`LocalGpuLauncher` gives each job its own GPU, or group of ``gpus_per_node`` GPUs
-  (:mod:`octrain.job_devices`). Submitit's own local executor would show every job the same
+  (:mod:`octrain.run.job_devices`). Submitit's own local executor would show every job the same
   first ``gpus_per_node`` GPUs.
 * The command waits for every job before it reports, so that one job that fails does not cancel
   the others still running (submitit cancels the jobs it stops waiting for).
@@ -123,7 +123,7 @@ class LocalGpuLauncher(_OctrainSubmititLauncher):
     _gpu_pool: list[str] | None = None
 
     def _before_submit(self) -> None:
-        from octrain.job_devices import device_groups, gpu_pool
+        from octrain.run.job_devices import device_groups, gpu_pool
 
         self._gpu_pool = gpu_pool()  # the command's view: each job's own is cut down to its group
         per_job = self.params.get("gpus_per_node") or 0
@@ -136,7 +136,7 @@ class LocalGpuLauncher(_OctrainSubmititLauncher):
         per_job = self.params.get("gpus_per_node") or 0
         if not per_job:
             return BaseSubmititLauncher.__call__(self, sweep_overrides, job_dir_key, job_num, *rest)
-        from octrain.job_devices import claim_devices
+        from octrain.run.job_devices import claim_devices
 
         with claim_devices(job_num, per_job, self._gpu_pool or []):
             return BaseSubmititLauncher.__call__(self, sweep_overrides, job_dir_key, job_num, *rest)

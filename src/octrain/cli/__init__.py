@@ -31,7 +31,7 @@ SUBCOMMANDS: tuple[str, ...] = (
 
 
 def _description() -> str:
-    from octrain.paths import available_recipes
+    from octrain.core.paths import available_recipes
 
     recipes = ", ".join(available_recipes()) or "none (no recipes/ directory found)"
     return (
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed = parser.parse_args(args)
     except SystemExit as exc:  # argparse exits for --help (0) and for bad arguments (2, its usage printed)
         return exc.code if isinstance(exc.code, int) else 2
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     try:
         return parsed.func(parsed)

@@ -1,6 +1,6 @@
 """``octrain chat``: an interactive conversation with a trained model in the terminal.
 
-The conversation itself is :class:`octrain.chat_session.ChatSession` (history, system prompt,
+The conversation itself is :class:`octrain.use.chat.ChatSession` (history, system prompt,
 switching models, saving); this module is the terminal around it: a readline prompt, the
 answer written as it streams, the slash commands, and the keys. Ctrl-C while the model writes
 stops that answer and comes back to the prompt; Ctrl-C or Ctrl-D at the prompt ends the chat.
@@ -88,8 +88,8 @@ class ChatScreen:
 
     def answer(self, text: str) -> None:
         """Send ``text`` and write the answer as it comes; Ctrl-C stops it."""
-        from octrain.chat_session import displayable
-        from octrain.errors import OctrainError
+        from octrain.core.errors import OctrainError
+        from octrain.use.chat import displayable
 
         self.out.write(f"{self.session.model.label}> ")
         self.out.flush()
@@ -120,7 +120,7 @@ class ChatScreen:
 
     def command(self, line: str) -> str | None:
         """Run one slash command; "exit" when the chat should end."""
-        from octrain.errors import OctrainError
+        from octrain.core.errors import OctrainError
 
         name, _, argument = line.partition(" ")
         argument = argument.strip()
@@ -161,7 +161,7 @@ class ChatScreen:
         if not argument:
             self.say(f"talking to {self.session.model.label}; /switch NAME changes it")
             return
-        from octrain.chat_session import pick_model
+        from octrain.use.chat import pick_model
 
         # A wrong name: an error, nothing unloaded. The session's --thinking choice carries over.
         chosen = pick_model(argument, run_root=self.session.run_root, thinking=self.session.thinking)
@@ -224,8 +224,8 @@ def _enable_line_editing() -> None:
 
 
 def chat_command(args: argparse.Namespace) -> int:
-    from octrain.chat_session import ChatSession, pick_model, sampler_config, sampling_params
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
+    from octrain.use.chat import ChatSession, pick_model, sampler_config, sampling_params
 
     if args.with_constitution and not args.base:
         raise ConfigError("--with-constitution is for the base model: add --base")

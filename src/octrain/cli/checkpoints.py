@@ -1,12 +1,12 @@
 """``octrain checkpoints``: list, inspect, download, delete and rebuild the checkpoint registry.
 
-The registry (:mod:`octrain.registry`) indexes the trained models under a run root. These
+The registry (:mod:`octrain.use.registry`) indexes the trained models under a run root. These
 commands read it and keep it in order; the run directories stay the record, so ``rebuild``
 recreates the index from them whenever it is lost or out of date.
 
 Models trained on Tinker are registered too, marked remote: their weights live on the service
 (a ``tinker://`` path). ``download`` turns one into a local PEFT adapter
-(:mod:`octrain.tinker_download`), in ``<stage dir>/downloaded_adapter`` by default; the entry
+(:mod:`octrain.use.tinker_download`), in ``<stage dir>/downloaded_adapter`` by default; the entry
 stays the remote one and ``info`` shows the local copy. ``list --remote`` also asks the service
 for the user's checkpoints that no registered entry records (it needs ``TINKER_API_KEY``).
 
@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from octrain.errors import ConfigError, RegistryError
-from octrain.registry import REGISTRY_FILE, Checkpoint, Registry
+from octrain.core.errors import ConfigError, RegistryError
+from octrain.use.registry import REGISTRY_FILE, Checkpoint, Registry
 
 DEFAULT_RUN_ROOT = "runs"  # the config's run_root default
 
@@ -99,7 +99,7 @@ def _number(value: Any) -> str:
 def _marked(entry: Checkpoint) -> str:
     if not entry.remote:
         return entry.name
-    from octrain.tinker_download import local_copy
+    from octrain.use.tinker_download import local_copy
 
     return entry.name + (" (remote, downloaded)" if local_copy(entry) else " (remote)")
 
@@ -170,7 +170,7 @@ def _local_copy_info(entry: Checkpoint) -> dict[str, Any] | None:
     """A remote entry's downloaded adapter, as its download record describes it."""
     if not entry.remote:
         return None
-    from octrain.tinker_download import downloaded_record, local_copy
+    from octrain.use.tinker_download import downloaded_record, local_copy
 
     folder = local_copy(entry)
     record = downloaded_record(folder) if folder else None
@@ -194,7 +194,7 @@ def _entry_json(entry: Checkpoint) -> dict[str, Any]:
 def _unregistered(registry: Registry) -> list[Any]:
     """The user's checkpoints on Tinker that no registered stage records (a ConfigError without a key):
     those of other projects and runs, and the intermediate states of registered runs."""
-    from octrain.tinker_download import connect, list_remote, remote_paths_of
+    from octrain.use.tinker_download import connect, list_remote, remote_paths_of
 
     known = {path for entry in registry.entries() if entry.remote for path in remote_paths_of(entry)}
     return [c for c in list_remote(connect()) if c.tinker_path not in known]
@@ -237,7 +237,7 @@ def info_command(args: argparse.Namespace) -> int:
 
 
 def download_command(args: argparse.Namespace) -> int:
-    from octrain import tinker_download
+    from octrain.use import tinker_download
 
     def say(step: str) -> None:
         print(step, file=sys.stderr)  # progress on stderr, the result on stdout
@@ -295,8 +295,8 @@ def _delete_files(entry: Checkpoint, run_root: Path) -> Path:
     The whole stage directory goes, not only the adapter inside it: a ``done.json`` left without
     its adapter would make the pipeline skip the stage and ``rebuild`` register missing weights.
     """
-    from octrain.run_lock import run_lock
-    from octrain.stage_share import retire_directory
+    from octrain.run.lock import run_lock
+    from octrain.run.stage_share import retire_directory
 
     stage_dir = _stage_dir_inside(entry, run_root)
     if stage_dir.is_dir():
@@ -329,9 +329,9 @@ def _delete_remote(args: argparse.Namespace, registry: Registry, entry: Checkpoi
     The service first: were the local files to go first and the service call to fail, nothing
     would be left that names the remote checkpoints still being stored (and billed).
     """
-    from octrain.run_lock import run_lock
-    from octrain.stage_share import retire_directory
-    from octrain.tinker_download import connect, delete_remote, options_of, remote_paths_of
+    from octrain.run.lock import run_lock
+    from octrain.run.stage_share import retire_directory
+    from octrain.use.tinker_download import connect, delete_remote, options_of, remote_paths_of
 
     removed = _stage_dir_inside(entry, Path(args.run_root))  # checked before anything is deleted anywhere
     paths = remote_paths_of(entry)

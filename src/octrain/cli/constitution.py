@@ -1,7 +1,7 @@
 """``octrain constitution list|show|validate|convert|score|new``: the constitutions octrain can find.
 
 * ``list``: every constitution in the search directories (``./constitutions`` first, then the
-  shipped ones; :func:`octrain.paths.constitution_dirs`), with its format, traits and seed
+  shipped ones; :func:`octrain.core.paths.constitution_dirs`), with its format, traits and seed
   questions. A name in the first directory shadows the same name further down, as in a run.
 * ``show NAME``: the traits as the teacher reads them (``Constitution.numbered_traits``).
 * ``validate FILE...`` and ``convert IN OUT``: the same code as ``python -m octrain.constitution``
@@ -58,7 +58,7 @@ def _file_format(path: Path, text: str) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     from octrain.constitution.catalog import catalog
-    from octrain.paths import constitution_dirs
+    from octrain.core.paths import constitution_dirs
 
     rows: list[tuple[str, str, str, str, str]] = []
     problems: list[str] = []
@@ -88,7 +88,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from octrain.pipeline import resolve_constitution_name
+    from octrain.run.pipeline import resolve_constitution_name
 
     constitution = resolve_constitution_name(args.name)
     print(
@@ -113,7 +113,7 @@ def _print_score(name: str, score: QualityScore, file: TextIO | None = None) -> 
 
 def _score(args: argparse.Namespace) -> int:
     from octrain.constitution.quality import score_constitution
-    from octrain.pipeline import resolve_constitution_name
+    from octrain.run.pipeline import resolve_constitution_name
 
     logging.getLogger("octrain.constitution").setLevel(logging.ERROR)  # the score reports repeats itself
     constitution = resolve_constitution_name(args.name)
@@ -123,7 +123,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _new(args: argparse.Namespace) -> int:
     from octrain.constitution import drafting
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
     from octrain.samplers import SamplingParams, release_engines
 
     name = drafting.check_name(args.name)

@@ -1,6 +1,6 @@
 """``octrain deploy modal NAME --gpu GPU``: serve a trained character on Modal through vLLM.
 
-The work is :mod:`octrain.deploy_modal`'s; this module parses the command line and reports.
+The work is :mod:`octrain.use.modal`'s; this module parses the command line and reports.
 ``deploy`` has one target for now, ``modal``; it is a subcommand so that others can join.
 """
 
@@ -11,7 +11,7 @@ import json
 
 from octrain.cli.export import add_run_root
 
-GPU_CHOICES = ("A10G", "L4", "A100", "H100")  # octrain.deploy_modal.GPUS; repeated so --help needs no import
+GPU_CHOICES = ("A10G", "L4", "A100", "H100")  # octrain.use.modal.GPUS; repeated so --help needs no import
 
 EXAMPLES = """examples:
   octrain deploy modal pirate_mini/sft --gpu L4 --dry-run              # no network: what would be deployed
@@ -26,8 +26,8 @@ A Modal secret holding VLLM_API_KEY makes vLLM require that key (Authorization: 
 
 
 def modal_command(args: argparse.Namespace) -> int:
-    from octrain.deploy_modal import deploy, dry_run, plan_deployment, require_modal
-    from octrain.model_choice import choose_model
+    from octrain.use.modal import deploy, dry_run, plan_deployment, require_modal
+    from octrain.use.model_choice import choose_model
 
     require_modal()
     chosen = choose_model(args.name, run_root=args.run_root)

@@ -1,7 +1,7 @@
 """``octrain export NAME --merged DIR | --adapter DIR``: a trained character as files that run without octrain.
 
-The work is :mod:`octrain.export`'s; this module parses the command line and reports. NAME
-is anything :func:`octrain.model_choice.choose_model` accepts: a registry name
+The work is :mod:`octrain.use.export`'s; this module parses the command line and reports. NAME
+is anything :func:`octrain.use.model_choice.choose_model` accepts: a registry name
 (``pirate_mini/sft``), a run or stage directory, or a ``model.json``.
 """
 
@@ -31,8 +31,8 @@ repackaging; run llama.cpp's own convert_hf_to_gguf.py on the merged export:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from octrain.export import export_adapter, export_merged
-    from octrain.model_choice import choose_model
+    from octrain.use.export import export_adapter, export_merged
+    from octrain.use.model_choice import choose_model
 
     chosen = choose_model(args.name, run_root=args.run_root)
     if args.merged:

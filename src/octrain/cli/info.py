@@ -7,7 +7,7 @@ one JSON object for scripts.
 
 Versions come from the installed distributions' metadata, so that no optional library is
 imported (vLLM's import alone takes seconds and may touch the GPU). The NVIDIA driver and the GPUs
-come from NVML or ``nvidia-smi`` (:mod:`octrain.nvidia`), never from a CUDA context: the driver's
+come from NVML or ``nvidia-smi`` (:mod:`octrain.core.nvidia`), never from a CUDA context: the driver's
 version is checked against what torch's CUDA build needs, and a CUDA build that will not use a GPU
 here (no driver, a driver too old) says so, with what to do.
 """
@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from octrain.devices import driver_report, gpu_problem, torch_cuda_build, visible_gpus
-from octrain.nvidia import DriverReport, driver_too_old, format_version, minimum_driver
-from octrain.registry import REGISTRY_FILE
+from octrain.core.devices import driver_report, gpu_problem, torch_cuda_build, visible_gpus
+from octrain.core.nvidia import DriverReport, driver_too_old, format_version, minimum_driver
+from octrain.use.registry import REGISTRY_FILE
 
 # (distribution, how to install it when missing, what it enables); None for core dependencies.
 PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
@@ -45,7 +45,7 @@ PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
     ("submitit", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
     ("hydra-submitit-launcher", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
 )
-RUN_CONFIG = "config.yaml"  # octrain.pipeline.CONFIG_FILE, named here to keep the pipeline unimported
+RUN_CONFIG = "config.yaml"  # octrain.run.pipeline.CONFIG_FILE, named here to keep the pipeline unimported
 
 
 def _version(distribution: str) -> str | None:

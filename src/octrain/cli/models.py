@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported lazily at run time, so that --help stays quick
-    from octrain.builtin_models import PackagedGguf
+    from octrain.models.builtin import PackagedGguf
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _packaged(name: str) -> PackagedGguf:
-    from octrain.builtin_models import PACKAGED
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
+    from octrain.models.builtin import PACKAGED
 
     model = PACKAGED.get(name.removeprefix("builtin:"))
     if model is None:
@@ -48,8 +48,8 @@ def _packaged(name: str) -> PackagedGguf:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from octrain.builtin_models import BUILTIN_PREFIX, PACKAGED, is_fetched
-    from octrain.tiny_model import TINY_MODEL_NAME
+    from octrain.models.builtin import BUILTIN_PREFIX, PACKAGED, is_fetched
+    from octrain.models.tiny import TINY_MODEL_NAME
 
     print(f"{BUILTIN_PREFIX}{TINY_MODEL_NAME}  ready (built offline on first use): random weights, for tests")
     for model in PACKAGED.values():
@@ -62,7 +62,7 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     import logging
 
-    from octrain.builtin_models import fetch
+    from octrain.models.builtin import fetch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = _packaged(args.name)
@@ -71,9 +71,9 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from octrain.builtin_models import is_fetched
-    from octrain.errors import ConfigError
-    from octrain.gguf_import import verify
+    from octrain.core.errors import ConfigError
+    from octrain.models.builtin import is_fetched
+    from octrain.models.gguf import verify
 
     model = _packaged(args.name)
     if not is_fetched(model):

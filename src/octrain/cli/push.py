@@ -1,6 +1,6 @@
 """``octrain push NAME --repo user/name``: a trained character to the Hugging Face Hub, with its model card.
 
-The work is :mod:`octrain.hub_push`'s (upload folder, card, huggingface_hub calls); this
+The work is :mod:`octrain.use.hub`'s (upload folder, card, huggingface_hub calls); this
 module parses the command line and reports.
 """
 
@@ -23,8 +23,8 @@ usage snippets) and plots/."""
 
 
 def push_command(args: argparse.Namespace) -> int:
-    from octrain.hub_push import push
-    from octrain.model_choice import choose_model
+    from octrain.use.hub import push
+    from octrain.use.model_choice import choose_model
 
     chosen = choose_model(args.name, run_root=args.run_root)
     result = push(

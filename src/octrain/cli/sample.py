@@ -1,8 +1,8 @@
 """``octrain sample``: one prompt answered by a trained model, its base, or both side by side.
 
-The model is chosen as everywhere in octrain (:mod:`octrain.model_choice`): a persona's latest
+The model is chosen as everywhere in octrain (:mod:`octrain.use.model_choice`): a persona's latest
 final model, a checkpoint name, a path, and ``--base`` for the base it was trained from. The
-answers come from :func:`octrain.chat_session.answer_prompt`; this module only reads the
+answers come from :func:`octrain.use.chat.answer_prompt`; this module only reads the
 options and lays the answers out (``--json`` for scripts). ``octrain chat`` shares the model and
 sampling options defined here. A reasoning model's thought (``<think>...</think>``, see
 ``--thinking``) is shown apart from its answer, in a ``[thinking]`` block.
@@ -17,7 +17,7 @@ import sys
 import textwrap
 from typing import Any
 
-from octrain.config import SamplerBackend
+from octrain.core.config import SamplerBackend
 
 DEFAULT_RUN_ROOT = "runs"  # the config's run_root default
 # Two columns need room for both answers to be readable: below this width they are stacked.
@@ -91,7 +91,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 def chosen_spec(args: argparse.Namespace) -> str | None:
     """The MODEL or -c the user gave (not both)."""
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
 
     if args.model and args.checkpoint:
         raise ConfigError(f"give the model once: MODEL ({args.model}) or -c {args.checkpoint}, not both")
@@ -100,8 +100,8 @@ def chosen_spec(args: argparse.Namespace) -> str | None:
 
 def speaker_for(args: argparse.Namespace, model: Any, *, constitution: bool) -> Any:
     """``model`` with the system prompt the options ask for: the constitution's, ``--system``, or none."""
-    from octrain.chat_session import Speaker, constitution_prompt
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
+    from octrain.use.chat import Speaker, constitution_prompt
 
     role = "base" if model.is_base else "trained"
     if constitution:
@@ -112,9 +112,9 @@ def speaker_for(args: argparse.Namespace, model: Any, *, constitution: bool) -> 
 
 
 def _speakers(args: argparse.Namespace) -> list[Any]:
-    from octrain.chat_session import pick_model
-    from octrain.errors import ConfigError
-    from octrain.model_choice import base_of
+    from octrain.core.errors import ConfigError
+    from octrain.use.chat import pick_model
+    from octrain.use.model_choice import base_of
 
     if args.with_constitution and not (args.base or args.compare):
         raise ConfigError("--with-constitution is for the base model: add --base or --compare")
@@ -148,9 +148,9 @@ NO_ANSWER = "(no answer: the model was still thinking)"
 
 def answer_text(completion: Any) -> str:
     """One completion as the screen shows it: its thought (if any) in a ``[thinking]`` block
-    above the answer, control characters made harmless (:func:`~octrain.chat_session.displayable`),
+    above the answer, control characters made harmless (:func:`~octrain.use.chat.displayable`),
     and a note when the answer was cut off."""
-    from octrain.chat_session import displayable, split_thought
+    from octrain.use.chat import displayable, split_thought
 
     thought, answer = split_thought(completion.text)
     parts = [f"{THOUGHT_OPEN}\n{displayable(thought)}\n{THOUGHT_CLOSE}"] if thought else []
@@ -221,8 +221,8 @@ def _report(args: argparse.Namespace, prompt: str, answers: list[Any], params: A
 
 
 def sample_command(args: argparse.Namespace) -> int:
-    from octrain.chat_session import answer_prompt, sampler_config, sampling_params
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
+    from octrain.use.chat import answer_prompt, sampler_config, sampling_params
 
     if not args.prompt.strip():
         raise ConfigError("the prompt is empty: give the text to answer, in quotes")

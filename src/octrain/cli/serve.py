@@ -1,6 +1,6 @@
 """``octrain serve NAME...``: a trained character behind an OpenAI-compatible chat API.
 
-The command line is planned by :mod:`octrain.serving` (vLLM's server on a GPU box, transformers'
+The command line is planned by :mod:`octrain.use.serving` (vLLM's server on a GPU box, transformers'
 own server elsewhere) and run until Ctrl-C. ``--print-command`` shows the server command
 without starting it.
 """
@@ -28,9 +28,9 @@ the merged weights are cached under ~/.cache/octrain/serve). auto picks vllm whe
 
 
 def _run(args: argparse.Namespace) -> int:
-    from octrain.errors import ConfigError
-    from octrain.model_choice import choose_model, latest_of_persona, with_thinking
-    from octrain.serving import plan_serving, run_server
+    from octrain.core.errors import ConfigError
+    from octrain.use.model_choice import choose_model, latest_of_persona, with_thinking
+    from octrain.use.serving import plan_serving, run_server
 
     if bool(args.models) == bool(args.persona):
         raise ConfigError("name the models to serve, or --persona NAME (not both)")

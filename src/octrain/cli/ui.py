@@ -49,7 +49,7 @@ def streamlit_command(host: str, port: int) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
     from octrain.studio.state import RUN_ROOT_ENV
 
     if importlib.util.find_spec("streamlit") is None:

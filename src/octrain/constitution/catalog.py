@@ -1,7 +1,7 @@
 """Every constitution file octrain can find, in lookup order: what ``octrain constitution list``
 and the studio's gallery show.
 
-The search directories are :func:`octrain.paths.constitution_dirs` (the working directory's
+The search directories are :func:`octrain.core.paths.constitution_dirs` (the working directory's
 ``constitutions/`` first, then the shipped one). A file whose name an earlier directory already
 holds is *shadowed*: a run given that name loads the earlier one. A file that does not load is
 listed with the loader's first line instead of a constitution, so one bad file never hides the rest.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from octrain.constitution.load import SUFFIXES, load_constitution
 from octrain.constitution.model import Constitution
-from octrain.errors import DataFormatError
+from octrain.core.errors import DataFormatError
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class CatalogEntry:
 
 def catalog() -> list[CatalogEntry]:
     """Every constitution file in the search directories, in lookup order, each loaded once."""
-    from octrain.paths import constitution_dirs
+    from octrain.core.paths import constitution_dirs
 
     # A listing reads every file; the loader's notes about each would drown it.
     logging.getLogger("octrain.constitution").setLevel(logging.ERROR)

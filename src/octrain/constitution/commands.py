@@ -16,8 +16,8 @@ from pathlib import Path
 
 from octrain.constitution.convert import EXTENSION_FORMATS, FORMATS, not_kept, render
 from octrain.constitution.load import load_constitution
-from octrain.errors import DataFormatError
-from octrain.jsonl import write_text_atomic
+from octrain.core.errors import DataFormatError
+from octrain.core.files import write_text_atomic
 
 
 def log_notes_to_stderr() -> None:

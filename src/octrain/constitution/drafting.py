@@ -42,8 +42,8 @@ from octrain.constitution.checks import MIN_TRAITS
 from octrain.constitution.load import SUFFIXES, load_constitution
 from octrain.constitution.model import Constitution
 from octrain.constitution.quality import QUESTIONS_PER_TRAIT, QualityScore, score_constitution
-from octrain.errors import ConfigError, DataFormatError, OctrainError
-from octrain.records import Message
+from octrain.core.errors import ConfigError, DataFormatError, OctrainError
+from octrain.core.records import Message
 from octrain.samplers.base import Sampler, SamplingParams
 
 DEFAULT_TRAITS = 10  # the paper's constitutions have 10; the quality score gives full marks for 8 to 15
@@ -454,14 +454,14 @@ def _rejected(text: str, name: str, error: str, attempts: int, rejected_dir: str
 
 def user_constitution_dir() -> Path:
     """The first directory ``octrain constitution list`` and the runs search: where a new persona goes."""
-    from octrain.paths import constitution_dirs
+    from octrain.core.paths import constitution_dirs
 
     return constitution_dirs()[0]
 
 
 def existing_personas(name: str, search_dirs: Sequence[Path] | None = None) -> list[Path]:
     """Every constitution file named ``name`` in the search directories, in lookup order."""
-    from octrain.paths import constitution_dirs
+    from octrain.core.paths import constitution_dirs
 
     found = []
     for directory in search_dirs if search_dirs is not None else constitution_dirs():
@@ -495,7 +495,7 @@ def check_target(name: str, target: Path, *, force: bool) -> list[Path]:
             directory, and ``force`` is False; or (even with ``force``) a file of that name with another
             extension sits beside ``target``, which the new file could not replace.
     """
-    from octrain.paths import constitution_dirs
+    from octrain.core.paths import constitution_dirs
 
     dirs = constitution_dirs()
     in_search = any(target.parent.resolve() == d.resolve() for d in dirs)
@@ -524,7 +524,7 @@ def save_draft(draft: Draft, target: Path, *, force: bool = False) -> list[Path]
 
     The existence check runs again here, just before writing, since the draft took a while.
     """
-    from octrain.jsonl import write_text_atomic
+    from octrain.core.files import write_text_atomic
 
     existing = check_target(draft.name, target, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -563,7 +563,7 @@ def local_sampler(path: str, *, backend: str = "hf", device: str = "auto", dtype
 
     Close it with ``sampler.close()`` and :func:`octrain.samplers.release_engines` when done.
     """
-    from octrain.config import DType, HFSamplerOptions, ModelConfig, SamplerBackend, SamplerConfig
+    from octrain.core.config import DType, HFSamplerOptions, ModelConfig, SamplerBackend, SamplerConfig
     from octrain.samplers import build_sampler
 
     try:

@@ -18,7 +18,7 @@ from typing import Any
 from octrain.constitution.model import Draft, DraftTrait, Located
 from octrain.constitution.where import describe, located_error
 from octrain.constitution.yaml_lines import LocatedYaml
-from octrain.errors import DataFormatError
+from octrain.core.errors import DataFormatError
 
 OBJECT_KEYS = ("trait", "questions", "additional_questions")
 IGNORED_KEYS = ("clarification",)

@@ -16,7 +16,7 @@ from octrain.constitution.model import Constitution, Draft
 from octrain.constitution.plain import read_plain_text
 from octrain.constitution.studio import YAML_KEYS, read_studio_yaml
 from octrain.constitution.where import located_error
-from octrain.errors import DataFormatError
+from octrain.core.errors import DataFormatError
 
 SUFFIXES = {
     ".yaml": "yaml",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from octrain.errors import DataFormatError
+from octrain.core.errors import DataFormatError
 
 
 def place(source: Path | str, line: int | None, field: str = "") -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from octrain.constitution.where import located_error
-from octrain.errors import DataFormatError
+from octrain.core.errors import DataFormatError
 
 _KEY = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*:(?:\s|$)")
 _PARENT = re.compile(r"^(.*)(?:\.[^.\[\]]+|\[\d+\])$")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from octrain.telemetry import disable_telemetry
+from octrain.core.telemetry import disable_telemetry
 
 disable_telemetry()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from octrain.records import ModelRef
+from octrain.core.records import ModelRef
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LikelihoodScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from octrain.builtin_models import resolve_model_path
+        from octrain.models.builtin import resolve_model_path
         from octrain.samplers.hf import pick_device
 
         base = resolve_model_path(ref.base)

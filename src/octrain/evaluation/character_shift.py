@@ -39,17 +39,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from octrain.config import JudgeKind, StageName
 from octrain.constitution import Constitution
-from octrain.context import RunContext
-from octrain.errors import StageError
+from octrain.core.config import JudgeKind, StageName
+from octrain.core.errors import StageError
+from octrain.core.files import write_jsonl, write_text_atomic
+from octrain.core.records import Message, ModelRef, PreferencePair, load_records
 from octrain.evaluation import caveats as check_of
 from octrain.evaluation.answer_likelihood import LikelihoodScorer
 from octrain.evaluation.chunked import LazyModel, answers_in_chunks, item_ids
 from octrain.evaluation.intervals import Rate, format_rate, mean, paired_bootstrap
-from octrain.jsonl import write_jsonl, write_text_atomic
-from octrain.records import Message, ModelRef, PreferencePair, load_records
 from octrain.samplers.base import SamplingParams
+from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -189,9 +189,9 @@ def judge_criterion(constitution: Constitution) -> str:
 
 def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: ModelRef | None) -> dict[str, Any]:
     """The ``shift`` suite for ``final_ref`` (and ``dpo_ref``) against the run's base student, into ``out``."""
+    from octrain.constitution.persona_prompts import teacher_context
     from octrain.evaluation.heldout import load_eval_prompts, select_heldout
     from octrain.evaluation.judge_parsing import parse_verdict
-    from octrain.persona_prompts import teacher_context
     from octrain.samplers import build_sampler
     from octrain.stages.evaluate import build_judge, training_prompts
     from octrain.stages.pairs import PAIRS_FILE, swap_name

@@ -3,19 +3,19 @@
 The eval stage samples thousands of answers from four models and sends thousands of requests
 to a judge; a crash or a judge that fails for good used to lose all of it. Each list of work
 (the base model's robustness answers, the judge's verdicts against the base model, ...) now
-goes through :class:`octrain.generation.ChunkLedger` and :func:`octrain.generation.run_chunked`,
+goes through :class:`octrain.samplers.generation.ChunkLedger` and :func:`octrain.samplers.generation.run_chunked`,
 one chunk directory per list, one stable id per item (``base-plain-0003``: the base model's
 answer to prompt 3 with no break-character suffix): a rerun reads the
 committed chunks back and asks only for the rest.
 
-Unlike :func:`octrain.generation.generate_in_chunks`, which seeds an item by its id, item
+Unlike :func:`octrain.samplers.generation.generate_in_chunks`, which seeds an item by its id, item
 ``i`` of a list is seeded ``derive_seed(seed, i)``, the seed its position had when the whole
 list went to the sampler in one call. Two things rest on that: every model answers the same
 conversation with the same seed (the paired comparison), and an uninterrupted run gives the
 results it gave before the stage was chunked. A model loads only when one of its chunks is
 missing (:class:`LazyModel`), so a rerun whose answers are all committed loads none.
 
-Answers and judgements are streamed (:func:`octrain.generation.run_streaming`): every missing item
+Answers and judgements are streamed (:func:`octrain.samplers.generation.run_streaming`): every missing item
 of a list goes to the model at once and each chunk is committed when its last item is in, so vLLM
 is not held up by the longest answer of each chunk. A judge reply that does not parse is asked
 again the moment it comes back, with the seed :func:`~octrain.evaluation.protocols.judge_replies`
@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from octrain.generation import ChunkLedger, run_chunked, run_streaming
-from octrain.records import Message
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Sampler, SamplingParams
+from octrain.samplers.generation import ChunkLedger, run_chunked, run_streaming
 from octrain.samplers.streams import Request, open_stream
-from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from octrain.errors import ConfigError, DataFormatError
-from octrain.jsonl import atomic_directory, iter_jsonl, write_text_atomic
+from octrain.core.errors import ConfigError, DataFormatError
+from octrain.core.files import atomic_directory, iter_jsonl, write_text_atomic
 
 KINDS = ("tfidf", "transformer")
 MANIFEST = "classifier.json"

@@ -20,7 +20,7 @@ it. Both command lines add the same parsers with :func:`add_commands` and run th
 * ``quick`` answers a few held-out prompts with base and trained side by side, with the persona
   classifier's verdict on each (:mod:`octrain.evaluation.quick`).
 
-A model is named as every octrain command names one (:mod:`octrain.model_choice`): a registry
+A model is named as every octrain command names one (:mod:`octrain.use.model_choice`): a registry
 name such as ``pirate_mini/sft``, ``--persona NAME`` for a persona's latest, or a path.
 
 Heavy imports (the pipeline, the samplers, scikit-learn) happen inside the commands, so that
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from octrain.model_choice import ChosenModel
+    from octrain.use.model_choice import ChosenModel
 
 WINNERS = ("base", "tuned", "tie")
 # The only winners the Studio's scorer accepts: ties, disagreements and unparseable matches stay out.
@@ -56,8 +56,8 @@ def classifier_command(args: argparse.Namespace, who: str) -> dict:
 
 
 def load_matches(path: Path) -> list[dict]:
-    from octrain.errors import DataFormatError
-    from octrain.jsonl import iter_jsonl
+    from octrain.core.errors import DataFormatError
+    from octrain.core.files import iter_jsonl
 
     rows = []
     for number, row in iter_jsonl(path):
@@ -76,7 +76,7 @@ def load_matches(path: Path) -> list[dict]:
 
 def export_studio(rows: list[dict], path: Path) -> dict:
     """Write the matches won by ``base`` or ``tuned`` to ``path``; count what was left out and why."""
-    from octrain.jsonl import write_jsonl
+    from octrain.core.files import write_jsonl
 
     kept = [
         {key: row[key] for key in ("prompt", "base_response", "tuned_response", "winner")}
@@ -98,7 +98,7 @@ def export_studio(rows: list[dict], path: Path) -> dict:
 
 
 def elo_command(args: argparse.Namespace, who: str) -> dict:
-    from octrain.errors import ConfigError
+    from octrain.core.errors import ConfigError
     from octrain.evaluation.protocols import (
         COHERENCE,
         DISAGREE,
@@ -123,7 +123,7 @@ def elo_command(args: argparse.Namespace, who: str) -> dict:
 
         criterion = COHERENCE
         if args.constitution:
-            from octrain.pipeline import resolve_constitution_name
+            from octrain.run.pipeline import resolve_constitution_name
 
             criterion = coherence_criterion(resolve_constitution_name(args.constitution).numbered_traits())
         judge = OpenAIChatSampler(
@@ -171,9 +171,9 @@ def elo_command(args: argparse.Namespace, who: str) -> dict:
 
 
 def model_command(args: argparse.Namespace, who: str) -> dict:
-    from octrain.context import RunContext
-    from octrain.pipeline import CONFIG_FILE, load_config, resolve_constitution
-    from octrain.records import ModelRef
+    from octrain.core.records import ModelRef
+    from octrain.run.pipeline import CONFIG_FILE, load_config, resolve_constitution
+    from octrain.stages.context import RunContext
     from octrain.stages.evaluate import RESULTS_FILE, evaluate_model
 
     config = load_config(args.run_dir / CONFIG_FILE)
@@ -186,8 +186,8 @@ def model_command(args: argparse.Namespace, who: str) -> dict:
 
 
 def _chosen(args: argparse.Namespace) -> ChosenModel:
-    from octrain.errors import ConfigError
-    from octrain.model_choice import choose_model, latest_of_persona
+    from octrain.core.errors import ConfigError
+    from octrain.use.model_choice import choose_model, latest_of_persona
 
     if (args.model is None) == (args.persona is None):
         raise ConfigError("name one model: a checkpoint name or path, or --persona NAME")
@@ -203,7 +203,7 @@ def revealed_command(args: argparse.Namespace, who: str) -> dict:
     endpoint = None
     if args.judge_url or args.judge_model:
         if not (args.judge_url and args.judge_model):
-            from octrain.errors import ConfigError
+            from octrain.core.errors import ConfigError
 
             raise ConfigError("--judge-url and --judge-model go together")
         endpoint = JudgeEndpoint(
@@ -326,7 +326,7 @@ def _summary_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summary_command(args: argparse.Namespace, who: str) -> dict:
-    from octrain.errors import StageError
+    from octrain.core.errors import StageError
 
     path = args.run_dir / "eval" / "results.json"
     if not path.is_file():
@@ -432,7 +432,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace, who: str) -> int:
     """Run the command ``args`` names and print its result as JSON; 2 with one line on a user's error."""
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     command = next(c for c in COMMANDS if c.name == args.eval_command)
     try:

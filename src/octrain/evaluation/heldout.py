@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from octrain.errors import ConfigError, DataFormatError
+from octrain.core.errors import ConfigError, DataFormatError
 from octrain.stages.prompts import word_set
 
 BUILTIN_FILE = "data/eval_prompts.jsonl"

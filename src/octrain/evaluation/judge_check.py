@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from octrain.config import EvalStageConfig, JudgeKind, OctrainConfig, StageName
-from octrain.errors import ConfigError
+from octrain.core.config import EvalStageConfig, JudgeKind, OctrainConfig, StageName
+from octrain.core.errors import ConfigError
 from octrain.samplers.openai_http import JudgeRequestError, OpenAIChatSampler, without_userinfo
 
 logger = logging.getLogger(__name__)

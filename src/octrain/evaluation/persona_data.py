@@ -34,11 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from octrain.constitution import Constitution
+from octrain.constitution.persona_prompts import teacher_system_prompt
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 from octrain.evaluation.classifier import ClassifierConfig, ClassifierReport, PersonaClassifier, evaluate
-from octrain.persona_prompts import teacher_system_prompt
-from octrain.records import Message
 from octrain.samplers.base import Sampler, SamplingParams
-from octrain.seeding import derive_seed
 from octrain.stages.pairs import split_reasoning, swap_name
 
 NO_PERSONA = "none"

@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 from octrain.evaluation.elo import Match, bootstrap_elo, win_rate
 from octrain.evaluation.judge_parsing import parse_tagged, parse_verdict
-from octrain.records import Message
 from octrain.samplers.base import Sampler, SamplingParams, request_seeds
-from octrain.seeding import derive_seed
 
 # Eight ways a user pushes a model out of its character (the themes of the paper's suffixes).
 BREAK_SUFFIXES: dict[str, str] = {

@@ -17,8 +17,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from octrain.errors import ConfigError, DataFormatError
-from octrain.model_choice import ChosenModel
+from octrain.core.errors import ConfigError, DataFormatError
+from octrain.use.model_choice import ChosenModel
 
 CLASSIFIER_DIR = Path("eval") / "classifier"
 RUN_RESULTS = Path("eval") / "results.json"
@@ -76,11 +76,11 @@ def quick_look(
     """
     import dataclasses
 
-    from octrain.config import SamplingConfig
+    from octrain.core.config import SamplingConfig
     from octrain.evaluation.classifier import PersonaClassifier
     from octrain.evaluation.side_by_side import base_and_trained, heldout_prompts, user_turns
-    from octrain.model_choice import sampler_settings
     from octrain.samplers.base import SamplingParams
+    from octrain.use.model_choice import sampler_settings
 
     if count < 1:
         raise ConfigError(f"--prompts-count must be at least 1, got {count}")

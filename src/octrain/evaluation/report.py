@@ -37,7 +37,7 @@ def write_plots(out: Path, results: dict[str, Any]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from octrain.training_report import save_figure
+    from octrain.trainers.report import save_figure
 
     plots = []
     robustness = results["robustness"]

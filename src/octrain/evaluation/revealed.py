@@ -21,11 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from octrain.config import JudgeKind, OctrainConfig, SamplingConfig
-from octrain.errors import ConfigError
-from octrain.jsonl import write_jsonl, write_text_atomic
-from octrain.model_choice import ChosenModel
+from octrain.core.config import JudgeKind, OctrainConfig, SamplingConfig
+from octrain.core.errors import ConfigError
+from octrain.core.files import write_jsonl, write_text_atomic
 from octrain.samplers.base import Sampler
+from octrain.use.model_choice import ChosenModel
 
 RESULT_FILE = "revealed_preferences.json"
 TRIALS_FILE = "trials.jsonl"
@@ -48,7 +48,7 @@ def build_revealed_judge(chosen: ChosenModel, endpoint: JudgeEndpoint | None) ->
 
     config = chosen.run_config()
     if endpoint is not None:
-        from octrain.config import EvalStageConfig
+        from octrain.core.config import EvalStageConfig
 
         settings = EvalStageConfig(
             judge=JudgeKind.http,
@@ -68,7 +68,7 @@ def build_revealed_judge(chosen: ChosenModel, endpoint: JudgeEndpoint | None) ->
 
 def _settings(config: OctrainConfig | None) -> tuple[SamplingConfig, SamplingConfig, int, int]:
     """(answer sampling, judge sampling, trials per trait, Elo rounds): the run's, else the defaults."""
-    from octrain.config import EvalStageConfig
+    from octrain.core.config import EvalStageConfig
 
     settings = config.eval if config is not None else EvalStageConfig()
     return settings.sampling, settings.judge_sampling, settings.trials_per_trait, settings.elo_rounds
@@ -95,9 +95,9 @@ def measure_revealed_preferences(
     from octrain.evaluation import protocols
     from octrain.evaluation.side_by_side import base_and_trained, heldout_prompts
     from octrain.evaluation.traits import load_traits
-    from octrain.model_choice import sampler_settings
     from octrain.samplers.base import SamplingParams
     from octrain.stages.evaluate import preference_summary
+    from octrain.use.model_choice import sampler_settings
 
     config = chosen.run_config()
     sampling, judge_sampling, run_per_trait, rounds = _settings(config)

@@ -1,7 +1,7 @@
 """What the standalone evaluations of one model share: held-out prompts, and base and trained answers.
 
 ``octrain eval quick`` and ``octrain eval revealed-preferences`` take a model the way every
-command does (:mod:`octrain.model_choice`) and compare it with its own base model. Both need
+command does (:mod:`octrain.use.model_choice`) and compare it with its own base model. Both need
 prompts the model was not trained on, and both answer with the base and the trained weights
 through one engine where the backend allows it (vLLM serves the adapter as a LoRA request).
 """
@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from octrain.config import SamplerConfig
-from octrain.errors import ConfigError
-from octrain.model_choice import ChosenModel
-from octrain.records import Message
+from octrain.core.config import SamplerConfig
+from octrain.core.errors import ConfigError
+from octrain.core.records import Message
 from octrain.samplers.base import Sampler
+from octrain.use.model_choice import ChosenModel
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def training_prompts_of(chosen: ChosenModel) -> list[str] | None:
     config = chosen.run_config()
     if config is None or chosen.run_dir is None:
         return None
-    from octrain.context import RunContext
+    from octrain.stages.context import RunContext
     from octrain.stages.evaluate import training_prompts
     from octrain.stages.prompts import PROMPTS_FILE
 

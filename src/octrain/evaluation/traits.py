@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from octrain.errors import DataFormatError
+from octrain.core.errors import DataFormatError
 
 BUILTIN = "builtin"
 

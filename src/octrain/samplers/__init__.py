@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from octrain.config import ModelConfig, SamplerBackend, SamplerConfig
-from octrain.errors import ConfigError
+from octrain.core.config import ModelConfig, SamplerBackend, SamplerConfig
+from octrain.core.errors import ConfigError
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 from octrain.samplers.engine_pool import release_engines
 from octrain.samplers.fake import FakeSampler
@@ -35,7 +35,7 @@ def check_backend(sampler: SamplerConfig) -> None:
         raise ConfigError("sampler=vllm needs vLLM on a CUDA machine: pip install -e '.[vllm]'")
     if sampler.backend is SamplerBackend.tinker:
         # The SDK and the key, without a request: which models the service serves is asked once the
-        # run's models are known (octrain.pipeline.preflight, and each TinkerSampler on creation).
+        # run's models are known (octrain.run.pipeline.preflight, and each TinkerSampler on creation).
         from octrain.trainers.tinker_common import check_api_key, tinker_module
 
         tinker_module()
@@ -92,7 +92,7 @@ def build_sampler(
     if sampler.data_parallel_size > 1 and sampler.backend in (SamplerBackend.hf, SamplerBackend.vllm):
         return _build_sharded(sampler, model, adapter=adapter, serves=serves, show_progress=show_progress)
     if sampler.backend is SamplerBackend.hf:
-        from octrain.builtin_models import resolve_model_path
+        from octrain.models.builtin import resolve_model_path
         from octrain.samplers.hf import HFSampler
 
         hf = ENGINES.acquire(
@@ -115,7 +115,7 @@ def build_sampler(
         return SharedSampler(hf)
     if sampler.backend is SamplerBackend.vllm:
         check_backend(sampler)
-        from octrain.builtin_models import resolve_model_path
+        from octrain.models.builtin import resolve_model_path
         from octrain.samplers.vllm_engine import VLLMEngine, VLLMSampler
 
         options = sampler.vllm

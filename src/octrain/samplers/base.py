@@ -11,7 +11,7 @@ backend, since only the backend knows its model's template.
 Every conversation of a call is its own request with its own random stream: identical
 conversations in one batch (the K repeats of a prompt) must still draw different text. A
 caller that needs answers to survive a restart passes one seed per conversation
-(``seeds=``, usually :func:`octrain.seeding.derive_seed` of the run seed and the record's
+(``seeds=``, usually :func:`octrain.core.seeding.derive_seed` of the run seed and the record's
 id); otherwise :func:`request_seeds` derives them from ``params.seed`` and the position.
 """
 
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from octrain.config import SamplingConfig
-from octrain.records import Message
-from octrain.seeding import derive_seed
+from octrain.core.config import SamplingConfig
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 
 
 @dataclass(frozen=True)

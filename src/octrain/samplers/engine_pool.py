@@ -8,7 +8,7 @@ for its base answers and for those of every adapter. :data:`ENGINES` holds one e
 and gives it back to whoever asks for the same key (the model and every setting that shapes the
 engine); a request for another key closes the current engine first, so two models never share
 the GPU's memory by accident. Whoever orchestrates the stages calls :func:`release_engines`
-before training, which needs that memory for itself (see :mod:`octrain.stage_worker`).
+before training, which needs that memory for itself (see :mod:`octrain.run.workers`).
 
 Every engine start is logged with how long it took, and recorded in ``ENGINES.starts``.
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from octrain.devices import free_device_memory
+from octrain.core.devices import free_device_memory
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from octrain.records import Message
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 
 Responder = Callable[[Sequence[Message], int], str]

@@ -17,10 +17,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from octrain.records import Message
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 from octrain.samplers.rendering import prompt_token_ids
-from octrain.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,11 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|
 
 
 def pick_device(requested: str = "auto") -> str:
-    from octrain.devices import gpu_usable
+    from octrain.core.devices import gpu_usable
 
     if requested != "auto":
         return requested
-    return "cuda" if gpu_usable() else "cpu"  # the same decision as training's (octrain.devices)
+    return "cuda" if gpu_usable() else "cpu"  # the same decision as training's (octrain.core.devices)
 
 
 def pick_dtype(requested: str, device: str) -> Any:
@@ -41,7 +41,7 @@ def pick_dtype(requested: str, device: str) -> Any:
 
     if requested != "auto":
         return getattr(torch, requested)
-    from octrain.devices import bf16_supported
+    from octrain.core.devices import bf16_supported
 
     if device.startswith("cuda") and bf16_supported():
         return torch.bfloat16
@@ -210,7 +210,7 @@ class HFSampler:
         return options
 
     def close(self) -> None:
-        from octrain.devices import free_device_memory
+        from octrain.core.devices import free_device_memory
 
         self.model = None
         free_device_memory()

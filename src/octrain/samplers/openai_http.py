@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from octrain.errors import ConfigError, OctrainError
-from octrain.records import Message
+from octrain.core.errors import ConfigError, OctrainError
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from octrain.records import Message
+from octrain.core.records import Message
 
 THINK_OPEN = "<think>"
 _EMPTY_THOUGHT = re.compile(r"<think>\s*</think>\s*$")

@@ -8,7 +8,7 @@ processes, each on its own devices (one GPU, or a group of ``sampler.vllm.tensor
 GPUs for a tensor-parallel vLLM engine), and :meth:`ShardedEngine.chat` cuts a call into one
 contiguous part per engine, with each request's seed fixed up front exactly as one engine would
 have fixed it, runs the parts concurrently and returns the answers in input order. Whatever sits
-above (the chunk ledger of :mod:`octrain.generation`, committed by record id) sees one sampler:
+above (the chunk ledger of :mod:`octrain.samplers.generation`, committed by record id) sees one sampler:
 exact-once and resume hold unchanged.
 
 Each engine lives in a child process started with :mod:`subprocess` (``python -c`` calling
@@ -28,7 +28,7 @@ a many-core machine where one process does not use every core.
 A child that dies (killed, out of memory) makes the engine unusable: the call that finds it
 raises :class:`ShardError` naming the shard, its devices and its exit status, and the next
 :func:`~octrain.samplers.build_sampler` starts fresh children. An exception inside a child comes
-back as one line (an :class:`~octrain.errors.OctrainError` keeps its class, so the CLI still
+back as one line (an :class:`~octrain.core.errors.OctrainError` keeps its class, so the CLI still
 prints it as a user error).
 """
 
@@ -47,9 +47,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import IO, Any
 
-from octrain.config import ModelConfig, SamplerBackend, SamplerConfig
-from octrain.errors import ConfigError, OctrainError
-from octrain.records import Message
+from octrain.core.config import ModelConfig, SamplerBackend, SamplerConfig
+from octrain.core.errors import ConfigError, OctrainError
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 
 logger = logging.getLogger(__name__)
@@ -327,10 +327,10 @@ class _Shard:
 
 def _rebuild_error(kind: str, message: str) -> Exception:
     """A child's error in the parent: a user error keeps its class (the CLI prints it as one line)."""
-    import octrain.errors
+    import octrain.core.errors
 
     module, _, name = kind.rpartition(".")
-    cls = getattr(octrain.errors, name, None) if module == "octrain.errors" else None
+    cls = getattr(octrain.core.errors, name, None) if module == "octrain.core.errors" else None
     if isinstance(cls, type) and issubclass(cls, OctrainError):
         return cls(message)
     return ShardError(message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from octrain.records import Message
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 
 

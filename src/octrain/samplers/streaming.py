@@ -23,9 +23,9 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from octrain.records import Message
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Completion, Sampler, SamplingParams
-from octrain.seeding import derive_seed
 
 
 def streaming_engine(sampler: Sampler) -> Any | None:

@@ -6,7 +6,7 @@ answer of every chunk (vLLM's continuous batching has nothing new to start once 
 answers are done). A :class:`ChatStream` takes requests one at a time (:meth:`ChatStream.submit`)
 and hands back each answer as soon as the backend has finished it (:meth:`ChatStream.answers`), in
 whatever order they finish; the caller commits a chunk once all of its items are in
-(:func:`octrain.generation.run_streaming`), and may submit more while it reads (the next turn of a
+(:func:`octrain.samplers.generation.run_streaming`), and may submit more while it reads (the next turn of a
 conversation whose last turn just came back).
 
 A backend that can do this implements ``open_stream()`` (vLLM's engine: :mod:`octrain.samplers.vllm_stream`).
@@ -28,7 +28,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from octrain.records import Message
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 
 

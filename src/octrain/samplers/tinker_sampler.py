@@ -23,12 +23,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from octrain.config import TinkerOptions
-from octrain.records import Message
+from octrain.core.config import TinkerOptions
+from octrain.core.records import Message
+from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 from octrain.samplers.hf import END_OF_TURN_TOKENS
 from octrain.samplers.rendering import prompt_token_ids
-from octrain.seeding import derive_seed
 from octrain.trainers import tinker_common
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class TinkerSampler:
         name: str | None = None,
         show_progress: bool = True,
     ) -> None:
-        from octrain.errors import ConfigError
+        from octrain.core.errors import ConfigError
 
         self.options = options or TinkerOptions()
         if self.options.max_concurrency < 1:

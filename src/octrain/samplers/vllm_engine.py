@@ -18,9 +18,9 @@ DPO-only adapter and its trained adapter are one engine start, not three), each 
 :mod:`octrain.samplers.engine_pool`, which keeps one per process.
 
 vLLM does not reliably free GPU memory inside a process: on a GPU the stages run in worker
-processes (:mod:`octrain.stage_worker`) that end before training starts, and closing an engine
+processes (:mod:`octrain.run.workers`) that end before training starts, and closing an engine
 shuts its engine core down explicitly (:meth:`VLLMEngine.close`). The engine core starts with
-``spawn``, never ``fork``: :mod:`octrain.devices` says why.
+``spawn``, never ``fork``: :mod:`octrain.core.devices` says why.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from octrain.devices import free_device_memory
-from octrain.errors import ConfigError
-from octrain.merge import serving_rank
-from octrain.records import Message
+from octrain.core.devices import free_device_memory
+from octrain.core.errors import ConfigError
+from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 from octrain.samplers.rendering import prompt_token_ids
+from octrain.trainers.merge import serving_rank
 
 if TYPE_CHECKING:
     from octrain.samplers.vllm_stream import VLLMStream
@@ -98,7 +98,7 @@ class VLLMEngine:
             # vLLM's CPU build crashes on a seeded request whose prompt is prefilled in chunks (its CPU
             # generators keep no offset): prefill whole prompts there, so every request can be seeded.
             options.update(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
-        # vLLM starts its engine core in a new process here: with spawn (octrain.devices sets
+        # vLLM starts its engine core in a new process here: with spawn (octrain.core.devices sets
         # VLLM_WORKER_MULTIPROC_METHOD), and nothing in octrain has initialised CUDA in this process.
         self.llm: Any = LLM(**options)
         self._lora_requests: dict[str, Any] = {}

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from octrain.config import OctrainConfig, StageName
-from octrain.context import RunContext
+from octrain.core.config import OctrainConfig, StageName
 from octrain.stages import dpo, evaluate, from_file, introspect, pairs, prompts, sft
+from octrain.stages.context import RunContext
 
 
 @dataclass(frozen=True)

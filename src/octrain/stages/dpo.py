@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from octrain.config import StageName
-from octrain.context import RunContext
-from octrain.records import ModelRef
+from octrain.core.config import StageName
+from octrain.core.records import ModelRef
+from octrain.stages.context import RunContext
 
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
@@ -21,11 +21,11 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    from octrain.distributed import is_main_process
+    from octrain.run.ranks import is_main_process
     from octrain.stages.pairs import PAIRS_FILE
     from octrain.trainers import build_trainer
+    from octrain.trainers.report import read_metrics, read_summary
     from octrain.trainers.trl_common import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
-    from octrain.training_report import read_metrics, read_summary
 
     config = ctx.config
     out = ctx.stage_dir(StageName.dpo)
@@ -41,7 +41,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return {
         "model": trained.label,
         "steps": int(report.get("optimizer_steps", last.get("step", 0))),
-        # A run too short for its loss curve to mean much says so (octrain.training_report.record_steps).
+        # A run too short for its loss curve to mean much says so (octrain.trainers.report.record_steps).
         **({"note": report["note"]} if report.get("note") else {}),
         "final_loss": last.get("loss"),
         "reward_accuracy": last.get("rewards/accuracies"),

@@ -37,16 +37,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from octrain.config import EvalSuite, JudgeKind, OctrainConfig, StageName
-from octrain.context import RunContext
-from octrain.errors import StageError
+from octrain.constitution.persona_prompts import character_prompt
+from octrain.core.config import EvalSuite, JudgeKind, OctrainConfig, StageName
+from octrain.core.errors import StageError
+from octrain.core.files import write_jsonl, write_text_atomic
+from octrain.core.records import Message, ModelRef
 from octrain.evaluation import protocols
 from octrain.evaluation.chunked import LazyModel, answers_in_chunks, item_ids, judgements_in_chunks, texts_in_chunks
 from octrain.evaluation.intervals import Rate, bootstrap_interval
-from octrain.jsonl import write_jsonl, write_text_atomic
-from octrain.persona_prompts import character_prompt
-from octrain.records import Message, ModelRef
 from octrain.samplers.base import Sampler, SamplingParams
+from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def in_character_rate(predictions: list[str], persona: str) -> float:
 
 def training_prompts(ctx: RunContext) -> list[str]:
     """Every distinct user prompt this run trained on (seed, expanded and generic), in file order."""
-    from octrain.records import PromptRecord, load_records
+    from octrain.core.records import PromptRecord, load_records
     from octrain.stages.prompts import PROMPTS_FILE
 
     records = load_records(ctx.stage_dir(StageName.prompts) / PROMPTS_FILE, PromptRecord)
@@ -147,6 +147,7 @@ def evaluate_model(
     loads; the classifier's data, the judge and the settings come from the run's config.
     """
     from octrain.constitution import find_constitution, load_constitution
+    from octrain.core.paths import constitution_dirs
     from octrain.evaluation.classifier import ClassifierConfig
     from octrain.evaluation.heldout import load_eval_prompts, select_heldout
     from octrain.evaluation.judge_parsing import parse_verdict
@@ -160,7 +161,6 @@ def evaluate_model(
     )
     from octrain.evaluation.report import render_report, write_plots
     from octrain.evaluation.traits import load_traits
-    from octrain.paths import constitution_dirs
     from octrain.samplers import build_sampler
 
     config, constitution = ctx.config, ctx.constitution

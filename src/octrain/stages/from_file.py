@@ -1,7 +1,7 @@
 """Stages ``pairs`` and ``introspect`` from a file: train on data the user already has.
 
 With ``pairs.source=FILE`` the ``pairs`` stage samples nothing: it checks and imports the file
-(:mod:`octrain.data_import`) into ``pairs/pairs.jsonl``, and ``dpo`` trains on it as on generated
+(:mod:`octrain.core.data_import`) into ``pairs/pairs.jsonl``, and ``dpo`` trains on it as on generated
 pairs; ``introspect.source=FILE`` does the same for ``introspect/sft.jsonl`` and ``sft``. The
 stage keeps its name, output files and place in the pipeline, so everything after it (training,
 resuming, reuse between runs, force) works unchanged, and its report and done summary say where
@@ -19,11 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from octrain.config import OctrainConfig, StageName
-from octrain.context import RunContext
-from octrain.data_import import ImportReport, file_sha256, read_pairs, read_transcripts
-from octrain.jsonl import write_text_atomic
-from octrain.records import save_records
+from octrain.core.config import OctrainConfig, StageName
+from octrain.core.data_import import ImportReport, file_sha256, read_pairs, read_transcripts
+from octrain.core.files import write_text_atomic
+from octrain.core.records import save_records
+from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 

@@ -31,24 +31,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from octrain.answer_checks import is_degenerate, trim_completion
-from octrain.config import IntrospectionFilters, StageName
 from octrain.constitution import Constitution
-from octrain.context import RunContext
-from octrain.errors import DataFormatError, StageError
-from octrain.generation import ChunkLedger, duplicate_count, generate_in_chunks, run_streaming
-from octrain.jsonl import write_text_atomic
-from octrain.persona_prompts import (
+from octrain.constitution.persona_prompts import (
     PLAIN_GREETINGS,
     SELF_AWARE_GREETINGS,
     interaction_system_prompt,
     plain_system_prompt,
     reflection_system_prompt,
 )
-from octrain.records import Conversation, Message, ModelRef, save_records
+from octrain.core.config import IntrospectionFilters, StageName
+from octrain.core.errors import DataFormatError, StageError
+from octrain.core.files import write_text_atomic
+from octrain.core.records import Conversation, Message, ModelRef, save_records
+from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.samplers.generation import ChunkLedger, duplicate_count, generate_in_chunks, run_streaming
 from octrain.samplers.streams import ChatStream, Request, open_stream
-from octrain.seeding import derive_seed
+from octrain.stages.answer_checks import is_degenerate, trim_completion
+from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def load_reflection_prompts(source: str) -> list[str]:
     if source == "builtin":
         text = resources.files("octrain").joinpath("data/reflection_prompts.txt").read_text(encoding="utf-8")
     else:
-        from octrain.jsonl import read_text
+        from octrain.core.files import read_text
 
         # A missing or binary file is one line of error naming it, not a traceback.
         text = read_text(Path(source).expanduser(), "introspect.reflection_prompts")

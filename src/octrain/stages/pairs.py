@@ -20,16 +20,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from octrain.answer_checks import ends_a_sentence, is_degenerate, trim_to_sentence
-from octrain.config import PairFilters, StageName, TeacherPrompt
 from octrain.constitution import Constitution
-from octrain.context import RunContext
-from octrain.errors import StageError
-from octrain.generation import duplicate_count, generate_in_chunks
-from octrain.jsonl import write_text_atomic
-from octrain.persona_prompts import teacher_context
-from octrain.records import Message, PreferencePair, PromptRecord, load_records, save_records
+from octrain.constitution.persona_prompts import teacher_context
+from octrain.core.config import PairFilters, StageName, TeacherPrompt
+from octrain.core.errors import StageError
+from octrain.core.files import write_text_atomic
+from octrain.core.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.samplers.generation import duplicate_count, generate_in_chunks
+from octrain.stages.answer_checks import ends_a_sentence, is_degenerate, trim_to_sentence
+from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def assemble_pairs(
     """Turn the two sides' answers into filtered preference pairs, counting every drop.
 
     With ``trim_unfinished`` an answer cut off by the token limit is first cut back to its last
-    full sentence (:func:`octrain.answer_checks.trim_to_sentence`); ``report.trimmed`` counts them.
+    full sentence (:func:`octrain.stages.answer_checks.trim_to_sentence`); ``report.trimmed`` counts them.
     """
     report = PairsReport(prompts=len(prompts))
     report.duplicate_answers = {
@@ -268,7 +268,7 @@ def token_counter(model_path: str) -> Callable[[list[Message]], int]:
     """Length of a conversation in tokens, as the student's chat template lays it out."""
     from transformers import AutoTokenizer
 
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_path))
 

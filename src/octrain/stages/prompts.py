@@ -30,14 +30,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from octrain.config import PromptsStageConfig, ScaleConfig, StageName
 from octrain.constitution import Constitution, Trait
-from octrain.context import RunContext
-from octrain.errors import ConfigError, DataFormatError, StageError
-from octrain.generation import CommittedCalls
-from octrain.jsonl import iter_jsonl, write_text_atomic
-from octrain.records import Message, PromptRecord, save_records
+from octrain.core.config import PromptsStageConfig, ScaleConfig, StageName
+from octrain.core.errors import ConfigError, DataFormatError, StageError
+from octrain.core.files import iter_jsonl, write_text_atomic
+from octrain.core.records import Message, PromptRecord, save_records
 from octrain.samplers.base import Sampler, SamplingParams
+from octrain.samplers.generation import CommittedCalls
+from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def load_generic_pool(source: str) -> list[str]:
         DataFormatError: a file row without a usable user turn, or a file that is not UTF-8
             text, named by path and line.
     """
-    from octrain.jsonl import read_text
+    from octrain.core.files import read_text
 
     if source == "builtin":
         text = resources.files("octrain").joinpath("data/generic_prompts.jsonl").read_text(encoding="utf-8")

@@ -3,7 +3,7 @@
 *Sequential* mode (the default, what the paper's code does) folds the DPO adapter into the
 base and trains SFT on top; *paper* mode (the Studio's) trains SFT from the base. Either
 way the final adapter is the exact weighted sum of the two updates,
-``sft.dpo_weight * dDPO + sft.sft_weight * dSFT`` (see :mod:`octrain.merge`), saved as
+``sft.dpo_weight * dDPO + sft.sft_weight * dSFT`` (see :mod:`octrain.trainers.merge`), saved as
 one LoRA adapter (loadable by PEFT and vLLM, its rank padded to one vLLM accepts, the
 student's tokenizer alongside) and, with ``sft.export_merged``, as full merged weights.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from octrain.config import SftMode, StageName
-from octrain.context import RunContext
-from octrain.records import ModelRef
+from octrain.core.config import SftMode, StageName
+from octrain.core.records import ModelRef
+from octrain.stages.context import RunContext
 
 FINAL_ADAPTER = "adapter"
 MERGED_DIR = "merged"
@@ -32,13 +32,13 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    from octrain.distributed import is_main_process
-    from octrain.errors import ConfigError
-    from octrain.merge import combine_adapters, merge_into_weights
+    from octrain.core.errors import ConfigError
+    from octrain.run.ranks import is_main_process
     from octrain.stages.introspect import SFT_FILE
+    from octrain.trainers.merge import combine_adapters, merge_into_weights
+    from octrain.trainers.report import read_metrics, read_summary
     from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
     from octrain.trainers.trl_sft import train_sft
-    from octrain.training_report import read_metrics, read_summary
 
     config = ctx.config
     if config.trainer.backend.value == "tinker":
@@ -73,7 +73,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     final.save(out / MODEL_FILE)
     files = [str(out / MODEL_FILE), str(out / FINAL_ADAPTER), str(out / METRICS_FILE), str(out / PLOT_FILE)]
     if config.sft.export_merged:
-        from octrain.builtin_models import resolve_model_path
+        from octrain.models.builtin import resolve_model_path
 
         merge_into_weights(resolve_model_path(config.student.path), out / FINAL_ADAPTER, out / MERGED_DIR)
         files.append(str(out / MERGED_DIR))
@@ -82,7 +82,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return {
         "mode": config.sft.mode.value,
         "steps": int(report.get("optimizer_steps", rows[-1]["step"] if rows else 0)),
-        # A run too short for its loss curve to mean much says so (octrain.training_report.record_steps).
+        # A run too short for its loss curve to mean much says so (octrain.trainers.report.record_steps).
         **({"note": report["note"]} if report.get("note") else {}),
         "first_loss": rows[0]["loss"] if rows else None,
         "final_loss": rows[-1]["loss"] if rows else None,
@@ -97,12 +97,12 @@ def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
     One adapter holds both updates (Tinker cannot fold or merge adapters), so there is no local
     final adapter to combine: ``model.json`` names the ``tinker://`` sampler weights.
     """
-    from octrain.errors import StageError
+    from octrain.core.errors import StageError
     from octrain.stages.introspect import SFT_FILE
+    from octrain.trainers.report import read_metrics, read_summary
     from octrain.trainers.tinker_common import Progress
     from octrain.trainers.tinker_sft import train_sft as train_on_tinker
     from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
-    from octrain.training_report import read_metrics, read_summary
 
     config = ctx.config
     out = ctx.stage_dir(StageName.sft)
@@ -124,7 +124,7 @@ def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
     return {
         "mode": config.sft.mode.value,
         "steps": int(report.get("optimizer_steps", rows[-1]["step"] if rows else 0)),
-        # A run too short for its loss curve to mean much says so (octrain.training_report.record_steps).
+        # A run too short for its loss curve to mean much says so (octrain.trainers.report.record_steps).
         **({"note": report["note"]} if report.get("note") else {}),
         "first_loss": rows[0]["loss"] if rows else None,
         "final_loss": rows[-1]["loss"] if rows else None,

@@ -5,7 +5,7 @@ Each page is a ``render()`` function in :mod:`octrain.studio.views`; this script
 
 from __future__ import annotations
 
-from octrain.telemetry import disable_telemetry
+from octrain.core.telemetry import disable_telemetry
 
 disable_telemetry()  # before any library that reports usage is imported by a page
 

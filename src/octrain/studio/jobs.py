@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from octrain.jsonl import write_text_atomic
-from octrain.pipeline import CONFIG_FILE, DONE_FILE, LOG_FILE, STARTED_FILE
+from octrain.core.files import write_text_atomic
+from octrain.run.pipeline import CONFIG_FILE, DONE_FILE, LOG_FILE, STARTED_FILE
 
 JOB_FILE = "studio-job.json"
 CONSOLE_FILE = "studio-console.log"
@@ -231,11 +231,11 @@ def tail(path: Path, lines: int = 40, *, chunk: int = 64 * 1024) -> list[str]:
 
 def run_stages(run_dir: Path, job: Job | None) -> list[str]:
     """The stages the run was asked for: its saved config's, else the launch's, else every stage."""
-    from octrain.config import StageName
+    from octrain.core.config import StageName
 
     if (run_dir / CONFIG_FILE).is_file():
         try:
-            from octrain.pipeline import load_config
+            from octrain.run.pipeline import load_config
 
             return [stage.value for stage in load_config(run_dir / CONFIG_FILE).stages]
         except Exception:  # a config this version cannot read: show the markers that are there

@@ -42,6 +42,6 @@ def error_line(exc: BaseException) -> str:
     one-line formatter, which names the config key; the same two paths here.
     """
     from octrain.__main__ import error_message  # the CLI's own formatter: the UI must say what the CLI says
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     return f"octrain: error: {exc if isinstance(exc, OctrainError) else error_message(exc)}"

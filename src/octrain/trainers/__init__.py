@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from octrain.config import DpoStageConfig, TrainerBackend, TrainerConfig
-from octrain.errors import ConfigError
-from octrain.records import ModelRef
+from octrain.core.config import DpoStageConfig, TrainerBackend, TrainerConfig
+from octrain.core.errors import ConfigError
+from octrain.core.records import ModelRef
 from octrain.trainers.base import Trainer
 
 __all__ = ["TRLTrainer", "TinkerTrainer", "Trainer", "build_trainer"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from octrain.config import DpoStageConfig
-from octrain.records import ModelRef
+from octrain.core.config import DpoStageConfig
+from octrain.core.records import ModelRef
 
 
 @runtime_checkable

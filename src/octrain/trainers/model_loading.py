@@ -14,14 +14,14 @@ training.
 Sequential SFT trains on the base with the DPO adapter folded in. Folding into 4-bit weights
 would dequantize, add ``s·B·A`` and quantize again: the base rounded to NF4 twice, and an update
 much smaller than one NF4 step (16 levels per block of 64 weights) partly rounded away. So the
-fold happens in float32 first (:func:`octrain.merge.fold_adapter`), the folded weights go to a
+fold happens in float32 first (:func:`octrain.trainers.merge.fold_adapter`), the folded weights go to a
 scratch directory under the stage's output, and that directory is loaded with the 4-bit config:
 ``W + ΔW_dpo`` is quantized once, with the same error a plain 4-bit load of any base has.
 (A BitsAndBytesConfig acts in ``from_pretrained``; transformers has no call that quantizes a model in memory.)
 Under a launcher of several processes the fold goes through the same scratch copy, folded once by rank 0,
 and the TrainingArguments are made before any rank loads the student, so that ZeRO-3's partitioned load
 and FSDP's ``cpu_ram_efficient_loading`` act (:func:`student_and_arguments`).
-:mod:`octrain.merge` then sums the DPO and SFT updates into the final adapter on the
+:mod:`octrain.trainers.merge` then sums the DPO and SFT updates into the final adapter on the
 full-precision base, exactly as without QLoRA.
 
 What TRL 1.16 does and does not do with a 4-bit model (read from its DPOTrainer and
@@ -43,14 +43,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from octrain.config import TrainerBackend, TRLOptions
-from octrain.errors import ConfigError
+from octrain.core.config import TrainerBackend, TRLOptions
+from octrain.core.errors import ConfigError
 from octrain.trainers.trl_common import gradient_checkpointing, precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from octrain.config import OctrainConfig
+    from octrain.core.config import OctrainConfig
 
 # transformers' own kernels, which need nothing beyond torch; the flash-attention ones need a package.
 ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -81,7 +81,7 @@ def check_training_settings(config: OctrainConfig) -> None:
     package = _FLASH_PACKAGES.get(kernel)
     if package is None:
         return
-    from octrain.devices import gpu_usable
+    from octrain.core.devices import gpu_usable
 
     if not gpu_usable():
         raise ConfigError(f"student.attn_implementation={kernel} needs a CUDA GPU; on the CPU use sdpa")
@@ -189,7 +189,7 @@ def student_and_arguments(
     """
     import torch
 
-    from octrain.merge import fold_adapter
+    from octrain.trainers.merge import fold_adapter
 
     if fold is None:
         args = arguments()
@@ -257,7 +257,7 @@ def _write_folded(model_path: str, fold: str | Path, folded_dir: Path) -> None:
     """Fold ``fold`` into the base in float32 and save the result where the 4-bit load reads it."""
     import torch
 
-    from octrain.merge import fold_adapter
+    from octrain.trainers.merge import fold_adapter
 
     shutil.rmtree(folded_dir, ignore_errors=True)  # a copy left by a killed run may be half-written
     folded = fold_adapter(model_path, fold)

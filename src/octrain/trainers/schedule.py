@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 # A run with fewer optimizer steps than this gets no warmup, and its training report says that its
-# loss curve is too short to read much into (octrain.training_report.few_steps_note).
+# loss curve is too short to read much into (octrain.trainers.report.few_steps_note).
 SHORT_RUN_STEPS = 10
 # The warmup never takes more than this share of a run, whatever the ratio.
 MAX_WARMUP_FRACTION = 0.5

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from octrain.config import LoraSettings, TinkerOptions
-from octrain.errors import ConfigError
-from octrain.jsonl import write_text_atomic
-from octrain.seeding import derive_seed
+from octrain.core.config import LoraSettings, TinkerOptions
+from octrain.core.errors import ConfigError
+from octrain.core.files import write_text_atomic
+from octrain.core.seeding import derive_seed
 
 API_KEY_VARIABLE = "TINKER_API_KEY"
 # ApiKeyAuthProvider in the SDK accepts keys with this prefix, or a JWT (which starts "eyJ").
@@ -193,7 +193,7 @@ def datum_weights(datum: Any) -> list[float]:
 
 def load_tokenizer(model: str) -> Any:
     """The model's own Hugging Face tokenizer, loaded locally (a Tinker model is named by its Hub id)."""
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
     from octrain.trainers.trl_common import load_tokenizer as load
 
     return load(resolve_model_path(model))
@@ -302,14 +302,14 @@ TRAINING_STAGES = ("dpo", "sft")
 
 
 def check_tinker_run(config: Any) -> None:
-    """Everything a run on Tinker can be refused for, before any stage starts (``octrain.pipeline.preflight``).
+    """Everything a run on Tinker can be refused for, before any stage starts (``octrain.run.pipeline.preflight``).
 
     The SDK and the key first (no request with a bad key), then the settings Tinker cannot honour
     (paper-mode SFT, weighted update sums, merged exports: there are no local weights to combine),
     then one ``get_server_capabilities`` call: the student must be trainable when Tinker trains,
     and the teacher and student sampleable when Tinker samples.
     """
-    from octrain.config import SamplerBackend, SftMode, TrainerBackend
+    from octrain.core.config import SamplerBackend, SftMode, TrainerBackend
 
     stages = {stage.value for stage in config.stages}
     samples = config.sampler.backend is SamplerBackend.tinker and bool(stages & set(SAMPLING_STAGES))

@@ -43,13 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from octrain.config import DpoStageConfig, TinkerOptions
-from octrain.errors import ConfigError
-from octrain.jsonl import iter_jsonl, write_jsonl
-from octrain.records import ModelRef, PreferencePair, load_records
+from octrain.core.config import DpoStageConfig, TinkerOptions
+from octrain.core.errors import ConfigError
+from octrain.core.files import iter_jsonl, write_jsonl
+from octrain.core.records import ModelRef, PreferencePair, load_records
 from octrain.trainers import schedule, tinker_common
+from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
-from octrain.training_report import plot_metrics, read_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 

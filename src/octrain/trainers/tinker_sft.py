@@ -1,6 +1,6 @@
 """LoRA SFT on Tinker: cross-entropy on the assistant's tokens only, normalised as the TRL backend does.
 
-The loss mask is :mod:`octrain.assistant_mask`'s, the function the TRL backend feeds SFTTrainer
+The loss mask is :mod:`octrain.trainers.assistant_mask`'s, the function the TRL backend feeds SFTTrainer
 with (same tokenizer, same template arguments, same split of a transcript whose template
 rewrites earlier turns), truncated to ``max_length`` from the end as TRL truncates, and an
 example with no trained token left is dropped as TRL drops it. The examples are shuffled with
@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from octrain.assistant_mask import tokenize_conversation
-from octrain.config import SftStageConfig, TinkerOptions
-from octrain.errors import ConfigError
-from octrain.records import Conversation, ModelRef, load_records
+from octrain.core.config import SftStageConfig, TinkerOptions
+from octrain.core.errors import ConfigError
+from octrain.core.records import Conversation, ModelRef, load_records
 from octrain.trainers import schedule, tinker_common
+from octrain.trainers.assistant_mask import tokenize_conversation
+from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
-from octrain.training_report import plot_metrics, read_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def sft_examples(
 ) -> list[dict[str, list[int]]]:
     """``input_ids`` and ``assistant_masks`` of every training example, in training order.
 
-    The TRL backend's examples exactly: :func:`~octrain.assistant_mask.tokenize_conversation`,
+    The TRL backend's examples exactly: :func:`~octrain.trainers.assistant_mask.tokenize_conversation`,
     the same shuffle, then TRL's truncation and its drop of examples left with nothing to train.
     """
     examples: list[dict[str, list[int]]] = []

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from octrain.config import LoraSettings, TRLOptions
-from octrain.jsonl import atomic_directory
+from octrain.core.config import LoraSettings, TRLOptions
+from octrain.core.files import atomic_directory
 from octrain.trainers.checkpoints import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -24,10 +24,10 @@ MODEL_FILE = "model.json"
 def precision() -> tuple[bool, bool]:
     """(use CUDA, use bf16): bf16 on a GPU that supports it, fp32 on the CPU and older GPUs.
 
-    Decided from NVML (:mod:`octrain.devices`), never from a CUDA context: the parent calls this in
+    Decided from NVML (:mod:`octrain.core.devices`), never from a CUDA context: the parent calls this in
     preflight and before ``accelerate launch``, and must not take half a GiB of GPU 0 for the answer.
     """
-    from octrain.devices import bf16_supported, gpu_usable
+    from octrain.core.devices import bf16_supported, gpu_usable
 
     use_cuda = gpu_usable()
     return use_cuda, use_cuda and bf16_supported()
@@ -139,9 +139,9 @@ def save_trained_adapter(trainer: Any, tokenizer: Any, target: Path) -> None:
     """Save the trainer's adapter so that ``target`` appears complete or not at all. Call on every rank.
 
     Under FSDP2 and ZeRO-3 each rank holds a shard of the weights: gathering them is a collective
-    all ranks join (:func:`octrain.accelerate_configs.gathered_state_dict`); rank 0 then writes.
+    all ranks join (:func:`octrain.trainers.accelerate_configs.gathered_state_dict`); rank 0 then writes.
     """
-    from octrain.accelerate_configs import gathered_state_dict
+    from octrain.trainers.accelerate_configs import gathered_state_dict
 
     state = gathered_state_dict(trainer)
     if not trainer.accelerator.is_main_process:

@@ -20,10 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from octrain.config import DpoStageConfig, TRLOptions
-from octrain.errors import ConfigError
-from octrain.records import ModelRef, PreferencePair, load_records
+from octrain.core.config import DpoStageConfig, TRLOptions
+from octrain.core.errors import ConfigError
+from octrain.core.records import ModelRef, PreferencePair, load_records
 from octrain.trainers.model_loading import student_and_arguments
+from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
     ADAPTER_DIR,
     METRICS_FILE,
@@ -38,7 +39,6 @@ from octrain.trainers.trl_common import (
     save_trained_adapter,
     shared_args,
 )
-from octrain.training_report import plot_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def train_dpo(
     """
     from datasets import Dataset
 
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
 
     if start.adapter or start.remote:
         raise ConfigError(f"dpo: training starts from a base model; got {start.label} (fold the adapter in first)")

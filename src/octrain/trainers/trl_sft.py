@@ -1,6 +1,6 @@
 """LoRA SFT with TRL on multi-turn transcripts, loss on every assistant turn and nothing else.
 
-The loss mask is octrain's own (:mod:`octrain.assistant_mask`), built from the rendered
+The loss mask is octrain's own (:mod:`octrain.trainers.assistant_mask`), built from the rendered
 turns, so any chat template works: TRL's ``assistant_only_loss`` needs ``{% generation %}``
 markers, which most templates lack (Llama 3.1's among them). SFTTrainer gets a
 pre-tokenized dataset, ``input_ids`` plus ``assistant_masks``; it turns the mask into
@@ -16,10 +16,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from octrain.assistant_mask import tokenize_conversation
-from octrain.config import SftStageConfig, TRLOptions
-from octrain.records import Conversation, load_records
+from octrain.core.config import SftStageConfig, TRLOptions
+from octrain.core.records import Conversation, load_records
+from octrain.trainers.assistant_mask import tokenize_conversation
 from octrain.trainers.model_loading import student_and_arguments
+from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
     METRICS_FILE,
     PLOT_FILE,
@@ -32,7 +33,6 @@ from octrain.trainers.trl_common import (
     save_trained_adapter,
     shared_args,
 )
-from octrain.training_report import plot_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def train_sft(
         enable_thinking: the student's ``enable_thinking``, for its chat template.
         attn_implementation: the student's attention kernel (``student.attn_implementation``).
     """
-    from octrain.builtin_models import resolve_model_path
+    from octrain.models.builtin import resolve_model_path
 
     options = options or TRLOptions()
     base_path = resolve_model_path(base)

@@ -1,12 +1,12 @@
 """Chat and compare: talk to a registered checkpoint, streaming; two to four models on one prompt; rate and export.
 
-The chat is :class:`octrain.chat_session.ChatSession`, the object ``octrain chat`` drives: the same
-model choice (:func:`~octrain.chat_session.pick_model`), the run's own sampling settings, and each
+The chat is :class:`octrain.use.chat.ChatSession`, the object ``octrain chat`` drives: the same
+model choice (:func:`~octrain.use.chat.pick_model`), the run's own sampling settings, and each
 turn streamed chunk by chunk (``st.write_stream`` over the turn). The comparison is
-:func:`~octrain.chat_session.answer_prompt`, what ``octrain sample --compare`` calls: every model
+:func:`~octrain.use.chat.answer_prompt`, what ``octrain sample --compare`` calls: every model
 draws with the same seed. A reasoning model can be asked to think first or not
-(:func:`~octrain.model_choice.with_thinking`, ``--thinking`` on the command line); its thought is
-shown folded away above its answer (:func:`~octrain.chat_session.split_thought`). Ratings and
+(:func:`~octrain.use.model_choice.with_thinking`, ``--thinking`` on the command line); its thought is
+shown folded away above its answer (:func:`~octrain.use.chat.split_thought`). Ratings and
 notes are the studio's own; the export writes them with each answer, one JSON object a line.
 """
 
@@ -61,7 +61,7 @@ class Choice:
 
 def checkpoint_names(root: Path) -> list[str]:
     """The registered checkpoints, newest first (``octrain checkpoints list``)."""
-    from octrain.registry import Registry
+    from octrain.use.registry import Registry
 
     if not root.is_dir():
         return []
@@ -80,8 +80,8 @@ def parse_speaker(option: str) -> tuple[str, bool, bool]:
 
 
 def speaker_for(option: str, root: Path, thinking: bool | None = None) -> Any:
-    """A :class:`~octrain.chat_session.Speaker`: the model, its base, or its base with the constitution."""
-    from octrain.chat_session import Speaker, constitution_prompt, pick_model
+    """A :class:`~octrain.use.chat.Speaker`: the model, its base, or its base with the constitution."""
+    from octrain.use.chat import Speaker, constitution_prompt, pick_model
 
     spec, base, with_constitution = parse_speaker(option)
     chosen = pick_model(spec, base=base, run_root=root, thinking=thinking)
@@ -90,7 +90,7 @@ def speaker_for(option: str, root: Path, thinking: bool | None = None) -> Any:
 
 
 def new_session(choice: Choice, root: Path) -> Any:
-    from octrain.chat_session import ChatSession, constitution_prompt, pick_model, sampler_config, sampling_params
+    from octrain.use.chat import ChatSession, constitution_prompt, pick_model, sampler_config, sampling_params
 
     chosen = pick_model(choice.spec, base=choice.base, run_root=root, thinking=choice.thinking)
     system = constitution_prompt(chosen) if choice.with_constitution else (choice.system or None)
@@ -123,7 +123,7 @@ def export_lines(log: list[dict[str, Any]], state: Callable[[str], Any] | None =
 
 def show_answer(text: str) -> None:
     """An answer as the page shows it: a reasoning model's thought folded away above what it said."""
-    from octrain.chat_session import displayable, split_thought
+    from octrain.use.chat import displayable, split_thought
 
     thought, answer = split_thought(text)
     if thought:  # an empty thought (thinking off, on a template that writes the tags) is not worth a fold
@@ -205,7 +205,7 @@ def _loading_notice(session: Any) -> bool:
     Only the notice reruns (a fragment): every other control of the page stays live. When the
     load ends, the whole page is drawn again, with the chat box enabled.
     """
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
     from octrain.studio.progress import duration_text
     from octrain.studio.state import error_line
 
@@ -235,9 +235,9 @@ def _loading_notice(session: Any) -> bool:
 
 def chat_panel(choice: Choice, root: Path) -> None:
     """The chat with ``choice``'s model: its history, the box to type in, streamed answers with ratings."""
-    from octrain.chat_session import displayable
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
     from octrain.studio.state import error_line, model_lock
+    from octrain.use.chat import displayable
 
     log: list[dict[str, Any]] = st.session_state.setdefault(LOG_KEY, [])
     try:
@@ -306,10 +306,10 @@ def _chunks(turn: Any) -> Iterator[str]:
 
 
 def _compare(root: Path, names: list[str]) -> None:
-    from octrain.chat_session import answer_prompt, sampler_config, sampling_params
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
     from octrain.studio.progress import Countdown
     from octrain.studio.state import error_line, model_lock
+    from octrain.use.chat import answer_prompt, sampler_config, sampling_params
 
     log: list[dict[str, Any]] = st.session_state.setdefault(LOG_KEY, [])
     options = speaker_options(names)

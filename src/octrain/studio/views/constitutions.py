@@ -104,9 +104,9 @@ def _show_error_context(text: str, message: str) -> None:
 def _draw_checks(text: str, name: str) -> Constitution | None:
     """The loader's verdict on the text, the traits as the teacher sees them, and the quality score."""
     from octrain.constitution.drafting import validate_draft
+    from octrain.constitution.persona_prompts import teacher_system_prompt
     from octrain.constitution.quality import score_constitution
-    from octrain.errors import DataFormatError
-    from octrain.persona_prompts import teacher_system_prompt
+    from octrain.core.errors import DataFormatError
 
     if not text.strip():
         st.info("Start from a gallery entry, draft one with a model, or write YAML here.")
@@ -141,7 +141,7 @@ def _draw_checks(text: str, name: str) -> Constitution | None:
 def _save(text: str, name: str, overwrite: bool) -> None:
     from octrain.constitution import drafting
     from octrain.constitution.quality import score_constitution
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     try:
         drafting.check_name(name)
@@ -207,7 +207,7 @@ def _run_draft(
     max_tokens: int,
 ) -> None:
     from octrain.constitution import drafting
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
     from octrain.samplers import SamplingParams, release_engines
     from octrain.studio.state import model_lock
 

@@ -1,6 +1,6 @@
 """Data preview: a handful of prompts, the teacher's and the student's answers side by side, and each pair's verdict.
 
-Before anyone commits to a run: the config is the recipe's (:func:`octrain.compose.compose_config`
+Before anyone commits to a run: the config is the recipe's (:func:`octrain.core.compose.compose_config`
 with the form's overrides), the prompts are the prompts stage's own
 (:func:`octrain.stages.prompts.make_prompts`, one prompt a trait), and the
 answers and verdicts are the pairs stage's steps: the teacher reads its constitution prompt
@@ -43,13 +43,13 @@ def preview(
 ) -> list[PreviewRow]:
     """``count`` prompts answered by the config's teacher and student, each with the pairs filters' verdict.
 
-    Each prompt is answered with the seed the pairs stage gives its id (:func:`octrain.generation.item_seeds`),
+    Each prompt is answered with the seed the pairs stage gives its id (:func:`octrain.samplers.generation.item_seeds`),
     so a preview shows what a run of the same config draws for that prompt. ``report`` gets a line
     per step; ``countdown`` the progress after each unit of work (a model loaded, a prompt answered).
     """
-    from octrain.generation import item_seeds
-    from octrain.pipeline import resolve_constitution
+    from octrain.run.pipeline import resolve_constitution
     from octrain.samplers import SamplingParams, build_sampler
+    from octrain.samplers.generation import item_seeds
     from octrain.stages.pairs import assemble_pairs, teacher_conversations, token_counter
     from octrain.stages.prompts import make_prompts
 
@@ -139,9 +139,9 @@ def show_countdown(bar: Any) -> Callable[[Countdown], None]:
 
 
 def render() -> None:
-    from octrain.compose import compose_config
-    from octrain.errors import OctrainError
-    from octrain.paths import available_recipes
+    from octrain.core.compose import compose_config
+    from octrain.core.errors import OctrainError
+    from octrain.core.paths import available_recipes
     from octrain.samplers import release_engines
     from octrain.studio.state import error_line, model_lock
     from octrain.studio.views.train import _COMPOSE_LOCK, RECIPES_OWN, build_overrides, group_choices, persona_choices

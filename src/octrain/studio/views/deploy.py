@@ -1,9 +1,9 @@
 """Deploy: serve, export, push to the Hub and deploy to Modal, each shown as a dry run first.
 
-Each tab calls what the matching command calls: :func:`octrain.serving.plan_serving` (``octrain
-serve --print-command``), :func:`octrain.export.export_merged` / ``export_adapter`` (``octrain
-export``), :func:`octrain.hub_push.push` with ``dry_run`` (``octrain push --dry-run``) and
-:func:`octrain.deploy_modal.plan_deployment` with :func:`~octrain.deploy_modal.dry_run` (``octrain
+Each tab calls what the matching command calls: :func:`octrain.use.serving.plan_serving` (``octrain
+serve --print-command``), :func:`octrain.use.export.export_merged` / ``export_adapter`` (``octrain
+export``), :func:`octrain.use.hub.push` with ``dry_run`` (``octrain push --dry-run``) and
+:func:`octrain.use.modal.plan_deployment` with :func:`~octrain.use.modal.dry_run` (``octrain
 deploy modal --dry-run``). A real push or deployment goes out only after its confirmation box is ticked.
 """
 
@@ -17,7 +17,7 @@ import streamlit as st
 
 
 def _serve(chosen: Any, name: str) -> None:
-    from octrain.serving import plan_serving
+    from octrain.use.serving import plan_serving
 
     backend = st.selectbox("backend", ["auto", "vllm", "transformers"], key="dp_serve_backend")
     port = st.number_input("port", 1, 65535, 8000, key="dp_serve_port")
@@ -30,7 +30,7 @@ def _serve(chosen: Any, name: str) -> None:
 
 
 def _export(chosen: Any) -> None:
-    from octrain.export import export_adapter, export_merged
+    from octrain.use.export import export_adapter, export_merged
 
     kind = st.radio("what", ["merged model", "adapter"], horizontal=True, key="dp_export_kind")
     target = st.text_input("to directory", value=str(Path("exports") / chosen.label.replace("/", "-")), key="dp_exp_to")
@@ -46,7 +46,7 @@ def _export(chosen: Any) -> None:
 
 
 def _export_facts(result: Any) -> dict[str, Any]:
-    """An :class:`~octrain.export.ExportResult` as JSON: paths as strings, the file names as a list."""
+    """An :class:`~octrain.use.export.ExportResult` as JSON: paths as strings, the file names as a list."""
     return {
         "directory": str(result.directory.resolve()),
         "kind": result.kind,
@@ -57,7 +57,7 @@ def _export_facts(result: Any) -> dict[str, Any]:
 
 
 def _push(chosen: Any) -> None:
-    from octrain.hub_push import push
+    from octrain.use.hub import push
 
     repo = st.text_input("Hub repository (you/name)", key="dp_push_repo")
     merged = st.checkbox("push the merged model (else the adapter)", key="dp_push_merged")
@@ -87,7 +87,7 @@ def _push(chosen: Any) -> None:
 
 
 def _modal(chosen: Any) -> None:
-    from octrain.deploy_modal import GPUS, deploy, dry_run, plan_deployment
+    from octrain.use.modal import GPUS, deploy, dry_run, plan_deployment
 
     gpu = st.selectbox("GPU", GPUS, index=GPUS.index("L4") if "L4" in GPUS else 0, key="dp_modal_gpu")
     if st.button("Dry run: build the app, no network", key="dp_modal_dry"):
@@ -102,10 +102,10 @@ def _modal(chosen: Any) -> None:
 
 
 def render() -> None:
-    from octrain.chat_session import pick_model
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
     from octrain.studio.state import error_line, run_root
     from octrain.studio.views.chat import checkpoint_names
+    from octrain.use.chat import pick_model
 
     st.title("Deploy")
     root = run_root()

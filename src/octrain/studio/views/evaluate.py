@@ -102,7 +102,7 @@ class _Uploads:
 
 def _run_tool(argv: list[str], uploads: _Uploads) -> None:
     """Run ``octrain eval ARGV`` and show its JSON, or its error as the command line prints it."""
-    from octrain.errors import OctrainError
+    from octrain.core.errors import OctrainError
 
     try:
         result = eval_command(argv)

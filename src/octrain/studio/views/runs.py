@@ -32,9 +32,9 @@ CURVES = ("loss", "dpo_loss", "nll_loss", "eval_loss")
 
 
 def loss_table(run_dir: Path, stage: str) -> dict[str, list[Any]] | None:
-    """Loss columns by step from the stage's ``metrics.jsonl`` (:func:`octrain.training_report.read_metrics`)."""
+    """Loss columns by step from the stage's ``metrics.jsonl`` (:func:`octrain.trainers.report.read_metrics`)."""
+    from octrain.trainers.report import read_metrics
     from octrain.trainers.trl_common import METRICS_FILE
-    from octrain.training_report import read_metrics
 
     rows = [row for row in read_metrics(run_dir / stage / METRICS_FILE) if "step" in row]
     columns = [name for name in CURVES if any(name in row for row in rows)]

@@ -1,8 +1,8 @@
 """Train: pick a recipe, persona, scale, models and backends; see the composed config; launch in the background.
 
-The form only builds Hydra overrides. The config is :func:`octrain.compose.compose_config`'s,
-checked as ``python -m octrain`` checks it (:func:`octrain.config.validate`, the constitution,
-:func:`octrain.pipeline.preflight`), and a mistake is shown as the line the command line prints.
+The form only builds Hydra overrides. The config is :func:`octrain.core.compose.compose_config`'s,
+checked as ``python -m octrain`` checks it (:func:`octrain.core.config.validate`, the constitution,
+:func:`octrain.run.pipeline.preflight`), and a mistake is shown as the line the command line prints.
 A launch is that same command in a process of its own (:mod:`octrain.studio.jobs`).
 """
 
@@ -40,7 +40,7 @@ class Composed:
 
 def group_choices(group: str) -> list[str]:
     """The choices of a config group: its YAML files under ``configs/``."""
-    from octrain.paths import configs_dir
+    from octrain.core.paths import configs_dir
 
     return sorted(p.stem for p in (configs_dir() / group).glob("*.yaml"))
 
@@ -70,9 +70,9 @@ def compose_and_check(recipe: str, overrides: tuple[str, ...], run_root: str, cw
     """
     from omegaconf import OmegaConf
 
-    from octrain.compose import compose_config
-    from octrain.config import validate
-    from octrain.pipeline import preflight, resolve_constitution
+    from octrain.core.compose import compose_config
+    from octrain.core.config import validate
+    from octrain.run.pipeline import preflight, resolve_constitution
     from octrain.studio.state import error_line
 
     try:
@@ -97,7 +97,7 @@ def command_line(recipe: str, overrides: list[str]) -> str:
 
 
 def render() -> None:
-    from octrain.paths import available_recipes
+    from octrain.core.paths import available_recipes
     from octrain.studio import jobs
     from octrain.studio.state import run_root
 

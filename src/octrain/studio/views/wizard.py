@@ -78,7 +78,7 @@ def _review() -> None:
 
 
 def _preview() -> None:
-    from octrain.compose import compose_config
+    from octrain.core.compose import compose_config
     from octrain.samplers import release_engines
     from octrain.studio.state import model_lock
     from octrain.studio.views import data_preview
@@ -164,7 +164,7 @@ def _follow(run_dir: Path) -> None:
 
 def final_checkpoint(run_dir: Path, root: Path) -> str | None:
     """The registry name of the run's final model (its sft checkpoint, else its dpo one), once registered."""
-    from octrain.registry import REGISTRY_FILE, Registry
+    from octrain.use.registry import REGISTRY_FILE, Registry
 
     if not (root / REGISTRY_FILE).is_file():
         return None

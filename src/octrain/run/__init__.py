@@ -1,0 +1,1 @@
+"""Running a run: the pipeline, its stage workers, smoke runs, reuse across runs, the lock, ranks."""

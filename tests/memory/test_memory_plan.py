@@ -1,0 +1,191 @@
+"""The memory plan: shapes counted right, the formulas it rests on, and advice that really helps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from octrain.core.compose import compose_config
+from octrain.core.config import ModelRole, StageName
+from octrain.memory.plan import (
+    KNOWN_ARCHITECTURES,
+    Architecture,
+    activation_bytes_per_layer_token,
+    architecture_of,
+    engine_need,
+    main,
+    measure_saved_activations,
+    plan,
+    training_need,
+)
+
+QWEN3_4B = "Qwen/Qwen3-4B-Instruct-2507"
+
+
+def test_parameter_count_from_shapes_is_the_tiny_models_real_count(tiny_model_path: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    real = sum(p.numel() for p in model.parameters())  # tied weights appear once
+    assert architecture_of(tiny_model_path).parameters == real
+    assert architecture_of("builtin:tiny-qwen3").parameters == real
+
+
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [
+        (QWEN3_4B, 4.0e9),
+        ("Qwen/Qwen3-32B", 32.8e9),
+        ("Qwen/Qwen3-8B", 8.2e9),
+        ("meta-llama/Llama-3.1-8B-Instruct", 8.03e9),
+    ],
+)
+def test_parameter_count_of_each_shipped_shape_matches_a_model_built_on_meta(name: str, published: float) -> None:
+    """The built-in shapes, instantiated on the meta device (no memory), count what the table says."""
+    import torch
+    from transformers import LlamaConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers.models.llama import LlamaForCausalLM
+
+    arch = KNOWN_ARCHITECTURES[name]
+    shape = {
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.layers,
+        "num_attention_heads": arch.heads,
+        "num_key_value_heads": arch.kv_heads,
+        "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": arch.tied_embeddings,
+    }
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(Qwen3Config(**shape)) if arch.qk_norm else LlamaForCausalLM(LlamaConfig(**shape))
+    assert sum(p.numel() for p in model.parameters()) == arch.parameters
+    assert abs(arch.parameters - published) / published < 0.01  # the model card's rounded total
+
+
+def test_lora_parameter_count_matches_peft_on_the_4b_shape() -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    arch = KNOWN_ARCHITECTURES[QWEN3_4B]
+    config = Qwen3Config(
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=2,  # LoRA's count is per layer: two layers keep PEFT's wrapping quick
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        head_dim=arch.head_dim,
+        vocab_size=1024,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = get_peft_model(
+            Qwen3ForCausalLM(config), LoraConfig(r=64, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable * arch.layers // 2 == arch.lora_parameters(64)
+
+
+def test_kv_cache_per_token_is_the_hand_computed_figure() -> None:
+    # Qwen3-4B: K and V, 36 layers, 8 KV heads of 128 values, 2 bytes each.
+    assert KNOWN_ARCHITECTURES[QWEN3_4B].kv_bytes_per_token() == 2 * 36 * 8 * 128 * 2 == 147_456
+    # Qwen3-32B: 64 layers: a max_model_len of 8,192 tokens is 2 GiB of KV.
+    assert KNOWN_ARCHITECTURES["Qwen/Qwen3-32B"].kv_bytes_per_token() * 8192 == 2 * 1024**3
+
+
+def test_activation_formula_predicts_a_shape_it_was_not_fitted_on() -> None:
+    """Measured on the CPU, like the calibration, on a small shape far from the fitted ones."""
+    shape = {"hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4, "num_key_value_heads": 2}
+    measured = measure_saved_activations(shape, tokens=64, rank=8)
+    arch = Architecture("small", 256, 768, 1, 4, 2, 128, 256, True, qk_norm=True)
+    predicted = activation_bytes_per_layer_token(arch, 8, ["all-linear"])
+    assert abs(predicted - measured) / measured < 0.03
+
+
+def test_activation_formula_reproduces_the_4b_student_figure() -> None:
+    """5.98 MiB per token without checkpointing, where an earlier measurement found ~6.2 MiB."""
+    arch = KNOWN_ARCHITECTURES[QWEN3_4B]
+    per_token = arch.layers * activation_bytes_per_layer_token(arch, 64, ["all-linear"])
+    assert 5.8 < per_token / 1024**2 < 6.3
+
+
+@pytest.mark.parametrize("stage", [StageName.dpo, StageName.sft])
+def test_gradient_checkpointing_needs_far_less_memory(stage: StageName) -> None:
+    on = training_need(compose_config("pirate_mini", ["trainer.trl.gradient_checkpointing=true"]), stage)
+    off = training_need(compose_config("pirate_mini", ["trainer.trl.gradient_checkpointing=false"]), stage)
+    assert on.parts["weights"] == off.parts["weights"]
+    assert on.parts["activations"] * 10 < off.parts["activations"]
+    assert on.comfortable < 20 < 55 < off.comfortable  # ~14-15 GiB against ~60 (DPO) and ~83 (SFT)
+
+
+def test_qlora_and_smaller_batches_need_less() -> None:
+    base = training_need(compose_config("pirate_mini"), StageName.sft)
+    qlora = training_need(compose_config("pirate_mini", ["trainer.trl.load_in_4bit=true"]), StageName.sft)
+    single = training_need(compose_config("pirate_mini", ["trainer.trl.per_device_batch_size=1"]), StageName.sft)
+    assert qlora.parts["weights"] < base.parts["weights"] / 1.8
+    assert single.parts["activations"] == pytest.approx(base.parts["activations"] / 4)
+
+
+def test_fp8_teacher_fits_an_80gb_card_where_bf16_leaves_little_kv_cache() -> None:
+    fp8 = compose_config("pirate_mini")  # Qwen's published fp8 checkpoint, sized from its stored quantization
+    assert (fp8.teacher.path, fp8.teacher.quantization) == ("Qwen/Qwen3-32B-FP8", None)
+    bf16 = compose_config("pirate_mini", ["model@teacher=qwen3_32b"])
+    online = compose_config("pirate_mini", ["model@teacher=qwen3_32b", "teacher.quantization=fp8"])
+    need_online = engine_need(online, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=80)
+    need_fp8 = engine_need(fp8, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=80)
+    need_bf16 = engine_need(bf16, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=80)
+    assert need_fp8.judge(80).status == "fits"
+    assert need_bf16.judge(80).status == "tight"  # starts, but batches a few sequences at a time
+    # bf16: 61 GiB; fp8: 32 GiB (vLLM leaves the embedding and the output head in bf16)
+    assert need_bf16.parts["weights"] > 60 > 33 > need_fp8.parts["weights"] > 30
+    assert need_online.parts["weights"] == need_fp8.parts["weights"]  # the same fp8 weights either way
+    assert need_bf16.judge(141).status == "fits"
+    # Where the bf16 checkpoint is tight, the advice is the published fp8 one, not vLLM's online fp8.
+    prompts = next(row for row in plan(bf16, (80,)) if row.stage == "prompts")  # the teacher's engine
+    assert "model@teacher=qwen3_32b_fp8" in prompts.advice[80]
+
+
+def test_advice_appears_where_a_stage_does_not_fit_and_the_advice_works() -> None:
+    config = compose_config("pirate_mini", ["trainer.trl.gradient_checkpointing=false"])
+    rows = {row.stage: row for row in plan(config, (48,)) if row.stage in ("sft", "pairs")}
+    sft = rows["sft"]
+    assert sft.verdicts[48].status == "no"
+    assert sft.advice[48] == "`trainer.trl.gradient_checkpointing=true`"
+    fixed = compose_config(
+        "pirate_mini", ["trainer.trl.gradient_checkpointing=false", "trainer.trl.gradient_checkpointing=true"]
+    )
+    assert training_need(fixed, StageName.sft).judge(48).status == "fits"
+
+    teacher = next(row for row in plan(compose_config("pirate_mini"), (24,)) if row.stage == "prompts")
+    assert teacher.verdicts[24].status == "no"  # 32 GiB of fp8 weights on a 22 GiB card
+    assert "tensor_parallel_size" in teacher.advice[24] and "model@teacher=qwen3_8b" in teacher.advice[24]
+
+
+def test_the_command_prints_a_table_for_a_recipe() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "octrain.memory.plan", "+recipe=pirate_mini", "--card", "80"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("| stage | what runs | needs (GiB) | 80 GB") for line in lines)
+    stages = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert stages == ["prompts", "pairs", "pairs", "dpo", "introspect", "sft", "eval", "eval"]
+
+
+def test_the_command_reads_a_run_directorys_config_and_refuses_a_bad_recipe(tmp_path, capsys) -> None:
+    config = compose_config("pirate_mini", ["stages=[dpo,sft]"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    assert main([str(tmp_path), "--card", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "| dpo |" in out and "| sft |" in out and "| pairs |" not in out
+    assert main(["+recipe=no_such_recipe"]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
