@@ -235,12 +235,12 @@ def probe_release() -> dict[str, Any]:
     import octrain  # noqa: F401
     from octrain.core.compose import compose_config
     from octrain.core.config import StageName
+    from octrain.core.layout import PAIRS_FILE
     from octrain.core.records import PreferencePair, save_records
     from octrain.run.pipeline import resolve_constitution
     from octrain.run.workers import InlineRunner
     from octrain.stages import stages_for
     from octrain.stages.context import RunContext
-    from octrain.stages.pairs import PAIRS_FILE
 
     def memory() -> dict[str, Any]:
         models = sum(isinstance(thing, PreTrainedModel) for thing in gc.get_objects())
@@ -377,7 +377,8 @@ def stage_workers(out_dir: Path, smoke: bool) -> dict[str, Any]:
     import logging
 
     from octrain.core.compose import compose_config
-    from octrain.run.pipeline import LOG_FILE, run
+    from octrain.core.layout import LOG_FILE
+    from octrain.run.pipeline import run
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("octrain").setLevel(logging.INFO)

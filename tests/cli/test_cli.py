@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from octrain.core.layout import load_config
 from octrain.core.records import ModelRef
-from octrain.run.pipeline import load_config
 
 
 @pytest.mark.slow  # the README's quick start end to end (80 s): the slow lane, which CI runs

@@ -12,8 +12,8 @@ from omegaconf.errors import ValidationError
 from octrain.core.compose import register_schema
 from octrain.core.config import OctrainConfig, SamplerBackend, validate
 from octrain.core.errors import ConfigError
+from octrain.core.layout import load_config, save_config
 from octrain.core.paths import available_recipes, configs_dir
-from octrain.run.pipeline import load_config, save_config
 
 register_schema()
 SCALES = sorted(p.stem for p in (configs_dir() / "scale").glob("*.yaml"))

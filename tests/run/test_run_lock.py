@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from octrain.core.errors import StageError
-from octrain.run.lock import LOCK_FILE, run_lock
+from octrain.core.layout import LOCK_FILE
+from octrain.run.lock import run_lock
 
 ARGS = [
     "+recipe=pirate_tiny",

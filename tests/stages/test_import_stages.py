@@ -12,8 +12,9 @@ from octrain.core.compose import compose_config
 from octrain.core.config import StageName
 from octrain.core.data_import import file_sha256
 from octrain.core.errors import DataFormatError, StageError
+from octrain.core.layout import load_config
 from octrain.core.records import Conversation, ModelRef, PreferencePair, load_records
-from octrain.run.pipeline import load_config, run
+from octrain.run.pipeline import run
 
 
 def statuses(result) -> dict[str, str]:

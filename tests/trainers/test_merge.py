@@ -18,8 +18,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from octrain.core.config import VLLM_LORA_RANKS
 from octrain.core.errors import ConfigError
-from octrain.trainers.merge import VLLM_LORA_RANKS, combine_adapters, fold_adapter, merge_into_weights, serving_rank
+from octrain.trainers.merge import combine_adapters, fold_adapter, merge_into_weights, serving_rank
 
 TOL = 1e-4
 

@@ -23,9 +23,10 @@ from conftest import REPO
 from octrain.core.config import DpoStageConfig, LoraSettings, SftStageConfig, TRLOptions
 from octrain.core.devices import driver_report
 from octrain.core.errors import ConfigError
+from octrain.core.layout import FOLDED_BASE_DIR
 from octrain.core.records import ModelRef, save_records
 from octrain.trainers import model_loading
-from octrain.trainers.model_loading import FOLDED_BASE_DIR, check_training_settings, load_student, training_student
+from octrain.trainers.model_loading import check_training_settings, load_student, training_student
 
 sys.path.insert(0, str(REPO / "tests" / "gpu_world"))
 from nvml_fake import FakeNvml, pretend_machine

@@ -125,7 +125,7 @@ def test_final_adapter_carries_the_tokenizer(pipeline_run: Path, tiny_model_path
     from peft import PeftConfig
     from transformers import AutoTokenizer
 
-    from octrain.trainers.merge import VLLM_LORA_RANKS
+    from octrain.core.config import VLLM_LORA_RANKS
 
     adapter = pipeline_run / "sft" / "adapter"
     tokenizer = AutoTokenizer.from_pretrained(adapter)  # the adapter directory alone, no base model named

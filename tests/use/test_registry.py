@@ -21,7 +21,8 @@ import pytest
 from conftest import REPO
 from octrain.cli.checkpoints import main
 from octrain.core.errors import OctrainError, RegistryError
-from octrain.use.registry import REGISTRY_FILE, Checkpoint, Registry, checkpoint_of_stage, register_stage
+from octrain.core.layout import REGISTRY_FILE
+from octrain.use.registry import Checkpoint, Registry, checkpoint_of_stage, register_stage
 
 
 def entry(

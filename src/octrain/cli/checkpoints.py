@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.errors import ConfigError, RegistryError
-from octrain.use.registry import REGISTRY_FILE, Checkpoint, Registry
+from octrain.core.layout import REGISTRY_FILE
+from octrain.use.registry import Checkpoint, Registry
 
 DEFAULT_RUN_ROOT = "runs"  # the config's run_root default
 

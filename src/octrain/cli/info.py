@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.devices import driver_report, gpu_problem, torch_cuda_build, visible_gpus
+from octrain.core.layout import CONFIG_FILE, REGISTRY_FILE
 from octrain.core.nvidia import DriverReport, driver_too_old, format_version, minimum_driver
-from octrain.use.registry import REGISTRY_FILE
 
 # (distribution, how to install it when missing, what it enables); None for core dependencies.
 PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
@@ -45,7 +45,6 @@ PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
     ("submitit", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
     ("hydra-submitit-launcher", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
 )
-RUN_CONFIG = "config.yaml"  # octrain.run.pipeline.CONFIG_FILE, named here to keep the pipeline unimported
 
 
 def _version(distribution: str) -> str | None:
@@ -131,10 +130,10 @@ def _runs(run_root: Path) -> dict[str, Any]:
     runs = 0
     if run_root.is_dir():
         for child in run_root.iterdir():
-            if (child / RUN_CONFIG).is_file():
+            if (child / CONFIG_FILE).is_file():
                 runs += 1
             elif child.is_dir():
-                runs += sum((job / RUN_CONFIG).is_file() for job in child.iterdir() if job.is_dir())
+                runs += sum((job / CONFIG_FILE).is_file() for job in child.iterdir() if job.is_dir())
     registry = run_root / REGISTRY_FILE
     return {
         "run_root": str(run_root),

@@ -461,14 +461,18 @@ def _sampling(key: str, sampling: SamplingConfig) -> None:
     _positive(f"{key}.max_new_tokens", sampling.max_new_tokens)
 
 
+# The only values vLLM accepts for ``max_lora_rank`` (its LoRA config refuses any other). An
+# adapter whose rank is one of them can be served with ``max_lora_rank = r``; the merge and
+# the vLLM sampler read this list too, so the two cannot drift apart.
+VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 def _check_final_adapter_rank(config: OctrainConfig) -> None:
     """Refuse LoRA ranks whose sum vLLM cannot serve: the sft stage's final adapter concatenates both.
 
     Checked here, before any model loads, rather than when the sft stage writes that adapter
     after both trainings.
     """
-    from octrain.trainers.merge import VLLM_LORA_RANKS
-
     if StageName.sft not in config.stages or config.trainer.backend is not TrainerBackend.trl:
         return
     dpo_rank, sft_rank, largest = config.dpo.lora.rank, config.sft.lora.rank, VLLM_LORA_RANKS[-1]

@@ -43,6 +43,7 @@ from octrain.constitution import Constitution
 from octrain.core.config import JudgeKind, StageName
 from octrain.core.errors import StageError
 from octrain.core.files import write_jsonl, write_text_atomic
+from octrain.core.layout import ANSWERS_FILE, REPORT_MD_FILE, RESULTS_FILE
 from octrain.core.records import Message, ModelRef, PreferencePair, load_records
 from octrain.evaluation import caveats as check_of
 from octrain.evaluation.answer_likelihood import LikelihoodScorer
@@ -53,9 +54,6 @@ from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
-ANSWERS_FILE = "answers.jsonl"
 PLAIN = "plain"
 STUDENTS = ("base", "dpo-only", "final")
 # An instrument passes its own check at these levels; below them its figures leave the headline.
@@ -190,11 +188,12 @@ def judge_criterion(constitution: Constitution) -> str:
 def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: ModelRef | None) -> dict[str, Any]:
     """The ``shift`` suite for ``final_ref`` (and ``dpo_ref``) against the run's base student, into ``out``."""
     from octrain.constitution.persona_prompts import teacher_context
+    from octrain.core.layout import PAIRS_FILE
     from octrain.evaluation.heldout import load_eval_prompts, select_heldout
     from octrain.evaluation.judge_parsing import parse_verdict
     from octrain.samplers import build_sampler
     from octrain.stages.evaluate import build_judge, training_prompts
-    from octrain.stages.pairs import PAIRS_FILE, swap_name
+    from octrain.stages.pairs import swap_name
 
     config, constitution = ctx.config, ctx.constitution
     settings = config.eval
@@ -373,14 +372,14 @@ def evaluate_shift(ctx: RunContext, final_ref: ModelRef, out: Path, *, dpo_ref: 
         [{"prompt": p, **{name: texts[i] for name, texts in answers.items()}} for i, p in enumerate(prompts)],
     )
     write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
-    write_text_atomic(out / REPORT_FILE, render_shift_report(results))
+    write_text_atomic(out / REPORT_MD_FILE, render_shift_report(results))
     return {
         "prompts": len(prompts),
         "trained_in_character": in_character["rates"]["final"]["rate"],
         "base_in_character": in_character["rates"]["base"]["rate"],
         "classifier_heldout_accuracy": in_character["instrument"]["heldout_accuracy"]["rate"],
         "judge_unparseable": judge["unparseable"],
-        "files": [str(out / RESULTS_FILE), str(out / REPORT_FILE), str(out / ANSWERS_FILE)],
+        "files": [str(out / RESULTS_FILE), str(out / REPORT_MD_FILE), str(out / ANSWERS_FILE)],
     }
 
 

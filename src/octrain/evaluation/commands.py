@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from octrain.core.layout import MODEL_FILE, RESULTS_FILE
+
 if TYPE_CHECKING:
     from octrain.use.model_choice import ChosenModel
 
@@ -171,15 +173,16 @@ def elo_command(args: argparse.Namespace, who: str) -> dict:
 
 
 def model_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.core.layout import CONFIG_FILE, RESULTS_FILE, load_config
     from octrain.core.records import ModelRef
-    from octrain.run.pipeline import CONFIG_FILE, load_config, resolve_constitution
+    from octrain.run.pipeline import resolve_constitution
     from octrain.stages.context import RunContext
-    from octrain.stages.evaluate import RESULTS_FILE, evaluate_model
+    from octrain.stages.evaluate import evaluate_model
 
     config = load_config(args.run_dir / CONFIG_FILE)
     ctx = RunContext(config=config, run_dir=args.run_dir, constitution=resolve_constitution(config))
     # Compared with the run's DPO-only model too, when there is one and it is not the model itself.
-    dpo_file = args.run_dir / "dpo" / "model.json"
+    dpo_file = args.run_dir / "dpo" / MODEL_FILE
     dpo = ModelRef.load(dpo_file) if dpo_file.is_file() else None
     summary = evaluate_model(ctx, ModelRef.load(args.model), args.out, dpo_ref=dpo)
     return {**summary, "results": str(args.out / RESULTS_FILE)}
@@ -328,7 +331,7 @@ def _summary_arguments(parser: argparse.ArgumentParser) -> None:
 def summary_command(args: argparse.Namespace, who: str) -> dict:
     from octrain.core.errors import StageError
 
-    path = args.run_dir / "eval" / "results.json"
+    path = args.run_dir / "eval" / RESULTS_FILE
     if not path.is_file():
         raise StageError(f"{path}: no evaluation results (run the recipe's eval stage first)")
     try:

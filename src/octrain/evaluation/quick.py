@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.errors import ConfigError, DataFormatError
+from octrain.core.layout import RESULTS_FILE
 from octrain.use.model_choice import ChosenModel
 
 CLASSIFIER_DIR = Path("eval") / "classifier"
-RUN_RESULTS = Path("eval") / "results.json"
+RUN_RESULTS = Path("eval") / RESULTS_FILE
 CLASSIFIER_REPORT = "report.json"  # what `octrain eval classifier --out DIR` writes beside the classifier
 
 

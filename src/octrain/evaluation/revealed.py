@@ -24,11 +24,9 @@ from typing import Any
 from octrain.core.config import JudgeKind, OctrainConfig, SamplingConfig
 from octrain.core.errors import ConfigError
 from octrain.core.files import write_jsonl, write_text_atomic
+from octrain.core.layout import REVEALED_FILE, TRIALS_FILE
 from octrain.samplers.base import Sampler
 from octrain.use.model_choice import ChosenModel
-
-RESULT_FILE = "revealed_preferences.json"
-TRIALS_FILE = "trials.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +131,7 @@ def measure_revealed_preferences(
         ({"model": name, **dataclasses.asdict(trial)} for name, result in revealed.items() for trial in result.trials),
     )
     result = {"model": chosen.label, "out": str(out), **summary}
-    write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / REVEALED_FILE, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -160,5 +158,5 @@ def render_revealed(result: dict[str, Any], top: int = 10) -> str:
     ]
     lines.extend(f"caveat: {caveat}" for caveat in result["caveats"])
     lines.extend(f"note: {note}" for note in result["notes"])
-    lines.append(f"saved: {Path(result['out']) / RESULT_FILE}, {Path(result['out']) / TRIALS_FILE}")
+    lines.append(f"saved: {Path(result['out']) / REVEALED_FILE}, {Path(result['out']) / TRIALS_FILE}")
     return "\n".join(lines)

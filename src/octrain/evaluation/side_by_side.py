@@ -28,9 +28,9 @@ def training_prompts_of(chosen: ChosenModel) -> list[str] | None:
     config = chosen.run_config()
     if config is None or chosen.run_dir is None:
         return None
+    from octrain.core.layout import PROMPTS_FILE
     from octrain.stages.context import RunContext
     from octrain.stages.evaluate import training_prompts
-    from octrain.stages.prompts import PROMPTS_FILE
 
     if not (chosen.run_dir / "prompts" / PROMPTS_FILE).is_file():
         return None

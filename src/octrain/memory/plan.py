@@ -71,6 +71,7 @@ from octrain.core.config import (
     TrainerBackend,
 )
 from octrain.core.errors import ConfigError
+from octrain.core.layout import CONFIG_FILE
 
 GIB = 1024**3
 MIB = 1024**2
@@ -860,7 +861,7 @@ def load_run_config(path: str | Path) -> OctrainConfig:
 
     file = Path(path)
     if file.is_dir():
-        file = file / "config.yaml"
+        file = file / CONFIG_FILE
     if not file.is_file():
         raise ConfigError(f"{path}: no config.yaml there")
     merged = OmegaConf.merge(OmegaConf.structured(OctrainConfig), OmegaConf.load(file))

@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from octrain.core.errors import StageError
+from octrain.core.layout import LOCK_FILE
 from octrain.core.storage_errors import StorageError, describe_write_failure
 
 logger = logging.getLogger(__name__)
-
-LOCK_FILE = ".lock"
 
 
 def _holder(fd: int) -> str:

@@ -30,6 +30,7 @@ from octrain.constitution import Constitution, find_constitution, load_constitut
 from octrain.core.config import ModelRole, OctrainConfig, StageName, validate
 from octrain.core.errors import ConfigError, StageError
 from octrain.core.files import remove_stray_temporaries, write_text_atomic
+from octrain.core.layout import CONFIG_FILE, DONE_FILE, LOG_FILE, RUN_SUMMARY_FILE, STARTED_FILE, save_config
 from octrain.core.paths import constitution_dirs
 from octrain.core.storage_errors import write_failures_reported
 from octrain.run.lock import run_lock
@@ -44,12 +45,6 @@ if TYPE_CHECKING:
     from octrain.stages import StageSpec
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
-DONE_FILE = "done.json"
-STARTED_FILE = "started.json"
-LOG_FILE = "octrain.log"
-SUMMARY_FILE = "summary.txt"
 
 
 @dataclass
@@ -192,16 +187,6 @@ def _check_gpu(config: OctrainConfig) -> None:
     if problem.fatal:
         raise ConfigError(problem.message)
     logger.warning("%s", problem.message)
-
-
-def save_config(config: OctrainConfig, path: Path) -> None:
-    write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
-
-
-def load_config(path: str | Path) -> OctrainConfig:
-    """Reload a resolved ``config.yaml`` (from a run directory) into the typed config."""
-    merged = OmegaConf.merge(OmegaConf.structured(OctrainConfig), OmegaConf.load(path))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 def _digest(value: Any) -> str:
@@ -368,7 +353,7 @@ def _run_locked(
                 result.outcomes.append(outcome)
         finally:
             runner.release()
-        write_text_atomic(run_path / SUMMARY_FILE, result.summary_table() + "\n")
+        write_text_atomic(run_path / RUN_SUMMARY_FILE, result.summary_table() + "\n")
         return result
     finally:
         package_logger.removeHandler(handler)

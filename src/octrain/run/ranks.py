@@ -32,10 +32,10 @@ from pathlib import Path
 
 from octrain.core.errors import StageError
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import RANK_SIGNAL_DIR
 
 logger = logging.getLogger(__name__)
 
-SIGNAL_DIR = ".ranks"
 POLL_SECONDS = 1.0
 # What a launcher sets in its processes. A sampling worker started from a rank must not inherit
 # them (vLLM would take them for its own process group), and a new launch sets its own.
@@ -137,7 +137,7 @@ def meet(run_dir: Path, description: str) -> Launch:
         )
     launch_id = [uuid.uuid4().hex[:12] if state.is_main_process else ""]
     broadcast_object_list(launch_id)
-    signal_dir = run_dir / SIGNAL_DIR / launch_id[0]
+    signal_dir = run_dir / RANK_SIGNAL_DIR / launch_id[0]
     if state.is_main_process:
         signal_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(signal_dir / "hello.json", "{}\n")

@@ -37,12 +37,12 @@ from pathlib import Path
 from octrain.constitution import Constitution
 from octrain.core.config import OctrainConfig, SamplerBackend, SamplingConfig, SmokeMode, StageName
 from octrain.core.errors import OctrainError, StageError
+from octrain.core.layout import SMOKE_DIR
 
 logger = logging.getLogger(__name__)
 
 # The scales big enough that a late failure is expensive; smaller ones are their own smoke test.
 SMOKED_SCALES = ("full", "paper")
-SMOKE_DIR = "smoke"  # RUN_DIR/smoke/<kind>: two levels down, so no other run's reuse search finds them
 SHORT_ANSWER_TOKENS = 64
 # A filtered record or two must not leave the large run's optimiser step short of a full batch.
 BATCH_MARGIN = 1.25
@@ -203,7 +203,7 @@ def _failed_where(smoke: OctrainConfig, scratch: Path) -> str:
     Stages run in order and a stage whose settings changed is cleared before it runs again, so the
     first stage without a ``done.json`` is the one that failed (if it wrote its ``started.json``).
     """
-    from octrain.run.pipeline import DONE_FILE, STARTED_FILE
+    from octrain.core.layout import DONE_FILE, STARTED_FILE
 
     for stage in smoke.stages:
         if not (scratch / stage.value / DONE_FILE).is_file():

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from octrain.core.files import atomic_directory
+from octrain.core.layout import DONE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class _SourceChanged(Exception):
     pass
 
 
-def copy_finished_stage(source: Path, target: Path, marker: str = "done.json") -> bool:
+def copy_finished_stage(source: Path, target: Path, marker: str = DONE_FILE) -> bool:
     """Copy the finished stage ``source`` to ``target`` whole; False if ``source`` changed meanwhile.
 
     ``target`` appears only as a complete copy (``atomic_directory``). The copy counts only when

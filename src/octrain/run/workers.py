@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from octrain.core.config import Execution, OctrainConfig, StageName
 from octrain.core.errors import OctrainError, StageError
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import WORKER_RESULT_FILE
 from octrain.run.ranks import environment_without_launch, is_main_process
 from octrain.stages.context import RunContext
 
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from octrain.stages import StageSpec
 
 logger = logging.getLogger(__name__)
-
-RESULT_FILE = ".worker-result.json"
 
 
 def uses_workers(config: OctrainConfig) -> bool:
@@ -98,7 +97,7 @@ class WorkerRunner:
 
     def run(self, spec: StageSpec) -> dict[str, Any]:
         stage = spec.name
-        result_path = self.ctx.stage_dir(stage) / RESULT_FILE
+        result_path = self.ctx.stage_dir(stage) / WORKER_RESULT_FILE
         result_path.unlink(missing_ok=True)
         process = self._process
         if process is None:
@@ -196,7 +195,7 @@ class AccelerateRunner:
             ["octrain.run.workers", str(self.ctx.run_dir), stage.value],
             main_process_port=0,  # a free port: two launches on one machine must not race for 29500
         )
-        result_path = self.ctx.stage_dir(stage) / RESULT_FILE
+        result_path = self.ctx.stage_dir(stage) / WORKER_RESULT_FILE
         result_path.unlink(missing_ok=True)
         process = subprocess.Popen(command, env={**environment_without_launch(), "PYTHONUNBUFFERED": "1"})
         logger.info(
@@ -280,7 +279,7 @@ def _run_one(ctx: RunContext, stage: StageName) -> bool:
     """Run one stage and write its result file; False when it failed with an explained error."""
     from octrain.stages import stages_for
 
-    result_path = ctx.stage_dir(stage) / RESULT_FILE
+    result_path = ctx.stage_dir(stage) / WORKER_RESULT_FILE
     writes = is_main_process()  # under accelerate launch, rank 0 alone answers for the stage
     try:
         summary = stages_for(ctx.config)[stage].run(ctx)
@@ -300,7 +299,8 @@ def main(argv: list[str]) -> int:
     written). Without, it serves the parent: a stage name per line on standard input, answered by
     ``STAGE ok`` or ``STAGE failed`` on standard output; it exits when its input closes.
     """
-    from octrain.run.pipeline import CONFIG_FILE, LOG_FILE, load_config, resolve_constitution
+    from octrain.core.layout import CONFIG_FILE, LOG_FILE, load_config
+    from octrain.run.pipeline import resolve_constitution
     from octrain.samplers import release_engines
 
     run_dir, named = Path(argv[0]), [StageName(name) for name in argv[1:]]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from octrain.core.devices import free_device_memory
 from octrain.core.errors import ConfigError
+from octrain.core.layout import ADAPTER_CONFIG_FILE
 from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 from octrain.samplers.rendering import prompt_token_ids
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 def adapter_rank(adapter_path: str) -> int:
     """The LoRA rank recorded in a PEFT adapter's config (0 when it cannot be read)."""
     try:
-        return int(json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
+        return int(json.loads((Path(adapter_path) / ADAPTER_CONFIG_FILE).read_text())["r"])
     except (OSError, KeyError, ValueError):
         return 0
 

@@ -21,11 +21,10 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PAIRS_FILE, PLOT_FILE
     from octrain.run.ranks import is_main_process
-    from octrain.stages.pairs import PAIRS_FILE
     from octrain.trainers import build_trainer
     from octrain.trainers.report import read_metrics, read_summary
-    from octrain.trainers.trl_common import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
 
     config = ctx.config
     out = ctx.stage_dir(StageName.dpo)

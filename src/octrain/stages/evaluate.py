@@ -41,6 +41,7 @@ from octrain.constitution.persona_prompts import character_prompt
 from octrain.core.config import EvalSuite, JudgeKind, OctrainConfig, StageName
 from octrain.core.errors import StageError
 from octrain.core.files import write_jsonl, write_text_atomic
+from octrain.core.layout import CHUNKS_DIR, INPUTS_FILE, MATCH_FILES, REPORT_MD_FILE, RESULTS_FILE
 from octrain.core.records import Message, ModelRef
 from octrain.evaluation import protocols
 from octrain.evaluation.chunked import LazyModel, answers_in_chunks, item_ids, judgements_in_chunks, texts_in_chunks
@@ -50,11 +51,6 @@ from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
-MATCH_FILES = {"base": "matches.jsonl", "dpo-only": "matches_vs_dpo.jsonl"}
-WORK_DIR = "chunks"  # the committed answers and judgements, one folder per list of work
-INPUTS_FILE = "inputs.json"
 TRANSPORT_SETTINGS = ("judge_timeout", "judge_retries")
 
 
@@ -95,7 +91,7 @@ def _work_dir(out: Path, inputs: dict[str, Any]) -> Path:
     import hashlib
     import shutil
 
-    work = out / WORK_DIR
+    work = out / CHUNKS_DIR
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     marker = work / INPUTS_FILE
     if work.is_dir():
@@ -118,8 +114,8 @@ def in_character_rate(predictions: list[str], persona: str) -> float:
 
 def training_prompts(ctx: RunContext) -> list[str]:
     """Every distinct user prompt this run trained on (seed, expanded and generic), in file order."""
+    from octrain.core.layout import PROMPTS_FILE
     from octrain.core.records import PromptRecord, load_records
-    from octrain.stages.prompts import PROMPTS_FILE
 
     records = load_records(ctx.stage_dir(StageName.prompts) / PROMPTS_FILE, PromptRecord)
     texts = [m["content"] for r in records for m in r.prompt if m["role"] == "user"]
@@ -127,7 +123,7 @@ def training_prompts(ctx: RunContext) -> list[str]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    from octrain.trainers.trl_common import MODEL_FILE
+    from octrain.core.layout import MODEL_FILE
 
     trained = ModelRef.load(ctx.stage_dir(StageName.sft) / MODEL_FILE)
     dpo_only = ModelRef.load(ctx.stage_dir(StageName.dpo) / MODEL_FILE)
@@ -398,7 +394,7 @@ def evaluate_model(
     results["passed"] = passed_checks(results)
     write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     plots = write_plots(out, results)
-    write_text_atomic(out / REPORT_FILE, render_report(results, plots, ctx.run_dir))
+    write_text_atomic(out / REPORT_MD_FILE, render_report(results, plots, ctx.run_dir))
     held = trained_classifier.heldout
     return {
         "prompts": len(prompts),
@@ -406,7 +402,7 @@ def evaluate_model(
         "base_in_character": robustness["in_character"]["base"]["overall"]["rate"],
         "classifier_heldout_accuracy": held.accuracy if held is not None else None,
         "judge_unparseable": preferences["unparseable"] + sum(c["unparseable"] for c in coherence.values()),
-        "files": [str(out / RESULTS_FILE), str(out / REPORT_FILE), *map(str, plots)],
+        "files": [str(out / RESULTS_FILE), str(out / REPORT_MD_FILE), *map(str, plots)],
     }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from octrain.core.config import OctrainConfig, StageName
 from octrain.core.data_import import ImportReport, file_sha256, read_pairs, read_transcripts
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import REPORT_FILE
 from octrain.core.records import save_records
 from octrain.stages.context import RunContext
 
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Bumped when the same file would import differently (a new id scheme, say): runs then import afresh.
 IMPORTER_VERSION = 1
-REPORT_FILE = "report.json"
 # Which stage a file replaces, and the training stage that reads that stage's output.
 TRAINED_BY = {StageName.pairs: StageName.dpo, StageName.introspect: StageName.sft}
 
@@ -104,7 +104,7 @@ def _write(ctx: RunContext, stage: StageName, name: str, records: list[Any], rep
 
 def import_pairs(ctx: RunContext) -> dict[str, Any]:
     """Stage ``pairs`` from ``pairs.source``: ``pairs/pairs.jsonl`` and ``pairs/report.json``."""
-    from octrain.stages.pairs import PAIRS_FILE
+    from octrain.core.layout import PAIRS_FILE
 
     assert ctx.config.pairs.source
     pairs, report = read_pairs(ctx.config.pairs.source)
@@ -115,7 +115,7 @@ def import_pairs(ctx: RunContext) -> dict[str, Any]:
 
 def import_transcripts(ctx: RunContext) -> dict[str, Any]:
     """Stage ``introspect`` from ``introspect.source``: ``introspect/sft.jsonl`` and its report."""
-    from octrain.stages.introspect import SFT_FILE
+    from octrain.core.layout import SFT_FILE
 
     assert ctx.config.introspect.source
     transcripts, report = read_transcripts(ctx.config.introspect.source)

@@ -42,6 +42,7 @@ from octrain.constitution.persona_prompts import (
 from octrain.core.config import IntrospectionFilters, StageName
 from octrain.core.errors import DataFormatError, StageError
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import REPORT_FILE, SFT_FILE
 from octrain.core.records import Conversation, Message, ModelRef, save_records
 from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Completion, Sampler, SamplingParams
@@ -52,8 +53,6 @@ from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
-SFT_FILE = "sft.jsonl"
-REPORT_FILE = "report.json"
 _REASONING = re.compile(r"</?think>")
 _WORDS = re.compile(r"\w+")
 
@@ -325,8 +324,8 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    from octrain.core.layout import MODEL_FILE
     from octrain.samplers import build_sampler
-    from octrain.trainers.trl_common import MODEL_FILE
 
     config, constitution = ctx.config, ctx.constitution
     if config.introspect.source:

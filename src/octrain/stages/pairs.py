@@ -25,6 +25,7 @@ from octrain.constitution.persona_prompts import teacher_context
 from octrain.core.config import PairFilters, StageName, TeacherPrompt
 from octrain.core.errors import StageError
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import PAIRS_FILE, REPORT_FILE
 from octrain.core.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 from octrain.samplers.generation import duplicate_count, generate_in_chunks
@@ -33,8 +34,6 @@ from octrain.stages.context import RunContext
 
 logger = logging.getLogger(__name__)
 
-PAIRS_FILE = "pairs.jsonl"
-REPORT_FILE = "report.json"
 FILTER_REASONS = ("empty", "unfinished", "no-final-punctuation", "repetition", "unfinished-reasoning", "too-long")
 
 
@@ -281,8 +280,8 @@ def token_counter(model_path: str) -> Callable[[list[Message]], int]:
 def run(ctx: RunContext) -> dict[str, Any]:
     """Write ``pairs/pairs.jsonl`` and ``pairs/report.json``, generating in committed chunks (or
     importing them from ``pairs.source``)."""
+    from octrain.core.layout import PROMPTS_FILE
     from octrain.samplers import build_sampler
-    from octrain.stages.prompts import PROMPTS_FILE
 
     config = ctx.config
     if config.pairs.source:

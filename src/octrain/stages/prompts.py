@@ -34,6 +34,7 @@ from octrain.constitution import Constitution, Trait
 from octrain.core.config import PromptsStageConfig, ScaleConfig, StageName
 from octrain.core.errors import ConfigError, DataFormatError, StageError
 from octrain.core.files import iter_jsonl, write_text_atomic
+from octrain.core.layout import PROMPTS_FILE, REPORT_FILE, ROUNDS_DIR
 from octrain.core.records import Message, PromptRecord, save_records
 from octrain.samplers.base import Sampler, SamplingParams
 from octrain.samplers.generation import CommittedCalls
@@ -470,10 +471,6 @@ def describe_shortfall(report: PromptsReport, detail_limit: int = 5) -> list[str
 
 
 # --- the stage in the pipeline ----------------------------------------------------------------
-
-PROMPTS_FILE = "prompts.jsonl"
-REPORT_FILE = "report.json"
-ROUNDS_DIR = "rounds"  # each expansion round's replies, committed as it ends (what a rerun resumes from)
 
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:

@@ -14,11 +14,11 @@ import dataclasses
 from typing import Any
 
 from octrain.core.config import SftMode, StageName
+from octrain.core.layout import MERGED_DIR
 from octrain.core.records import ModelRef
 from octrain.stages.context import RunContext
 
 FINAL_ADAPTER = "adapter"
-MERGED_DIR = "merged"
 
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
@@ -33,11 +33,10 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     from octrain.core.errors import ConfigError
+    from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, SFT_FILE
     from octrain.run.ranks import is_main_process
-    from octrain.stages.introspect import SFT_FILE
     from octrain.trainers.merge import combine_adapters, merge_into_weights
     from octrain.trainers.report import read_metrics, read_summary
-    from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
     from octrain.trainers.trl_sft import train_sft
 
     config = ctx.config
@@ -98,11 +97,10 @@ def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
     final adapter to combine: ``model.json`` names the ``tinker://`` sampler weights.
     """
     from octrain.core.errors import StageError
-    from octrain.stages.introspect import SFT_FILE
+    from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, SFT_FILE
     from octrain.trainers.report import read_metrics, read_summary
     from octrain.trainers.tinker_common import Progress
     from octrain.trainers.tinker_sft import train_sft as train_on_tinker
-    from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
 
     config = ctx.config
     out = ctx.stage_dir(StageName.sft)

@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.files import write_text_atomic
-from octrain.run.pipeline import CONFIG_FILE, DONE_FILE, LOG_FILE, STARTED_FILE
+from octrain.core.layout import CONFIG_FILE, DONE_FILE, LOG_FILE, STARTED_FILE, STUDIO_CONSOLE_FILE, STUDIO_JOB_FILE
 
-JOB_FILE = "studio-job.json"
-CONSOLE_FILE = "studio-console.log"
 ERROR_PREFIX = "octrain: error:"
 
 # Children started by this server process, by pid: polling them reaps a finished one, which
@@ -79,7 +77,7 @@ def run_command(recipe: str, overrides: Sequence[str], run_root: Path) -> list[s
 
 
 def read_job(run_dir: Path) -> Job | None:
-    path = run_dir / JOB_FILE
+    path = run_dir / STUDIO_JOB_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Job(**data)
@@ -88,7 +86,7 @@ def read_job(run_dir: Path) -> Job | None:
 
 
 def _write_job(job: Job) -> None:
-    write_text_atomic(Path(job.run_dir) / JOB_FILE, json.dumps(asdict(job), indent=2) + "\n")
+    write_text_atomic(Path(job.run_dir) / STUDIO_JOB_FILE, json.dumps(asdict(job), indent=2) + "\n")
 
 
 def _alive(pid: int) -> tuple[bool, int | None]:
@@ -129,7 +127,7 @@ def launch(
     command = run_command(recipe, overrides, run_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(cwd or Path.cwd())
-    with open(run_dir / CONSOLE_FILE, "ab") as console:
+    with open(run_dir / STUDIO_CONSOLE_FILE, "ab") as console:
         console.write(f"\n$ {' '.join(command)}\n".encode())
         console.flush()
         process = subprocess.Popen(
@@ -235,7 +233,7 @@ def run_stages(run_dir: Path, job: Job | None) -> list[str]:
 
     if (run_dir / CONFIG_FILE).is_file():
         try:
-            from octrain.run.pipeline import load_config
+            from octrain.core.layout import load_config
 
             return [stage.value for stage in load_config(run_dir / CONFIG_FILE).stages]
         except Exception:  # a config this version cannot read: show the markers that are there
@@ -265,7 +263,9 @@ def status(run_dir: Path) -> RunStatus:
     job = read_job(run_dir)
     stages = run_stages(run_dir, job)
     markers = [(stage, stage_marker(run_dir / stage)) for stage in stages]
-    error = next((line for line in reversed(tail(run_dir / CONSOLE_FILE, 200)) if line.startswith(ERROR_PREFIX)), None)
+    error = next(
+        (line for line in reversed(tail(run_dir / STUDIO_CONSOLE_FILE, 200)) if line.startswith(ERROR_PREFIX)), None
+    )
     running = False
     if job is not None:
         running, code = _alive(job.pid)
@@ -297,7 +297,7 @@ def list_runs(run_root: Path) -> list[Path]:
     for pattern in ("*", "*/*"):
         for path in run_root.glob(pattern):
             hidden = any(part.startswith(".") for part in path.relative_to(run_root).parts)  # Hydra's .hydra/
-            if not hidden and path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / JOB_FILE).is_file()):
+            if not hidden and path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / STUDIO_JOB_FILE).is_file()):
                 found.append(path)
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
@@ -309,4 +309,4 @@ def log_tail(run_dir: Path, lines: int = 40) -> list[str]:
 
 def console_tail(run_dir: Path, lines: int = 20) -> list[str]:
     """The last lines the launched command printed (its progress bars and errors)."""
-    return tail(run_dir / CONSOLE_FILE, lines)
+    return tail(run_dir / STUDIO_CONSOLE_FILE, lines)

@@ -39,20 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from octrain.core.config import VLLM_LORA_RANKS
 from octrain.core.errors import ConfigError
 from octrain.core.files import atomic_directory
+from octrain.core.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-
-# The only values vLLM accepts for ``max_lora_rank`` (its LoRA config refuses any other). An
-# adapter whose rank is one of them can be served with ``max_lora_rank = r``; the vLLM sampler
-# reads this list too, so the two cannot drift apart.
-VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # Tensor-name endings PEFT writes for a plain LoRA layer, as (A ending, B ending). Linear
 # (and conv) layers hold their factors in sub-modules, hence ``.weight``; embedding layers
@@ -219,8 +214,8 @@ def combine_adapters(
     def write(staging: Path) -> None:
         from safetensors.torch import save_file
 
-        (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        save_file(tensors, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        save_file(tensors, str(staging / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             # Into the staging directory, so the adapter and its tokenizer appear together.
             tokenizer.save_pretrained(staging)
@@ -319,7 +314,7 @@ def merge_into_weights(base_path: str, adapter_dir: str | Path, output_dir: Path
 def lora_rank(adapter_dir: str | Path) -> int:
     """The rank ``r`` a PEFT LoRA adapter's ``adapter_config.json`` records (what vLLM's
     ``--max-lora-rank`` must cover); ConfigError naming the file when it is missing or not a positive integer."""
-    config_path = Path(adapter_dir) / ADAPTER_CONFIG_NAME
+    config_path = Path(adapter_dir) / ADAPTER_CONFIG_FILE
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -337,8 +332,8 @@ def _read_adapter(path: Path) -> _Adapter:
 
     if not path.is_dir():
         raise ConfigError(f"adapter directory {path} does not exist")
-    config_path = path / ADAPTER_CONFIG_NAME
-    weights_path = path / ADAPTER_WEIGHTS_NAME
+    config_path = path / ADAPTER_CONFIG_FILE
+    weights_path = path / ADAPTER_WEIGHTS_FILE
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise ConfigError(f"adapter {path} has no {needed.name}")

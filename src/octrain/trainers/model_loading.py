@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from octrain.core.config import TrainerBackend, TRLOptions
 from octrain.core.errors import ConfigError
+from octrain.core.layout import FOLDED_BASE_DIR
 from octrain.trainers.trl_common import gradient_checkpointing, precision
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", 
 _FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 # Where sequential QLoRA writes the base with the DPO adapter folded in, under the stage's output.
-FOLDED_BASE_DIR = "folded_base"
 
 ArgsT = TypeVar("ArgsT")
 

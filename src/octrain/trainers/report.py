@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.files import atomic_writer, write_jsonl, write_text_atomic
+from octrain.core.layout import TRAIN_SUMMARY_FILE
 from octrain.trainers.schedule import SHORT_RUN_STEPS
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_FILE = "train_summary.json"
 
 
 def write_metrics(path: Path, log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -28,7 +27,7 @@ def write_metrics(path: Path, log_history: Sequence[dict[str, Any]]) -> list[dic
     write_jsonl(path, rows)
     summary = next((row for row in reversed(log_history) if "train_runtime" in row), None)
     if summary is not None:
-        write_text_atomic(path.with_name(SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(path.with_name(TRAIN_SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return rows
 
 
@@ -47,7 +46,7 @@ def record_steps(directory: Path, steps: int, *, stage: str) -> str | None:
     """Write the run's optimizer-step count, and the note of :func:`few_steps_note` when there is one,
     into ``directory/train_summary.json`` (kept beside what :func:`write_metrics` put there, so call
     this after it); log the note as a warning. Returns the note."""
-    path = directory / SUMMARY_FILE
+    path = directory / TRAIN_SUMMARY_FILE
     summary = read_summary(directory)
     note = few_steps_note(steps)
     summary["optimizer_steps"] = steps
@@ -66,7 +65,7 @@ def record_steps(directory: Path, steps: int, *, stage: str) -> str | None:
 
 def read_summary(directory: Path) -> dict[str, Any]:
     """``directory/train_summary.json`` as a dict (empty when there is none)."""
-    path = directory / SUMMARY_FILE
+    path = directory / TRAIN_SUMMARY_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 

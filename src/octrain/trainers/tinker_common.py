@@ -28,12 +28,12 @@ from typing import Any
 from octrain.core.config import LoraSettings, TinkerOptions
 from octrain.core.errors import ConfigError
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import TINKER_PROGRESS_FILE
 from octrain.core.seeding import derive_seed
 
 API_KEY_VARIABLE = "TINKER_API_KEY"
 # ApiKeyAuthProvider in the SDK accepts keys with this prefix, or a JWT (which starts "eyJ").
 KEY_PREFIXES = ("tml-", "eyJ")
-PROGRESS_FILE = "tinker_progress.json"
 # transformers' AdamW epsilon (TrainingArguments.adam_epsilon), which the TRL backend uses; Tinker's
 # own default is 1e-12, so it is always set explicitly.
 ADAM_EPSILON = 1e-8
@@ -215,13 +215,13 @@ class Progress:
 
     @classmethod
     def load(cls, output_dir: Path) -> Progress | None:
-        path = output_dir / PROGRESS_FILE
+        path = output_dir / TINKER_PROGRESS_FILE
         if not path.is_file():
             return None
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
     def save(self, output_dir: Path) -> None:
-        write_text_atomic(output_dir / PROGRESS_FILE, json.dumps(self.__dict__, indent=2) + "\n")
+        write_text_atomic(output_dir / TINKER_PROGRESS_FILE, json.dumps(self.__dict__, indent=2) + "\n")
 
 
 def fingerprint(*parts: object) -> str:

@@ -46,14 +46,13 @@ from typing import Any
 from octrain.core.config import DpoStageConfig, TinkerOptions
 from octrain.core.errors import ConfigError
 from octrain.core.files import iter_jsonl, write_jsonl
+from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, REFERENCE_LOGPROBS_FILE
 from octrain.core.records import ModelRef, PreferencePair, load_records
 from octrain.trainers import schedule, tinker_common
 from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
-from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference_logprobs.jsonl"
 DPO_PANELS = (
     ("loss", ("loss", "dpo_loss", "nll_loss")),
     ("reward margin", ("rewards/margins",)),
@@ -163,7 +162,7 @@ def load_or_compute_reference(
 ) -> list[tuple[list[float], list[float]]]:
     """The reference log-probs from ``reference_logprobs.jsonl`` when it matches these sequences, else
     computed once and written there (before the first training step)."""
-    path = output_dir / REFERENCE_FILE
+    path = output_dir / REFERENCE_LOGPROBS_FILE
     key = sequences_hash(pairs)
     if path.is_file():
         rows = [row for _, row in iter_jsonl(path)]

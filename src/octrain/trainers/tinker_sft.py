@@ -29,11 +29,11 @@ from typing import Any
 
 from octrain.core.config import SftStageConfig, TinkerOptions
 from octrain.core.errors import ConfigError
+from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE
 from octrain.core.records import Conversation, ModelRef, load_records
 from octrain.trainers import schedule, tinker_common
 from octrain.trainers.assistant_mask import tokenize_conversation
 from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
-from octrain.trainers.trl_common import METRICS_FILE, MODEL_FILE, PLOT_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -10,15 +10,10 @@ from typing import Any
 
 from octrain.core.config import LoraSettings, TRLOptions
 from octrain.core.files import atomic_directory
+from octrain.core.layout import CHECKPOINT_DIR
 from octrain.trainers.checkpoints import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_DIR = "adapter"
-CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "training.png"
-MODEL_FILE = "model.json"
 
 
 def precision() -> tuple[bool, bool]:

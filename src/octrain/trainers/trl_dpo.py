@@ -22,14 +22,11 @@ from typing import Any
 
 from octrain.core.config import DpoStageConfig, TRLOptions
 from octrain.core.errors import ConfigError
+from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
 from octrain.core.records import ModelRef, PreferencePair, load_records
 from octrain.trainers.model_loading import student_and_arguments
 from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
-    ADAPTER_DIR,
-    METRICS_FILE,
-    MODEL_FILE,
-    PLOT_FILE,
     ScheduleMixin,
     last_checkpoint,
     load_tokenizer,

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.config import SftStageConfig, TRLOptions
+from octrain.core.layout import METRICS_FILE, PLOT_FILE
 from octrain.core.records import Conversation, load_records
 from octrain.trainers.assistant_mask import tokenize_conversation
 from octrain.trainers.model_loading import student_and_arguments
 from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
-    METRICS_FILE,
-    PLOT_FILE,
     ScheduleMixin,
     last_checkpoint,
     load_tokenizer,

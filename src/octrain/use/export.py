@@ -28,8 +28,8 @@ from typing import Any
 
 from octrain.core.errors import ConfigError
 from octrain.core.files import atomic_directory
+from octrain.core.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from octrain.models.builtin import BUILTIN_PREFIX, resolve_model_path
-from octrain.trainers.merge import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from octrain.use.model_choice import ChosenModel
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -100,8 +100,8 @@ def adapter_of(chosen: ChosenModel) -> Path:
     if chosen.is_base or not chosen.ref.adapter:
         raise ConfigError(f"{chosen.label} is a base model with no adapter: there is nothing of a character to export")
     adapter = Path(chosen.ref.adapter)
-    if not (adapter / ADAPTER_CONFIG_NAME).is_file() or not (adapter / ADAPTER_WEIGHTS_NAME).is_file():
-        raise ConfigError(f"{adapter}: not a PEFT adapter (needs {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})")
+    if not (adapter / ADAPTER_CONFIG_FILE).is_file() or not (adapter / ADAPTER_WEIGHTS_FILE).is_file():
+        raise ConfigError(f"{adapter}: not a PEFT adapter (needs {ADAPTER_CONFIG_FILE} and {ADAPTER_WEIGHTS_FILE})")
     return adapter
 
 
@@ -190,13 +190,13 @@ def export_adapter(
     adapter = adapter_of(chosen)
     check_target(target, force=force)
     base = base_reference(chosen, base_model)
-    config = json.loads((adapter / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
+    config = json.loads((adapter / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()
     tokenizer = None if has_tokenizer else _load_tokenizer(adapter, chosen.ref.base)
     with atomic_directory(target) as staging:
-        (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        shutil.copy2(adapter / ADAPTER_WEIGHTS_NAME, staging / ADAPTER_WEIGHTS_NAME)
+        (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        shutil.copy2(adapter / ADAPTER_WEIGHTS_FILE, staging / ADAPTER_WEIGHTS_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         else:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.errors import ConfigError, OctrainError
+from octrain.core.layout import DEPLOYMENT_FILE, MODAL_APP_FILE
 from octrain.models.builtin import resolve_model_path
 from octrain.trainers.merge import lora_rank, serving_rank
 from octrain.use.export import adapter_of, export_adapter, is_hub_id
@@ -45,8 +46,6 @@ VOLUME_MOUNT = "/vol"
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
 DEFAULT_VOLUME = "octrain-characters"
 HF_CACHE_VOLUME = "octrain-hf-cache"
-APP_FILE = "modal_app.py"
-PLAN_FILE = "deployment.json"
 # The image builder version whose Dockerfile a dry run shows (Modal's newest in the installed client).
 DRY_RUN_BUILDER_VERSION = "2026.10"
 
@@ -208,7 +207,7 @@ def app_source(plan: ModalPlan) -> str:
     return _APP_TEMPLATE.format(
         model_name=plan.model_name,
         source_label=plan.source_label,
-        app_file=APP_FILE,
+        app_file=MODAL_APP_FILE,
         plan_json=json.dumps({key: value for key, value in plan.to_json().items() if key != "uploads"}),
         volume_mount=VOLUME_MOUNT,
         hf_cache_mount=HF_CACHE_MOUNT,
@@ -220,8 +219,8 @@ def write_app(plan: ModalPlan, directory: str | Path) -> Path:
     """Write the app file and ``deployment.json`` (the plan) into ``directory``; the app file's path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / PLAN_FILE).write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
-    path = directory / APP_FILE
+    (directory / DEPLOYMENT_FILE).write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
+    path = directory / MODAL_APP_FILE
     path.write_text(app_source(plan), encoding="utf-8")
     return path
 

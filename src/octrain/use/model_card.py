@@ -29,11 +29,10 @@ from typing import Any
 import yaml
 
 from octrain.core.errors import ConfigError
+from octrain.core.layout import ADAPTER_CONFIG_FILE, CARD_FILE, DONE_FILE, PLOTS_DIR, REPORT_FILE, REPORT_MD_FILE
 from octrain.use.export import is_hub_id
 from octrain.use.model_choice import ChosenModel
 
-CARD_FILE = "README.md"
-PLOTS_DIR = "plots"
 # Markdown images: ![alt](target). The eval report links its own plot and the training plots beside it.
 _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
@@ -60,11 +59,11 @@ class RunFacts:
             raise ConfigError(f"{chosen.run_dir} has no config.yaml: not a run directory")
         facts = cls(run_dir=chosen.run_dir, config=config)
         for stage in ("prompts", "pairs", "dpo", "introspect", "sft", "eval"):
-            for name, store in (("done.json", facts.done), ("report.json", facts.reports)):
+            for name, store in ((DONE_FILE, facts.done), (REPORT_FILE, facts.reports)):
                 path = chosen.run_dir / stage / name
                 if path.is_file():
                     store[stage] = json.loads(path.read_text(encoding="utf-8"))
-        report = chosen.run_dir / "eval" / "report.md"
+        report = chosen.run_dir / "eval" / REPORT_MD_FILE
         if report.is_file():
             facts.eval_report = report.read_text(encoding="utf-8")
         return facts
@@ -121,7 +120,7 @@ def _number(value: Any) -> str:
 def _adapter_rank(chosen: ChosenModel) -> int | None:
     if not chosen.ref.adapter:
         return None
-    path = Path(chosen.ref.adapter) / "adapter_config.json"
+    path = Path(chosen.ref.adapter) / ADAPTER_CONFIG_FILE
     if not path.is_file():
         return None
     rank = json.loads(path.read_text(encoding="utf-8")).get("r")

@@ -24,12 +24,10 @@ from pathlib import Path
 from octrain.constitution import Constitution
 from octrain.core.config import ModelConfig, OctrainConfig, SamplerBackend, SamplerConfig
 from octrain.core.errors import ConfigError, DataFormatError, RegistryError
+from octrain.core.layout import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_FILE, REGISTRY_FILE
 from octrain.core.records import ModelRef
-from octrain.use.registry import REGISTRY_FILE, Checkpoint, Registry
+from octrain.use.registry import Checkpoint, Registry
 
-MODEL_FILE = "model.json"
-RUN_CONFIG_FILE = "config.yaml"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 # A run's final model is its SFT stage's; a run stopped after DPO has only that one.
 FINAL_STAGES = ("sft", "dpo")
 
@@ -60,14 +58,14 @@ class ChosenModel:
 
     def run_config(self) -> OctrainConfig | None:
         """The config of the run this model came from, or None when there is no run."""
-        if self.run_dir is None or not (self.run_dir / RUN_CONFIG_FILE).is_file():
+        if self.run_dir is None or not (self.run_dir / CONFIG_FILE).is_file():
             return None
-        from octrain.run.pipeline import load_config
+        from octrain.core.layout import load_config
 
         try:
-            return load_config(self.run_dir / RUN_CONFIG_FILE)
+            return load_config(self.run_dir / CONFIG_FILE)
         except Exception as exc:  # OmegaConf's errors have no common base worth naming
-            raise DataFormatError(f"{self.run_dir / RUN_CONFIG_FILE}: cannot read the run's config ({exc})") from exc
+            raise DataFormatError(f"{self.run_dir / CONFIG_FILE}: cannot read the run's config ({exc})") from exc
 
     def model_config(self) -> ModelConfig:
         """How to load and talk to the model: the run's student settings with this model's base.
@@ -113,7 +111,7 @@ class ChosenModel:
 def _run_dir_of(stage_dir: Path) -> Path | None:
     """The run directory holding ``stage_dir``, when its parent is one (it has config.yaml)."""
     parent = stage_dir.resolve().parent
-    return parent if (parent / RUN_CONFIG_FILE).is_file() else None
+    return parent if (parent / CONFIG_FILE).is_file() else None
 
 
 def _from_model_file(path: Path) -> ChosenModel:
@@ -124,7 +122,7 @@ def _from_model_file(path: Path) -> ChosenModel:
 def _from_directory(path: Path) -> ChosenModel:
     if (path / MODEL_FILE).is_file():
         return _from_model_file(path / MODEL_FILE)
-    if (path / RUN_CONFIG_FILE).is_file():
+    if (path / CONFIG_FILE).is_file():
         for stage in FINAL_STAGES:
             if (path / stage / MODEL_FILE).is_file():
                 chosen = _from_model_file(path / stage / MODEL_FILE)

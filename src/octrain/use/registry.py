@@ -32,11 +32,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from octrain.core.errors import OctrainError, RegistryError
+from octrain.core.layout import REGISTRY_FILE
 from octrain.core.records import ModelRef
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_FILE = "registry.sqlite"  # in the run root
 TRAINED_STAGES = ("dpo", "sft")  # the stages whose output is a model
 
 # The run directories under a run root: runs (``<root>/<run>``) and sweep jobs
@@ -300,8 +300,7 @@ def checkpoint_of_stage(run_dir: Path, stage: str, run_root: Path) -> Checkpoint
         RegistryError: the stage is not a training stage, ``run_dir`` is not under ``run_root``,
             or the run's config.yaml or the stage's model.json cannot be read.
     """
-    from octrain.run.pipeline import CONFIG_FILE, DONE_FILE
-    from octrain.trainers.trl_common import MODEL_FILE
+    from octrain.core.layout import CONFIG_FILE, DONE_FILE, MODEL_FILE
 
     if stage not in TRAINED_STAGES:
         raise RegistryError(f"stage {stage!r}: only training stages are registered ({', '.join(TRAINED_STAGES)})")

@@ -52,14 +52,12 @@ from typing import Any
 from octrain.core.config import TinkerOptions
 from octrain.core.errors import ConfigError, DataFormatError, RegistryError
 from octrain.core.files import write_text_atomic
+from octrain.core.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, DOWNLOADED_ADAPTER_DIR
 from octrain.use.registry import Checkpoint
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_DIR = "downloaded_adapter"  # in the stage directory
 DOWNLOAD_RECORD = "octrain_download.json"  # in the downloaded folder: where it came from
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # The SDK CLI's own lifetime for the temporary export (the shortest TTL the service accepts).
 EXPORT_TTL_SECONDS = 3600
 # Re-sign the URLs when they have less than this left: a large file must not start on a dying URL.
@@ -136,7 +134,8 @@ def state_path_of(entry: Checkpoint) -> str:
     A registry entry names sampler weights, which the SDK cannot download; the stage's
     ``tinker_progress.json`` names the final state saved with them, from the same weights.
     """
-    from octrain.trainers.tinker_common import PROGRESS_FILE, Progress
+    from octrain.core.layout import TINKER_PROGRESS_FILE
+    from octrain.trainers.tinker_common import Progress
 
     if not entry.remote:
         raise RegistryError(f"{entry.name} is a local checkpoint: its adapter is already in {entry.adapter}")
@@ -145,17 +144,17 @@ def state_path_of(entry: Checkpoint) -> str:
     try:
         progress = Progress.load(entry.stage_dir)
     except (OSError, ValueError, TypeError) as exc:
-        raise DataFormatError(f"{entry.stage_dir / PROGRESS_FILE}: cannot be read ({exc})") from exc
+        raise DataFormatError(f"{entry.stage_dir / TINKER_PROGRESS_FILE}: cannot be read ({exc})") from exc
     if progress is None or not progress.final_state_path:
         raise RegistryError(
-            f"{entry.name}: {entry.stage_dir / PROGRESS_FILE} names no final training state, and Tinker "
+            f"{entry.name}: {entry.stage_dir / TINKER_PROGRESS_FILE} names no final training state, and Tinker "
             f"downloads training states, not sampler weights ({entry.adapter})"
         )
     return progress.final_state_path
 
 
 def default_target(entry: Checkpoint) -> Path:
-    return entry.stage_dir / DOWNLOAD_DIR
+    return entry.stage_dir / DOWNLOADED_ADAPTER_DIR
 
 
 def local_copy(entry: Checkpoint) -> Path | None:
@@ -166,7 +165,7 @@ def local_copy(entry: Checkpoint) -> Path | None:
     """
     target = default_target(entry)
     record = downloaded_record(target)
-    if record is None or not (target / ADAPTER_CONFIG).is_file():
+    if record is None or not (target / ADAPTER_CONFIG_FILE).is_file():
         return None
     try:
         current = state_path_of(entry)
@@ -248,26 +247,26 @@ def check_adapter(folder: Path) -> tuple[int, float, dict[str, Any]]:
     with ``use_rslora``; whatever Tinker chose, PEFT reads it from this file), and the LoRA matrices in
     the safetensors file must have that rank: a truncated or foreign file fails here, not at load time.
     """
-    config_file = folder / ADAPTER_CONFIG
+    config_file = folder / ADAPTER_CONFIG_FILE
     present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     if not config_file.is_file():
-        raise DataFormatError(f"the checkpoint is not a PEFT adapter: no {ADAPTER_CONFIG} (files: {present})")
+        raise DataFormatError(f"the checkpoint is not a PEFT adapter: no {ADAPTER_CONFIG_FILE} (files: {present})")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFormatError(f"{ADAPTER_CONFIG} is not valid JSON ({exc})") from None
+        raise DataFormatError(f"{ADAPTER_CONFIG_FILE} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
-        raise DataFormatError(f"{ADAPTER_CONFIG} is not a JSON object")
+        raise DataFormatError(f"{ADAPTER_CONFIG_FILE} is not a JSON object")
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise DataFormatError(f"{ADAPTER_CONFIG}: peft_type {config['peft_type']!r}, octrain loads LoRA adapters")
+        raise DataFormatError(f"{ADAPTER_CONFIG_FILE}: peft_type {config['peft_type']!r}, octrain loads LoRA adapters")
     rank, alpha = config.get("r"), config.get("lora_alpha")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise DataFormatError(f"{ADAPTER_CONFIG}: 'r' must be a positive integer, got {rank!r}")
+        raise DataFormatError(f"{ADAPTER_CONFIG_FILE}: 'r' must be a positive integer, got {rank!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise DataFormatError(f"{ADAPTER_CONFIG}: 'lora_alpha' must be a positive number, got {alpha!r}")
-    weights = folder / ADAPTER_WEIGHTS
+        raise DataFormatError(f"{ADAPTER_CONFIG_FILE}: 'lora_alpha' must be a positive number, got {alpha!r}")
+    weights = folder / ADAPTER_WEIGHTS_FILE
     if not weights.is_file():
-        raise DataFormatError(f"the checkpoint has no {ADAPTER_WEIGHTS} (files: {present})")
+        raise DataFormatError(f"the checkpoint has no {ADAPTER_WEIGHTS_FILE} (files: {present})")
     _check_weights(weights, rank, config.get("rank_pattern") or {})
     return rank, float(alpha), config
 
@@ -368,7 +367,7 @@ def download(
         if original != base_model:
             # Tinker writes its own name for the base; the local samplers load the base named here.
             config["base_model_name_or_path"] = base_model
-            write_text_atomic(staged / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
+            write_text_atomic(staged / ADAPTER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         result = DownloadedAdapter(
             path=target,
             source=source,

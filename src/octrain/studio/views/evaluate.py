@@ -22,10 +22,10 @@ _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 def evaluated_runs(root: Path) -> list[Path]:
     """Runs whose eval stage wrote a report, newest first."""
-    from octrain.stages.evaluate import REPORT_FILE
+    from octrain.core.layout import REPORT_MD_FILE
     from octrain.studio.jobs import list_runs
 
-    return [run for run in list_runs(root) if (run / "eval" / REPORT_FILE).is_file()] if root.is_dir() else []
+    return [run for run in list_runs(root) if (run / "eval" / REPORT_MD_FILE).is_file()] if root.is_dir() else []
 
 
 def report_parts(report: Path) -> list[tuple[str, str]]:
@@ -46,9 +46,9 @@ def report_parts(report: Path) -> list[tuple[str, str]]:
 
 
 def _draw_report(run_dir: Path) -> None:
-    from octrain.stages.evaluate import REPORT_FILE, RESULTS_FILE
+    from octrain.core.layout import REPORT_MD_FILE, RESULTS_FILE
 
-    for kind, value in report_parts(run_dir / "eval" / REPORT_FILE):
+    for kind, value in report_parts(run_dir / "eval" / REPORT_MD_FILE):
         if kind == "markdown":
             st.markdown(value)
         elif Path(value).is_file():

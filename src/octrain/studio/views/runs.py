@@ -33,8 +33,8 @@ CURVES = ("loss", "dpo_loss", "nll_loss", "eval_loss")
 
 def loss_table(run_dir: Path, stage: str) -> dict[str, list[Any]] | None:
     """Loss columns by step from the stage's ``metrics.jsonl`` (:func:`octrain.trainers.report.read_metrics`)."""
+    from octrain.core.layout import METRICS_FILE
     from octrain.trainers.report import read_metrics
-    from octrain.trainers.trl_common import METRICS_FILE
 
     rows = [row for row in read_metrics(run_dir / stage / METRICS_FILE) if "step" in row]
     columns = [name for name in CURVES if any(name in row for row in rows)]
@@ -131,9 +131,9 @@ def _details(run_dir: Path) -> str:
             st.line_chart(table, x="step", y=[name for name in table if name != "step"])
         elif (run_dir / stage / "training.png").is_file():
             st.image(str(run_dir / stage / "training.png"), caption=f"{stage} training")
-    from octrain.stages.evaluate import REPORT_FILE
+    from octrain.core.layout import REPORT_MD_FILE
 
-    if (run_dir / "eval" / REPORT_FILE).is_file():
+    if (run_dir / "eval" / REPORT_MD_FILE).is_file():
         st.info("The evaluation report is ready: open the Evaluate page.", icon=":material/analytics:")
     with st.expander("log (octrain.log)", expanded=status.state in ("running", "failed")):
         st.code("\n".join(jobs.log_tail(run_dir, 40)) or "(no log yet)", language=None)

@@ -164,7 +164,8 @@ def _follow(run_dir: Path) -> None:
 
 def final_checkpoint(run_dir: Path, root: Path) -> str | None:
     """The registry name of the run's final model (its sft checkpoint, else its dpo one), once registered."""
-    from octrain.use.registry import REGISTRY_FILE, Registry
+    from octrain.core.layout import REGISTRY_FILE
+    from octrain.use.registry import Registry
 
     if not (root / REGISTRY_FILE).is_file():
         return None
