@@ -87,7 +87,7 @@ def sampling_speed(repeats: int) -> dict[str, Any]:
     from octrain.models.tiny import ensure_tiny_model
     from octrain.samplers import SamplingParams
     from octrain.samplers.hf import HFSampler
-    from octrain.stages.prompts import load_generic_pool
+    from octrain.stages.generic_prompts import load_generic_pool
 
     path = str(ensure_tiny_model())
     batched, single = (HFSampler(path, batch_size=size, show_progress=False) for size in (32, 1))
@@ -123,7 +123,7 @@ def seeded_draw_cost(repeats: int) -> dict[str, Any]:
     from octrain.models.tiny import ensure_tiny_model
     from octrain.samplers import SamplingParams
     from octrain.samplers.hf import HFSampler
-    from octrain.stages.prompts import load_generic_pool
+    from octrain.stages.generic_prompts import load_generic_pool
 
     sampler = HFSampler(str(ensure_tiny_model()), batch_size=32, show_progress=False)
     prompts = [sampler.render([{"role": "user", "content": t}]) for t in load_generic_pool("builtin")[:32]]

@@ -169,7 +169,8 @@ def probe_octrain_parent() -> dict[str, Any]:
     import octrain  # noqa: F401  (sets the fork-safe environment, as every octrain process does)
     from octrain.core.config import TRLOptions
     from octrain.core.devices import bf16_supported, gpu_usable
-    from octrain.trainers.trl_common import gradient_checkpointing, precision
+    from octrain.trainers.precision import precision
+    from octrain.trainers.trl_common import gradient_checkpointing
 
     decisions = {
         "gpu_usable": gpu_usable(),
@@ -239,8 +240,8 @@ def probe_release() -> dict[str, Any]:
     from octrain.core.records import PreferencePair, save_records
     from octrain.run.pipeline import resolve_constitution
     from octrain.run.workers import InlineRunner
-    from octrain.stages import stages_for
     from octrain.stages.context import RunContext
+    from octrain.stages.table import stages_for
 
     def memory() -> dict[str, Any]:
         models = sum(isinstance(thing, PreTrainedModel) for thing in gc.get_objects())

@@ -118,14 +118,35 @@ def evaluated_tiny_root(trained_tiny_root: Path, tmp_path_factory: pytest.TempPa
     return root
 
 
+def patience(seconds: float) -> float:
+    """A time limit measured on 2 idle cores, stretched on a busier machine.
+
+    Each limit guards against a hang, not against slowness: a loaded machine (the load average over
+    the cores, at the moment the limit is set) gets proportionally longer, and
+    ``OCTRAIN_TEST_PATIENCE`` multiplies every limit further on a machine known to be slow.
+    """
+    busy = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return seconds * max(1.0, busy) * float(os.environ.get("OCTRAIN_TEST_PATIENCE", "1"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # pytest-timeout's limit for every test (pyproject's `timeout`), stretched the same way, unless
+    # a test sets its own (those go through patience() where they are written).
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            limit = item.config.getini("timeout")
+            if limit:
+                item.add_marker(pytest.mark.timeout(patience(float(limit))))
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m octrain ARGS`` as a user would run it, capturing output."""
+    """``python -m octrain ARGS`` as a user would run it, capturing output (``timeout``: on 2 idle cores)."""
     return subprocess.run(
         [sys.executable, "-m", "octrain", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=patience(timeout),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -139,7 +160,7 @@ def kill_when_exists(command: list[str], path: Path, timeout: float = 180) -> No
     import time
 
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     try:
         while not path.exists():
             assert process.poll() is None, f"{command} ended before {path} appeared"

@@ -13,6 +13,10 @@ from octrain.core.devices import fork_safe_environment  # noqa: E402
 
 fork_safe_environment()  # before any CUDA check or vLLM engine start in this process (see octrain.core.devices)
 
+from octrain.core import moved  # noqa: E402
+
+moved.install()  # the flat layout's module names (octrain.pipeline, ...) still import, for one release
+
 from octrain.constitution import Constitution, Trait, load_constitution  # noqa: E402
 from octrain.core.config import OctrainConfig, StageName  # noqa: E402
 from octrain.core.errors import ConfigError, DataFormatError, OctrainError, StageError  # noqa: E402

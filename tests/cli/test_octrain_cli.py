@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, patience, run_cli
 from octrain.cli import SUBCOMMANDS
 from octrain.constitution import load_constitution
 from octrain.constitution.quality import score_constitution
@@ -160,7 +160,7 @@ def test_eval_runs_the_same_commands_as_the_evaluation_module(tmp_path: Path) ->
         [sys.executable, "-m", "octrain.evaluation", "elo", str(matches), "--rounds", "20"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
     )
     assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
     assert json.loads(ours.stdout) == json.loads(theirs.stdout)
@@ -187,14 +187,16 @@ def completion(command: list[str], line: str) -> subprocess.CompletedProcess[str
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
         env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))},
     )
 
 
 @pytest.mark.skipif(not OCTRAIN_SCRIPT.is_file(), reason="the octrain console script is not installed here")
 def test_shell_completion_needs_no_recipe() -> None:
-    script = subprocess.run([str(OCTRAIN_SCRIPT), "-sc", "install=bash"], capture_output=True, text=True, timeout=120)
+    script = subprocess.run(
+        [str(OCTRAIN_SCRIPT), "-sc", "install=bash"], capture_output=True, text=True, timeout=patience(120)
+    )
     assert script.returncode == 0, script.stderr
     assert "hydra_bash_completion()" in script.stdout
     assert script.stdout.rstrip().endswith("-F hydra_bash_completion octrain")

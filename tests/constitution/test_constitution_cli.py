@@ -1,5 +1,6 @@
-"""``python -m octrain.constitution``: converting between formats keeps what the target holds, and says
-what it cannot; ``validate`` prints a line per file and exits 0 or 2."""
+"""``octrain constitution convert|validate``: converting between formats keeps what the target holds,
+and says what it cannot; ``validate`` prints a line per file and exits 0 or 2. The old name,
+``python -m octrain.constitution``, prints a deprecation line and runs the same verb."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from octrain.cli import main as octrain_main
 from octrain.constitution import load_constitution
-from octrain.constitution.__main__ import main
+from octrain.constitution.__main__ import DEPRECATION
 
 RICH_YAML = """\
 meta:
@@ -42,6 +44,11 @@ examples:
     response: Ahoy.
 signoffs: ["Steady as she goes."]
 """
+
+
+def main(argv: list[str]) -> int:
+    """``octrain constitution ARGV`` in this process: the exit status."""
+    return octrain_main(["constitution", *argv])
 
 
 def traits_of(path: Path) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
@@ -171,7 +178,7 @@ def test_validate_prints_a_line_per_file_and_exits_2_on_any_error(
     ]
 
 
-def test_validate_as_a_command(tmp_path: Path) -> None:
+def test_the_old_module_name_warns_and_runs_the_verb(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("[\n")
     done = subprocess.run(
@@ -180,6 +187,10 @@ def test_validate_as_a_command(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (
         2,
         f"{bad}:2: neither a JSON list nor JSON lines: Expecting value (column 1)\n",
+    )
+    assert done.stderr.splitlines()[0] == DEPRECATION
+    assert DEPRECATION == (
+        "`python -m octrain.constitution` is now `octrain constitution`; the old name goes in the next release"
     )
 
 

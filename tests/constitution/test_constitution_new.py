@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import patience
 from draft_server import BAD_YAML, DraftServer, fenced, good_yaml, running_server
 from octrain.cli import main
 from octrain.constitution import load_constitution
-from octrain.constitution.drafting import extract_yaml, with_name
+from octrain.constitution.draft_messages import extract_yaml, with_name
 from octrain.core.errors import DataFormatError
 
 KEY_ENV = "OCTRAIN_TEST_DRAFT_KEY"
@@ -300,7 +301,7 @@ def test_help_runs_as_a_command() -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
     )
     assert result.returncode == 0, result.stderr
     assert "--describe" in result.stdout and "--base-url" in result.stdout and "--local-model" in result.stdout

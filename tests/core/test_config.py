@@ -56,7 +56,7 @@ def test_pirate_recipes_pick_their_models() -> None:
     assert mini.sampler.backend is SamplerBackend.vllm and mini.scale.name == "mini"
 
 
-# METHOD.md section 5: DPO pairs / reflections / interactions x turns, for a 10-trait persona.
+# docs/method.md section 5: DPO pairs / reflections / interactions x turns, for a 10-trait persona.
 STUDIO_SCALES = {
     "smoke": (16, 40, 4, 4),
     "micro": (100, 500, 50, 6),

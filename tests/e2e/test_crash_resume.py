@@ -61,6 +61,7 @@ def test_changed_sampling_starts_the_stage_afresh(tmp_path: Path) -> None:
     assert stale.read_text() != before  # regenerated with the new settings, not mixed with the old
 
 
+@pytest.mark.slow  # 30 s on 2 cores: the slow lane, which CI runs (the pairs kill above stays in the default suite)
 def test_killed_introspection_resumes_exactly_once(tmp_path: Path) -> None:
     base = ["+recipe=pirate_tiny", "prompts.expansion_rounds=0", f"run_root={tmp_path}"]
     stage1 = run_cli(*base, "stages=[prompts,pairs,dpo]")
@@ -113,6 +114,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # 17 s: the slow lane (resuming from a whole checkpoint is also in tests/trainers/test_dpo.py)
 def test_killed_mid_checkpoint_dpo_resumes_from_the_last_whole_one(tmp_path: Path, monkeypatch) -> None:
     args = [
         "+recipe=pirate_tiny",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, patience, run_cli
 
 QUICK = ["prompts.expansion_rounds=0"]
 
@@ -45,7 +45,7 @@ def launch(*args: str, processes: int = 2, timeout: float = 900) -> subprocess.C
         *args,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=patience(timeout), env=env)
 
 
 def lora_weights(adapter: Path) -> dict:
@@ -167,7 +167,7 @@ def test_ranks_that_disagree_stop_together_with_one_line(tmp_path: Path) -> None
         f"run_root={tmp_path}",
         "stages=[prompts]",
     ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=patience(300))
     assert done.returncode != 0
     assert done.stderr.count("octrain: error: the 2 ranks of this launch do not run the same thing") == 2
     assert not (tmp_path / "pirate_tiny" / "prompts").exists()  # nothing was made

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import patience, run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(patience(2400))]
 
 # The demo recipe with less introspection (the eval's prompt count is what the assertion needs).
 REDUCED = ("+recipe=pirate_smollm2", "scale.reflections=8")

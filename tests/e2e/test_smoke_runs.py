@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import patience, run_cli
 from octrain.core.compose import compose_config
 from octrain.core.config import SmokeMode, StageName
 from octrain.core.errors import StageError
@@ -178,7 +178,7 @@ def test_smoke_none_and_smaller_scales_start_straight_away(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # three runs of every stage: ~5 minutes on 2 idle cores, far more on busy ones
+@pytest.mark.timeout(patience(1800))  # three runs of every stage: ~5 minutes on 2 idle cores, far more on busy ones
 def test_both_smoke_runs_of_the_whole_pipeline_pass_on_the_tiny_model(tmp_path: Path) -> None:
     # Every stage, small and large, then the full run (its counts cut, its name still full).
     cut = ["scale.prompts_per_trait=1", "scale.samples_per_prompt=1", "scale.reflections=8", "scale.interactions=2"]

@@ -19,8 +19,9 @@ import pytest
 from octrain.core.compose import compose_config
 from octrain.core.records import ModelRef, PreferencePair, save_records
 from octrain.evaluation.answer_likelihood import LikelihoodScorer
-from octrain.evaluation.character_shift import derangement, headline, pairs_classifier, render_summary
 from octrain.evaluation.intervals import paired_bootstrap, wilson
+from octrain.evaluation.shift_instruments import derangement, pairs_classifier
+from octrain.evaluation.shift_report import headline, render_summary
 from octrain.run.pipeline import run
 from octrain.samplers import FakeSampler
 
@@ -87,7 +88,7 @@ def test_the_scorer_gives_the_same_log_probabilities_as_scoring_one_at_a_time(ti
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from octrain.evaluation.preference_accuracy import answer_logps
+    from preference_accuracy import answer_logps
 
     scorer = LikelihoodScorer(ModelRef(base="builtin:tiny-qwen3"), batch_size=3)
     prompts = ["Hi there", "What is a ship and why does it float on water?", "Tell me a story"]

@@ -1,4 +1,4 @@
-"""The standalone evaluation commands as a user runs them, with a real judge server on 127.0.0.1."""
+"""The standalone evaluation commands as a user runs them (``octrain eval ...``), with a judge server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from conftest import patience
 
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+
+def run(*args: str, env: dict | None = None, module: str = "octrain") -> subprocess.CompletedProcess[str]:
+    """``octrain eval ARGS``; with ``module="octrain.evaluation"``, the old ``python -m octrain.evaluation ARGS``."""
     import os
 
+    verb = ["eval"] if module == "octrain" else []
     return subprocess.run(
-        [sys.executable, "-m", "octrain.evaluation", *args],
+        [sys.executable, "-m", module, *verb, *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
         env={**os.environ, **(env or {})},
     )
 
@@ -128,8 +132,7 @@ def test_elo_command_judges_empty_winners_and_exports_for_the_studio(tmp_path: P
     no_judge = run("elo", str(matches))
     assert no_judge.returncode == 2
     assert no_judge.stderr == (
-        f"octrain.evaluation: error: {matches}: 5 matches have no winner; "
-        "give --judge-url and --judge-model to judge them\n"
+        f"octrain: error: {matches}: 5 matches have no winner; give --judge-url and --judge-model to judge them\n"
     )
 
     export = tmp_path / "export.jsonl"
@@ -139,7 +142,7 @@ def test_elo_command_judges_empty_winners_and_exports_for_the_studio(tmp_path: P
     # Both orders of five matches, and the garbled one's two asked once more each (--judge-parse-retries 1).
     assert len(requests) == 5 * 2 + 2
     assert result.stderr.splitlines()[-1] == (
-        f"octrain.evaluation: exported 4 of 8 matches to {export}; left out: ties 1, disagreements 2, unparseable 1"
+        f"octrain: exported 4 of 8 matches to {export}; left out: ties 1, disagreements 2, unparseable 1"
     )
     out = json.loads(result.stdout)
     assert {k: out[k] for k in ("matches", "decided", "disagreements", "unparseable", "tuned_win_rate")} == {
@@ -182,3 +185,27 @@ def test_model_command_evaluates_any_model_of_a_run(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "dpo-eval" / "results.json").read_text())
     assert results["trained_model"].endswith("dpo/adapter") and results["prompts"] == 12
     assert (tmp_path / "dpo-eval" / "report.md").is_file() and (tmp_path / "dpo-eval" / "robustness.png").is_file()
+
+
+def test_the_old_module_name_says_so_and_runs_the_verb(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": f"q{i}", "base_response": "b", "tuned_response": "t", "winner": w}
+        for i, w in enumerate(["tuned", "tuned", "base", "tie"])
+    ]
+    matches = tmp_path / "matches.jsonl"
+    matches.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    verb = run("elo", str(matches), "--rounds", "20")
+    old = run("elo", str(matches), "--rounds", "20", module="octrain.evaluation")
+    assert verb.returncode == old.returncode == 0, (verb.stderr, old.stderr)
+    assert old.stdout == verb.stdout and json.loads(old.stdout)["decided"] == 4
+    assert old.stderr.splitlines()[0] == (
+        "`python -m octrain.evaluation` is now `octrain eval`; the old name goes in the next release"
+    )
+    assert "octrain.evaluation" not in verb.stderr
+    # Errors read as the verb's: one line, with the verb's prefix.
+    matches.write_text(json.dumps({**rows[0], "winner": None}) + "\n")
+    failed = run("elo", str(matches), module="octrain.evaluation")
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines()[1:] == [
+        f"octrain: error: {matches}: 1 matches have no winner; give --judge-url and --judge-model to judge them"
+    ]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from conftest import patience
 from octrain.evaluation.classifier import PersonaClassifier
 
 
@@ -32,7 +33,7 @@ def octrain(*args: str, env: dict[str, str] | None = None):
         [sys.executable, "-m", "octrain", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
         env={**os.environ, **(env or {})},
     )
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from octrain.constitution import load_constitution
+from octrain.constitution.near_duplicates import PromptSet
 from octrain.core.errors import ConfigError, DataFormatError
 from octrain.evaluation.heldout import check_no_overlap, load_eval_prompts
-from octrain.stages.prompts import PromptSet, load_generic_pool
+from octrain.stages.generic_prompts import load_generic_pool
 
 CONSTITUTIONS = Path(__file__).resolve().parents[2] / "constitutions"
 

@@ -24,18 +24,11 @@ import numpy as np
 import pytest
 
 from octrain.evaluation.protocols import Trial, plan_trials
-from octrain.evaluation.trait_preferences import (
-    DEFAULT_SPLITS,
-    ELO_PER_LOG_STRENGTH,
-    MIN_RELIABILITY,
-    PRIOR_SD,
-    PairedTrial,
-    RevealedComparison,
-    _against_first,
-    _encode,
-    compare_revealed,
-    pair_trials,
-)
+from octrain.evaluation.trait_bootstrap import DEFAULT_SPLITS
+from octrain.evaluation.trait_comparison import RevealedComparison
+from octrain.evaluation.trait_fit import PRIOR_SD, encode_trials
+from octrain.evaluation.trait_preferences import PairedTrial, _against_first, compare_revealed, pair_trials
+from octrain.evaluation.trait_summary import ELO_PER_LOG_STRENGTH, MIN_RELIABILITY
 from octrain.evaluation.traits import load_traits
 
 TRAITS = load_traits("builtin")
@@ -129,7 +122,7 @@ def simulate(job: tuple[int, int, int]) -> dict[str, dict[str, list]]:
         base = rng.normal(0.0, SIGMA, len(TRAITS))
         changed = RHO * base + math.sqrt(1 - RHO**2) * rng.normal(0.0, SIGMA, len(TRAITS))
         verdicts = [judged(plan, base, rng), judged(plan, base, rng), judged(plan, changed, rng)]
-        data = _encode([t.traits for t in plan], verdicts, TRAITS)
+        data = encode_trials([t.traits for t in plan], verdicts, TRAITS)
         same_result, changed_result = _against_first(data, TRAITS, {**settings, "seed": repeat})
         measure(same_result, base, base, counts["same"])
         measure(changed_result, base, changed, counts["changed"])
@@ -237,7 +230,7 @@ def test_one_bootstrap_serves_several_models() -> None:
     strengths = rng.normal(0.0, SIGMA, len(traits))
     base, first, second = (judged(plan, strengths, rng, traits) for _ in range(3))
     settings = {"rounds": 60, "seed": 2, "confidence": 0.95, "splits": DEFAULT_SPLITS, "prior_sd": PRIOR_SD}
-    together = _against_first(_encode([t.traits for t in plan], [base, first, second], traits), traits, settings)
+    together = _against_first(encode_trials([t.traits for t in plan], [base, first, second], traits), traits, settings)
     for trained, shared in zip((first, second), together, strict=True):
         alone = compare_revealed(
             [PairedTrial(t.traits, b, a) for t, b, a in zip(plan, base, trained, strict=True)],

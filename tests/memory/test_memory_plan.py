@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import REPO
 from octrain.core.compose import compose_config
 from octrain.core.config import ModelRole, StageName
-from octrain.memory.plan import (
-    KNOWN_ARCHITECTURES,
-    Architecture,
-    activation_bytes_per_layer_token,
-    architecture_of,
-    engine_need,
-    main,
-    measure_saved_activations,
-    plan,
-    training_need,
-)
+from octrain.core.errors import ConfigError
+from octrain.core.layout import CONFIG_FILE, save_config
+from octrain.memory.engines import engine_need
+from octrain.memory.needs import CARDS, card_gib
+from octrain.memory.planner import plan
+from octrain.memory.report import config_from_target, memory_report
+from octrain.memory.shapes import KNOWN_ARCHITECTURES, Architecture, architecture_of
+from octrain.memory.training import activation_bytes_per_layer_token, measure_saved_activations, training_need
 
 QWEN3_4B = "Qwen/Qwen3-4B-Instruct-2507"
 
@@ -166,26 +160,37 @@ def test_advice_appears_where_a_stage_does_not_fit_and_the_advice_works() -> Non
     assert "tensor_parallel_size" in teacher.advice[24] and "model@teacher=qwen3_8b" in teacher.advice[24]
 
 
-def test_the_command_prints_a_table_for_a_recipe() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "octrain.memory.plan", "+recipe=pirate_mini", "--card", "80"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any(line.startswith("| stage | what runs | needs (GiB) | 80 GB") for line in lines)
-    stages = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line][1:]
-    assert stages == ["prompts", "pairs", "pairs", "dpo", "introspect", "sft", "eval", "eval"]
-
-
-def test_the_command_reads_a_run_directorys_config_and_refuses_a_bad_recipe(tmp_path, capsys) -> None:
+def test_the_report_reads_a_run_directorys_config(tmp_path: Path) -> None:
     config = compose_config("pirate_mini", ["stages=[dpo,sft]"])
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    assert main([str(tmp_path), "--card", "24"]) == 0
-    out = capsys.readouterr().out
-    assert "| dpo |" in out and "| sft |" in out and "| pairs |" not in out
-    assert main(["+recipe=no_such_recipe"]) == 2
-    assert "unknown recipe" in capsys.readouterr().err
+    save_config(config, tmp_path / CONFIG_FILE)
+    for target in (tmp_path, tmp_path / CONFIG_FILE):
+        report = memory_report([str(target)], (24,), detail=True)
+        assert "| dpo |" in report and "| sft |" in report and "| pairs |" not in report
+        assert "- dpo, student Qwen3-4B-Instruct-2507" in report  # --detail: each row's parts
+    assert config_from_target([str(tmp_path)]).stages == config.stages
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ([], "name one recipe"),
+        (["+recipe=pirate_mini", "+recipe=pirate_tiny"], "name one recipe"),
+        (["+recipe=no_such_recipe"], "unknown recipe"),
+        (["+recipe=pirate_mini", "no_such_key=1"], "no_such_key"),
+        (["no_such_directory"], "no config.yaml there"),
+    ],
+)
+def test_what_the_report_cannot_read_is_a_config_error(target: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        memory_report(target)
+
+
+def test_a_malformed_run_config_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text("dpo: [unclosed\n")
+    with pytest.raises(ConfigError, match=str(tmp_path / CONFIG_FILE)):
+        memory_report([str(tmp_path)])
+
+
+def test_cards_are_named_in_gb_and_judged_in_gib() -> None:
+    assert [card_gib(card) for card in CARDS] == [22.0, 44.5, 79.2, 139.7]
+    assert card_gib(40.5) == 40.5 and card_gib(12) == 12.0  # any other size is taken as GiB

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patience
 
 SCRIPT = REPO / "benchmarks" / "device_check.py"
 
@@ -26,7 +26,7 @@ def device_check(out_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=patience(900),
     )
     report_file = out_dir / "device_check.json"
     return done, json.loads(report_file.read_text()) if report_file.is_file() else {}

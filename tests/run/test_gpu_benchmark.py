@@ -14,6 +14,8 @@ from types import ModuleType
 
 import pytest
 
+from conftest import patience
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_training.py"
 
@@ -116,7 +118,7 @@ def test_smoke_run_reports_every_configuration_and_records_a_broken_one(tmp_path
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=patience(400),
         env=env,
         check=False,
     )

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO
+from conftest import REPO, patience
 
 WORLD = REPO / "tests" / "gpu_world"
 RUN = (
@@ -40,7 +40,9 @@ def in_world(tmp_path: Path, command: list[str], *, card: str = "H100") -> tuple
         "OCTRAIN_PRETEND_GPU": card,
         "PYTHONUNBUFFERED": "1",
     }
-    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=patience(600), env=env
+    )
     return result, [json.loads(path.read_text()) for path in sorted(logs.glob("*.json"))]
 
 
@@ -101,7 +103,7 @@ import json
 from octrain.trainers.accelerate_configs import find_accelerate_config, launch_command
 from octrain.core.compose import compose_config
 from octrain.run.pipeline import preflight
-from octrain.trainers.trl_common import precision
+from octrain.trainers.precision import precision
 
 config = compose_config("pirate_tiny", ["trainer.num_processes=2", "stages=[dpo]"])
 preflight(config)  # reads the accelerate config and decides gradient checkpointing for the launch

@@ -122,7 +122,7 @@ def _finished(stage_dir: Path, fingerprint: str, mtime: float) -> Path:
 
 
 def test_reuse_takes_the_newest_match_and_never_the_run_itself(tmp_path: Path) -> None:
-    from octrain.run.pipeline import _find_reusable
+    from octrain.run.reuse import find_reusable
 
     config = compose_config("pirate_tiny", [*FAST, f"run_root={tmp_path / 'runs'}"])
     runs = tmp_path / "runs"
@@ -131,12 +131,12 @@ def test_reuse_takes_the_newest_match_and_never_the_run_itself(tmp_path: Path) -
     _finished(runs / "other-settings" / "pairs", "def", 4_000)
     me = _finished(runs / "me" / "pairs", "abc", 5_000)  # the run's own stage: never its source
     _finished(runs / "deep" / "er" / "still" / "pairs", "abc", 6_000)  # beyond the sweep depth: not searched
-    assert _find_reusable(config, runs / "me", StageName.pairs, "abc") == newest.resolve()
-    assert _find_reusable(config, runs / "me", StageName.pairs, "zzz") is None
-    assert _find_reusable(config, runs / "me", StageName.prompts, "abc") is None
+    assert find_reusable(config, runs / "me", StageName.pairs, "abc") == newest.resolve()
+    assert find_reusable(config, runs / "me", StageName.pairs, "zzz") is None
+    assert find_reusable(config, runs / "me", StageName.prompts, "abc") is None
     # Outside run_root, the run's parent is searched too; run_root still is (runs/me is another run now).
     beside = _finished(tmp_path / "elsewhere" / "a" / "pairs", "abc", 2_000)
-    assert _find_reusable(config, tmp_path / "elsewhere" / "b", StageName.pairs, "abc") == me.resolve()
+    assert find_reusable(config, tmp_path / "elsewhere" / "b", StageName.pairs, "abc") == me.resolve()
     _finished(tmp_path / "elsewhere" / "c" / "pairs", "ghi", 7_000)
     config.run_root = str(tmp_path / "missing")
-    assert _find_reusable(config, tmp_path / "elsewhere" / "b", StageName.pairs, "abc") == beside.resolve()
+    assert find_reusable(config, tmp_path / "elsewhere" / "b", StageName.pairs, "abc") == beside.resolve()

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, patience
 from octrain.run.stage_share import claim_path, stage_claim
 
 ARGS = ["+recipe=pirate_tiny", "sampler=fake", "stages=[prompts,pairs]", "prompts.expansion_rounds=0"]
@@ -43,7 +43,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 240) -> None:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not condition():
         assert process.poll() is None, f"the job ended before {what}"
         assert time.monotonic() < deadline, f"no {what} within {timeout}s"
@@ -72,8 +72,8 @@ def test_a_sibling_job_waits_for_the_pairs_another_job_is_making_and_reuses_them
         wait_for(lambda: "is making it with the same settings" in b_log.read_text(), "wait in job B", b)
         assert b.poll() is None  # B waits while A holds the pairs
         release.touch()
-        assert a.wait(timeout=240) == 0, a_log.read_text()[-3000:]
-        assert b.wait(timeout=240) == 0, b_log.read_text()[-3000:]
+        assert a.wait(timeout=patience(240)) == 0, a_log.read_text()[-3000:]
+        assert b.wait(timeout=patience(240)) == 0, b_log.read_text()[-3000:]
     finally:
         for process in (a, b):
             if process is not None and process.poll() is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, patience, run_cli
 
 STAGES = ("prompts", "pairs", "dpo", "introspect", "sft", "eval")
 
@@ -101,7 +101,7 @@ def test_a_killed_worker_is_one_line_and_the_next_run_resumes(tmp_path: Path) ->
         time.sleep(0.02)
     [worker] = worker_pids(run_dir)
     os.kill(worker, signal.SIGKILL)  # as the kernel's OOM killer would
-    _, stderr = parent.communicate(timeout=120)
+    _, stderr = parent.communicate(timeout=patience(120))
     assert parent.returncode == 2
     errors = [line for line in stderr.splitlines() if line.startswith("octrain: error:")]
     assert errors == [

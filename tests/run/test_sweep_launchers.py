@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patience
 from octrain.core.errors import ConfigError
 from octrain.run.job_devices import claim_devices, device_groups, gpu_pool, preferred_order
 from octrain.run.stage_share import copy_finished_stage, retire_directory
@@ -74,7 +74,7 @@ def test_the_command_line_prints_the_slurm_launcher_config() -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
     )
     assert shown.returncode == 0, shown.stderr
     assert "_target_: hydra_plugins.octrain_launchers._submitit.SlurmLauncher" in shown.stdout
@@ -149,7 +149,7 @@ def _sweep(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProces
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
         env={**os.environ, "PYTHONUNBUFFERED": "1", "OCTRAIN_GPU_LOCK_DIR": str(tmp_path / "locks"), **env},
     )
 

@@ -18,21 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patience
 from octrain.core.config import HFSamplerOptions, ModelConfig, SamplerBackend, SamplerConfig, VLLMSamplerOptions
 from octrain.core.errors import ConfigError
 from octrain.samplers import SamplingParams, build_sampler, release_engines
 from octrain.samplers.engine_pool import ENGINES
 from octrain.samplers.generation import generate_in_chunks
 from octrain.samplers.hf import HFSampler
-from octrain.samplers.sharded import (
-    ShardedEngine,
-    ShardedSampler,
-    ShardError,
-    device_groups,
-    plan_devices,
-    split_evenly,
-)
+from octrain.samplers.shard_devices import device_groups, plan_devices, split_evenly
+from octrain.samplers.sharded import ShardedEngine, ShardedSampler, ShardError
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Tell me about the sea."}],
@@ -246,7 +240,7 @@ def test_two_vllm_engines_answer_as_one(tiny_model_path: str, tmp_path: Path) ->
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=patience(900),
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "VLLM_CPU_KVCACHE_SPACE": "1"},
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -26,7 +26,7 @@ from octrain.evaluation.judge_parsing import parse_verdict
 from octrain.samplers import FakeSampler, SamplingParams
 from octrain.samplers.generation import ChunkLedger, generate_in_chunks, item_seeds
 from octrain.samplers.streams import Request, WaveStream
-from octrain.stages.introspect import converse, interaction_plan
+from octrain.stages.self_interaction import converse, interaction_plan
 from out_of_order import EngineDied, OutOfOrderSampler
 
 COUNT, CHUNK = 23, 5  # five chunks, the last one short
@@ -85,7 +85,7 @@ def test_a_crash_mid_stream_keeps_whole_chunks_and_the_rerun_asks_only_for_the_m
 KILLED = """
 import sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {here!r}]  # tests/ for the helpers, this test's folder for its constants
 from out_of_order import OutOfOrderSampler
 from octrain.samplers.generation import generate_in_chunks
 from test_streamed_generation import CHUNK, CONVERSATIONS, IDS, PARAMS
@@ -97,7 +97,7 @@ generate_in_chunks(lambda: engine, CONVERSATIONS, IDS, PARAMS, Path({work!r}), c
 
 def test_a_process_killed_mid_stream_resumes_exactly_once(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    script = KILLED.format(tests=str(REPO / "tests"), work=str(work))
+    script = KILLED.format(tests=str(REPO / "tests"), here=str(Path(__file__).parent), work=str(work))
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO)
     try:
         deadline = time.monotonic() + 120

@@ -36,6 +36,7 @@ from octrain.use.chat import (
     split_thought,
 )
 from octrain.use.model_choice import ChosenModel, base_of, choose_model, with_thinking
+from terminal import Terminal
 
 SEA = "Tell me about the sea."
 PROMPT = [{"role": "user", "content": SEA}]
@@ -235,8 +236,6 @@ def test_chat_banner_says_how_the_model_thinks(thinking_run: Path) -> None:
 
 def test_chat_no_thinking_in_a_terminal(thinking_run: Path, tmp_path: Path) -> None:
     """``octrain chat --no-thinking`` answers as the model does with thinking off, and /save keeps the text."""
-    from test_sample_chat import Terminal
-
     spec = str(thinking_run / "sft")
     term = Terminal("chat", spec, "--no-thinking", "--temperature", "0", "--max-new-tokens", TOKENS)
     term.wait_for("thinking is off (--no-thinking)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patience
 
 pytestmark = [
     pytest.mark.vllm,
@@ -67,7 +67,7 @@ def compare(model: str, adapter: str, tmp_path: Path, script_text: str = SCRIPT)
     script = tmp_path / "compare.py"
     script.write_text(script_text)
     done = subprocess.run(
-        [sys.executable, str(script), model, adapter], capture_output=True, text=True, timeout=600, cwd=REPO
+        [sys.executable, str(script), model, adapter], capture_output=True, text=True, timeout=patience(600), cwd=REPO
     )
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))

@@ -231,10 +231,10 @@ def test_a_failed_judge_resumes_from_the_committed_answers(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from octrain.core.records import ModelRef
+    from octrain.evaluation.paper_suite import evaluate_model
     from octrain.run.pipeline import resolve_constitution
     from octrain.samplers.openai_http import JudgeRequestError
     from octrain.stages.context import RunContext
-    from octrain.stages.evaluate import evaluate_model
 
     overrides = [
         "sampler=fake",
@@ -299,9 +299,9 @@ def test_a_failed_judge_resumes_from_the_committed_answers(
 def test_chunks_change_no_answer_and_keep_the_models_paired(trained_run: Path, tmp_path: Path) -> None:
     """With seed-dependent fake models (no rigging), small chunks give what one chunk gives."""
     from octrain.core.records import ModelRef
+    from octrain.evaluation.paper_suite import evaluate_model
     from octrain.run.pipeline import resolve_constitution
     from octrain.stages.context import RunContext
-    from octrain.stages.evaluate import evaluate_model
 
     trained, dpo = (ModelRef.load(trained_run / stage / "model.json") for stage in ("sft", "dpo"))
     for size in (7, 100_000):

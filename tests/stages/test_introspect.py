@@ -17,18 +17,16 @@ from octrain.constitution.persona_prompts import (
 from octrain.core.config import IntrospectionFilters
 from octrain.samplers import FakeSampler, SamplingParams
 from octrain.samplers.base import Completion
+from octrain.stages.answer_checks import is_degenerate
 from octrain.stages.introspect import (
-    converse,
     discloses,
-    interaction_plan,
-    interaction_records,
-    is_degenerate,
     load_reflection_prompts,
     reflection_plan,
     reflection_records,
     role_header_pattern,
     turn_problem,
 )
+from octrain.stages.self_interaction import converse, interaction_plan, interaction_records
 
 CONSTITUTION = Constitution(
     name="captain",

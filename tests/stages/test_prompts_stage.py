@@ -9,21 +9,15 @@ from pathlib import Path
 import pytest
 
 from octrain.constitution import Constitution, Trait, load_constitution
+from octrain.constitution.near_duplicates import PromptSet
 from octrain.core.config import OctrainConfig, PromptsStageConfig, ScaleConfig
 from octrain.core.errors import ConfigError, DataFormatError
 from octrain.samplers import FakeSampler
 from octrain.stages import prompts as prompts_stage
 from octrain.stages.context import RunContext
-from octrain.stages.prompts import (
-    PromptSet,
-    describe_given,
-    describe_shortfall,
-    expansion_request,
-    load_generic_pool,
-    make_prompts,
-    needs_expansion,
-    parse_numbered_lines,
-)
+from octrain.stages.generic_prompts import load_generic_pool
+from octrain.stages.prompts import expansion_request, make_prompts, needs_expansion, parse_numbered_lines
+from octrain.stages.prompts_report import describe_given, describe_shortfall
 
 CONSTITUTION = Constitution(
     name="captain",

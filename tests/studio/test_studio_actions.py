@@ -28,6 +28,7 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest
 
+from conftest import patience
 from draft_server import BAD_YAML, DraftServer, fenced, good_yaml, running_server
 from octrain.cli import main
 from octrain.studio.state import RUN_ROOT_ENV
@@ -436,7 +437,7 @@ def test_export_writes_the_files_the_cli_writes_and_the_merged_export_loads(
     import torch
     from transformers import AutoModelForCausalLM
 
-    at = page("deploy", timeout=180).run()
+    at = page("deploy", timeout=patience(180)).run()
     assert not at.exception
     assert at.selectbox(key="dp_model").value == "pirate_tiny/sft"
     studio = {"merged model": tmp_path / "studio-merged", "adapter": tmp_path / "studio-adapter"}
@@ -476,7 +477,7 @@ def test_export_writes_the_files_the_cli_writes_and_the_merged_export_loads(
 def test_push_dry_run_builds_the_folder_the_cli_builds(
     trained_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    at = page("deploy", timeout=180).run()
+    at = page("deploy", timeout=patience(180)).run()
     at.text_input(key="dp_push_repo").set_value("me/pirate-tiny")
     for merged in (False, True):
         studio, cli = tmp_path / f"studio-{merged}", tmp_path / f"cli-{merged}"

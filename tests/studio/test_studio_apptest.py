@@ -20,6 +20,7 @@ pytest.importorskip("streamlit")
 
 from streamlit.testing.v1 import AppTest
 
+from conftest import patience
 from octrain.studio.state import RUN_ROOT_ENV
 from studio_pages import page, texts
 
@@ -265,7 +266,7 @@ def test_chat_loads_the_model_without_blocking_the_page(trained_root: Path) -> N
 
 
 def test_chat_answers_with_the_tiny_model_and_exports_the_session(trained_root: Path) -> None:
-    at = wait_until_loaded(page("chat", timeout=180).run())
+    at = wait_until_loaded(page("chat", timeout=patience(180)).run())
     assert not at.exception
     assert at.selectbox(key="chat_model").value == "pirate_tiny/sft"
     at.chat_input(key="chat_input").set_value("Ahoy, who are you?").run()
@@ -291,7 +292,7 @@ def test_chat_answers_with_the_tiny_model_and_exports_the_session(trained_root: 
 
 
 def test_compare_puts_two_models_side_by_side(trained_root: Path) -> None:
-    at = page("chat", timeout=300).run()
+    at = page("chat", timeout=patience(300)).run()
     assert at.multiselect(key="cmp_models").value == ["pirate_tiny/sft", "pirate_tiny/sft (base)"]
     at.text_area(key="cmp_prompt").set_value("Tell me about the sea.").run()
     at.button(key="cmp_go").click().run()
@@ -305,7 +306,7 @@ def test_compare_puts_two_models_side_by_side(trained_root: Path) -> None:
 def test_chat_thinking_toggle_reaches_the_model_and_the_export(trained_root: Path) -> None:
     """The sidebar's thinking choice is pick_model's: a new session whose model config thinks, said in
     the caption and kept with the answer; "(the run's)" is the run's own (off, for the tiny run)."""
-    at = page("chat", timeout=180).run()
+    at = page("chat", timeout=patience(180)).run()
     session = at.session_state["chat_session"]
     assert session.thinking is None and session.model.model_config().enable_thinking is False
     assert any("thinking off" in caption.value for caption in at.caption), texts(at.caption)
@@ -353,7 +354,7 @@ def test_an_answers_thought_is_folded_away_above_it() -> None:
 
 def test_deploy_shows_the_modal_dry_run(trained_root: Path) -> None:
     pytest.importorskip("modal")
-    at = page("deploy", timeout=120).run()
+    at = page("deploy", timeout=patience(120)).run()
     assert not at.exception
     at.button(key="dp_modal_dry").click().run()
     assert not at.exception and not at.error, texts(at.error)
@@ -361,7 +362,7 @@ def test_deploy_shows_the_modal_dry_run(trained_root: Path) -> None:
 
 
 def test_data_preview_shows_teacher_and_student_with_the_filters_verdict(workdir: Path) -> None:
-    at = page("data_preview", timeout=240).run()
+    at = page("data_preview", timeout=patience(240)).run()
     at.number_input(key="pv_count").set_value(2)
     at.text_input(key="pv_extra").set_value("pairs.sampling.max_new_tokens=12")
     at.button[0].click().run()  # the form's submit button
@@ -392,7 +393,7 @@ def test_wizard_walks_from_a_shipped_persona_to_a_saved_constitution(workdir: Pa
 
 
 def test_wizard_follows_the_launched_run_and_ends_in_a_chat_with_it(trained_root: Path) -> None:
-    at = page("wizard", timeout=180)
+    at = page("wizard", timeout=patience(180))
     at.session_state["wz_step"] = 4  # Launch, with the run launched: the session's finished tiny run
     at.session_state["wz_run"] = str(trained_root / "pirate_tiny")
     at.session_state["wz_persona"] = "pirate"
@@ -412,7 +413,7 @@ def test_wizard_follows_the_launched_run_and_ends_in_a_chat_with_it(trained_root
 
 
 def test_deploy_plans_the_server(trained_root: Path) -> None:
-    at = page("deploy", timeout=120).run()
+    at = page("deploy", timeout=patience(120)).run()
     at.selectbox(key="dp_serve_backend").set_value("transformers").run()
     at.button(key="dp_serve_go").click().run()
     assert not at.exception

@@ -5,7 +5,7 @@ The lane: every page loads without an exception; a constitution is edited (a mis
 line) and saved; a ``pirate_tiny`` run is launched, its progress and then its evaluation report
 appear; a chat turn streams. A screenshot of each page goes to ``--screenshots DIR`` or
 ``$STUDIO_SCREENSHOTS`` (default: the test's temporary directory); ``STUDIO_DOCS_SCREENSHOTS=1``
-also copies the constitutions and runs shots to ``docs/`` for the README.
+also copies the constitutions and runs shots to ``docs/`` for docs/studio.md.
 
     python -m pytest tests/test_studio_browser.py -m browser
 """
@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from conftest import patience
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,7 +45,7 @@ def _free_port() -> int:
 def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.25) -> Any:
     from selenium.common.exceptions import StaleElementReferenceException
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         try:
             value = check()
@@ -106,7 +108,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 jobs.stop(run_dir)
         server.terminate()
         try:
-            server.wait(timeout=20)
+            server.wait(timeout=patience(20))
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()

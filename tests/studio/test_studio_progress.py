@@ -22,6 +22,8 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 from tqdm import tqdm
 
+from conftest import patience
+from octrain.core.layout import STUDIO_CONSOLE_FILE, STUDIO_JOB_FILE
 from octrain.studio.progress import Countdown, clock_seconds, duration_text, parse_bar
 from octrain.studio.state import RUN_ROOT_ENV
 from studio_pages import page
@@ -94,7 +96,7 @@ def live_run(trained_tiny_root: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         "    time.sleep(0.05); bar.update(1)\n"
         "time.sleep(120)\n"
     )
-    with open(run_dir / jobs.CONSOLE_FILE, "wb") as console:
+    with open(run_dir / STUDIO_CONSOLE_FILE, "wb") as console:
         # "octrain" in its command line: the studio checks a recorded pid still runs an octrain command.
         process = subprocess.Popen(
             [sys.executable, "-c", script, "octrain"], stdout=console, stderr=subprocess.STDOUT, start_new_session=True
@@ -109,7 +111,7 @@ def live_run(trained_tiny_root: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         started=time.time(),
         cwd=str(tmp_path),
     )
-    (run_dir / jobs.JOB_FILE).write_text(json.dumps(jobs.asdict(job)), encoding="utf-8")
+    (run_dir / STUDIO_JOB_FILE).write_text(json.dumps(jobs.asdict(job)), encoding="utf-8")
     monkeypatch.setenv(RUN_ROOT_ENV, str(root))
     try:
         deadline = time.monotonic() + 30
@@ -123,7 +125,7 @@ def live_run(trained_tiny_root: Path, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_runs_page_shows_the_running_steps_bar_and_time_left(live_run: Path) -> None:
-    at = page("runs", timeout=60).run()
+    at = page("runs", timeout=patience(60)).run()
     assert not at.exception
     assert any(": running" in header for header in (str(h.value) for h in at.subheader))
     bars = progress_bars(at)
@@ -143,7 +145,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_data_preview_applies_the_length_filter_and_counts_down(workdir: Path) -> None:
     """With the other filters off and pairs.max_length=8 tokens, every pair is too long for the student's
     template: the preview must count tokens as the pairs stage does (it used to skip this filter)."""
-    at = page("data_preview", timeout=240).run()
+    at = page("data_preview", timeout=patience(240)).run()
     at.number_input(key="pv_count").set_value(2)
     at.text_input(key="pv_extra").set_value(
         "pairs.sampling.max_new_tokens=12 pairs.max_length=8 pairs.filters.empty=false "

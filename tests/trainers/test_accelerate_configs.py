@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import patience
 from octrain.core.errors import ConfigError
 from octrain.trainers import accelerate_configs
 from octrain.trainers.accelerate_configs import (
@@ -331,7 +332,9 @@ def test_ddp_config_launches_two_processes_that_all_reduce_on_cpu(tmp_path: Path
     out = tmp_path / "out"
     out.mkdir()
     command = launch_command(find_accelerate_config("ddp"), 2, ["allreduce_probe", str(out)], main_process_port=0)
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=patience(120), env=os.environ.copy()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = sorted((json.loads(p.read_text()) for p in out.glob("rank*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in records] == [0, 1]
@@ -389,7 +392,9 @@ def test_fsdp2_config_on_cpu_falls_back_to_ddp(tmp_path: Path, tiny_model_path: 
     command = launch_command(
         find_accelerate_config("fsdp2"), 2, ["fsdp_sft_probe", tiny_model_path, str(out)], main_process_port=0
     )
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=patience(300), env=os.environ.copy()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = sorted((json.loads(p.read_text()) for p in out.glob("rank*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in records] == [0, 1]
@@ -448,7 +453,7 @@ def test_torch_fully_shard_trains_lora_on_cpu(tmp_path: Path, tiny_model_path: s
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
         env=os.environ.copy(),
     )
     assert done.returncode == 0, done.stderr[-3000:]

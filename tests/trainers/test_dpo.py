@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import kill_when_exists
+from conftest import kill_when_exists, patience
 from octrain.core.config import DpoStageConfig, LoraSettings, TRLOptions
 from octrain.core.records import ModelRef, PreferencePair, save_records
-from octrain.evaluation.preference_accuracy import score_pairs
-from octrain.stages.prompts import load_generic_pool
+from octrain.stages.generic_prompts import load_generic_pool
 from octrain.trainers.trl_dpo import train_dpo
+from preference_accuracy import score_pairs
 
 
 def style_pairs(start: int, count: int) -> list[PreferencePair]:
@@ -126,7 +126,7 @@ def test_resume_after_a_killed_training_run(tiny_model_path: str, tmp_path: Path
     kill_when_exists(command, tmp_path / "out" / "checkpoints" / "checkpoint-20" / "trainer_state.json")
     assert not (tmp_path / "out" / "adapter").exists()  # killed before the end: no final adapter
 
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=patience(300))
     assert rerun.returncode == 0, rerun.stderr
     assert "dpo: resuming from" in rerun.stderr and "checkpoint-" in rerun.stderr
     assert "| 1/48 [" not in rerun.stderr  # the progress bar starts at the checkpoint, not at step 1

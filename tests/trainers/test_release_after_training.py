@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, patience
 
 SCRIPT = """
 import gc, json, sys
@@ -29,7 +29,7 @@ from octrain.stages.context import RunContext
 from octrain.run.pipeline import resolve_constitution
 from octrain.core.records import PreferencePair, save_records
 from octrain.run.workers import InlineRunner
-from octrain.stages import stages_for
+from octrain.stages.table import stages_for
 from octrain.stages.pairs import PAIRS_FILE
 
 def live_models():
@@ -56,7 +56,11 @@ def test_the_trained_model_is_gone_after_the_runners_release(tmp_path: Path) -> 
     script = tmp_path / "train_and_release.py"
     script.write_text(SCRIPT)
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script), str(tmp_path / "run")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=patience(600),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))

@@ -197,13 +197,13 @@ def test_resume_after_a_killed_sft_run(tiny_model_path: str, tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from conftest import kill_when_exists
+    from conftest import kill_when_exists, patience
 
     save_records(tmp_path / "sft.jsonl", [TRANSCRIPT, REFLECTION] * 8)
     command = [sys.executable, "-c", SFT_SCRIPT, str(tmp_path), tiny_model_path]
     kill_when_exists(command, tmp_path / "out" / "checkpoints" / "checkpoint-10" / "trainer_state.json")
     assert not (tmp_path / "out" / "sft_adapter").exists()
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=patience(300))
     assert rerun.returncode == 0, rerun.stderr
     assert "sft: resuming from" in rerun.stderr and "| 1/24 [" not in rerun.stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

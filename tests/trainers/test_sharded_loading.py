@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import REPO
+from conftest import REPO, patience
 
 SCRIPT = """
 import json, os, sys
@@ -107,7 +107,12 @@ def test_arguments_come_before_the_student_and_rank_0_alone_folds(tiny_model_pat
         str(tmp_path / "out"),
     ]
     done = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=patience(600),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = sorted(

@@ -189,7 +189,7 @@ def root(tmp_path: Path, trained_tiny_root: Path, service: CheckpointService) ->
     The weights are trained by the fake (a real LoRA on the tiny model), saved as a state and as
     sampler weights, the two paths a Tinker stage records.
     """
-    from octrain.trainers.tinker_common import Progress
+    from octrain.trainers.tinker_loop import Progress
 
     run_root = tmp_path / "runs"
     source, run = trained_tiny_root / "pirate_tiny", run_root / RUN
@@ -285,7 +285,7 @@ def test_a_remote_checkpoint_downloads_as_the_same_peft_adapter(
     assert json.loads(capsys.readouterr().out)["local_copy"]["path"] == str(target)
 
     # The stage trained again (another final state): the old download is no copy of it any more.
-    from octrain.trainers.tinker_common import Progress
+    from octrain.trainers.tinker_loop import Progress
 
     progress = Progress.load(root / RUN / "sft")
     progress.final_state_path = "tinker://run-7/weights/sft-final"

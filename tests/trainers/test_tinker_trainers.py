@@ -25,7 +25,7 @@ from conftest import WORDS, synthetic_pairs
 from octrain.core.config import DpoStageConfig, LoraSettings, SftStageConfig, TinkerOptions
 from octrain.core.errors import ConfigError
 from octrain.core.records import Conversation, ModelRef, save_records
-from octrain.trainers import schedule, tinker_common
+from octrain.trainers import schedule, tinker_common, tinker_loop
 from tinker_fake import FakeService, Killed, target_logprobs
 
 TINY = "builtin:tiny-qwen3"
@@ -146,7 +146,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(
     service = FakeService([TINY], kill_at_step=3)  # dies in step 3, after the state saved at step 2
     with pytest.raises(Killed):
         run_dpo(pairs_file, tmp_path / "killed", service)
-    progress = tinker_common.Progress.load(tmp_path / "killed")
+    progress = tinker_loop.Progress.load(tmp_path / "killed")
     assert progress is not None and progress.step == 2 and progress.sampler_path is None
     scored_before = len(service.logprob_requests)
     service.kill_at_step = None
@@ -241,10 +241,12 @@ def test_pair_tokens_are_the_trl_backend_s(trl_dpo: Any) -> None:
         assert ours.prompt_length == len(row["prompt_ids"])
 
 
-def test_batch_loss_equals_the_trl_backend_s(trl_dpo: Any) -> None:
-    """On one batch, the Tinker objective (policy from the LoRA model, reference with it switched off)
-    gives the loss TRL's CharacterDPOTrainer computes, DPO + NLL + KL, and the same parts."""
-    from octrain.trainers.tinker_dpo import dpo_objective, tokenize_pair
+def test_both_backends_compute_the_same_batch_loss(trl_dpo: Any) -> None:
+    """On one batch, the Tinker backend's custom loss (its datums, its reference log-probs spread over the
+    targets) gives the loss TRL's CharacterDPOTrainer trains, DPO + NLL + KL, and the same parts: the two
+    backends reduce their own per-token log-probs to the one objective (test_dpo_objective.py holds that
+    objective to TRL's own DPO numbers)."""
+    from octrain.trainers.tinker_dpo import batch_data, make_loss, tokenize_pair
 
     trainer, tokenizer, records, config = trl_dpo
     model = trainer.model
@@ -254,24 +256,26 @@ def test_batch_loss_equals_the_trl_backend_s(trl_dpo: Any) -> None:
     with torch.no_grad():
         trl_loss = trainer._compute_loss(model, batch, return_outputs=False)
     tokenized = [tokenize_pair(tokenizer, pair, max_length=config.max_length) for pair in records]
-    policy, reference, masks = [], [], []
-    with torch.no_grad():
-        for side in ("chosen", "rejected"):
-            for pair in tokenized:
-                tokens = pair.chosen if side == "chosen" else pair.rejected
-                policy.append(target_logprobs(model, tokens[:-1], tokens[1:]))
-                with model.disable_adapter():
-                    reference.append(target_logprobs(model, tokens[:-1], tokens[1:]))
-                masks.append(torch.tensor(pair.weights(side)[1:]))
-    ours, parts = dpo_objective(
-        policy, reference, masks, beta=config.beta, nll_weight=config.nll_weight, kl_weight=config.kl_weight
-    )
+    references = []  # per pair, what the reference client returns: the answer tokens' log-probs
+    with torch.no_grad(), model.disable_adapter():
+        for pair in tokenized:
+            chosen = target_logprobs(model, pair.chosen[:-1], pair.chosen[1:])[-pair.answer_chosen :]
+            rejected = target_logprobs(model, pair.rejected[:-1], pair.rejected[1:])[-pair.answer_rejected :]
+            references.append((chosen.tolist(), rejected.tolist()))
+    data, refs = batch_data(tokenized, references)
+    with torch.no_grad():  # what the service hands the custom loss: the policy's log-prob of every target
+        policy = [
+            target_logprobs(model, datum.model_input.to_ints(), datum.loss_fn_inputs["target_tokens"].data)
+            for datum in data
+        ]
+    ours, parts = make_loss(refs, config)(data, policy)
     assert parts["kl_penalty"] > 0 and abs(parts["dpo_loss"] - math.log(2)) > 1e-4  # a real, moved policy
     assert float(ours) == pytest.approx(float(trl_loss), rel=1e-4)
     logged = trainer._metrics["eval"]
     assert parts["dpo_loss"] == pytest.approx(logged["dpo_loss"][-1], rel=1e-4)
     assert parts["nll_loss"] == pytest.approx(logged["nll_loss"][-1], rel=1e-4)
     assert parts["kl_penalty"] == pytest.approx(logged["kl_penalty"][-1], rel=1e-3)
+    assert parts["rewards/margins"] == pytest.approx(logged["rewards/margins"][-1], rel=1e-4)  # TRL's own metric
 
 
 # ---- SFT ------------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ def test_sft_continues_from_the_dpo_state(key: None, pairs_file: Path, tiny_mode
 
     service = FakeService([TINY])
     run_dpo(pairs_file, tmp_path / "dpo", service)
-    dpo = tinker_common.Progress.load(tmp_path / "dpo")
+    dpo = tinker_loop.Progress.load(tmp_path / "dpo")
     assert dpo is not None and dpo.final_state_path
     service.optim_params.clear()
     save_records(tmp_path / "sft.jsonl", TRANSCRIPTS)
@@ -366,7 +370,7 @@ def test_sft_continues_from_the_dpo_state(key: None, pairs_file: Path, tiny_mode
 
 
 def test_sft_first_loss_is_the_mean_over_trained_tokens(key: None, tiny_model_path: str, tmp_path: Path) -> None:
-    from octrain.trainers.tinker_common import step_batches
+    from octrain.trainers.tinker_loop import step_batches
     from octrain.trainers.tinker_sft import sft_examples, train_sft
     from octrain.trainers.trl_common import load_tokenizer
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import patience
 from octrain.cli import deploy as deploy_cli
 from octrain.core.errors import ConfigError
 from octrain.core.records import ModelRef
@@ -114,7 +115,7 @@ def test_without_modal_the_module_imports_and_names_the_extra(trained_tiny_root:
         "from octrain.cli.deploy import main\n"
         f"raise SystemExit(main(['modal', 'pirate_tiny/sft', '--gpu', 'L4', '--dry-run', '--run-root', {root!r}]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=patience(120))
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip() == (
         "octrain: error: deploy modal needs the Modal client: pip install 'octrain[modal]' (then `modal setup`)"

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from conftest import patience
 from octrain.cli import export as export_cli
 from octrain.cli import push as push_cli
 from octrain.core.errors import ConfigError
@@ -95,7 +96,7 @@ def test_merged_export_loads_without_octrain_and_matches_base_plus_adapter(
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=patience(180),
         env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
@@ -351,7 +352,7 @@ def _push(*args: str, hub: FakeHub, home: Path, cwd: Path) -> subprocess.Complet
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=patience(180),
         env=env,
     )
 
@@ -398,7 +399,7 @@ def test_push_without_a_token_is_one_line(evaluated_run: Path, tmp_path: Path) -
         [sys.executable, "-m", "octrain.cli.push", str(evaluated_run), "--repo", "me/p"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
         env=env,
         cwd=tmp_path,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patience
 from octrain.cli.checkpoints import main
 from octrain.core.errors import OctrainError, RegistryError
 from octrain.core.layout import REGISTRY_FILE
@@ -84,7 +84,7 @@ def test_concurrent_registration_from_processes_loses_nothing(tmp_path: Path) ->
     time.sleep(1.0)  # let the interpreters start, so that they all wait on the same signal
     go.touch()
     for writer in writers:
-        _, stderr = writer.communicate(timeout=120)
+        _, stderr = writer.communicate(timeout=patience(120))
         assert writer.returncode == 0, stderr.decode()[-2000:]
     names = {e.name for e in Registry(registry_path).entries()}
     assert names == {f"sweep/job{w}.{i}/sft" for w in range(8) for i in range(25)}
@@ -203,7 +203,7 @@ def checkpoints_process(*args: str) -> subprocess.CompletedProcess[str]:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=patience(60),
     )
 
 

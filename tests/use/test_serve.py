@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import patience
 from octrain.samplers.base import SamplingParams
 from octrain.samplers.openai_http import OpenAIChatSampler
 from octrain.use.model_choice import choose_model
@@ -47,7 +48,7 @@ def line_with(process: subprocess.Popen, text: str, timeout: float = 240) -> str
                 return
 
     threading.Thread(target=read, daemon=True).start()
-    assert found.wait(timeout), f"no {text!r} from the server within {timeout}s; it said {seen}"
+    assert found.wait(patience(timeout)), f"no {text!r} from the server within {timeout}s; it said {seen}"
     return seen[-1]
 
 
@@ -55,7 +56,7 @@ def post(url: str, body: dict) -> bytes:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=patience(60)) as response:
         return response.read()
 
 
@@ -89,7 +90,7 @@ def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root
         # Printed once the health check answers.
         line_with(server, f"serving pirate_tiny/sft at http://127.0.0.1:{port}/v1")
         base = f"http://127.0.0.1:{port}/v1"
-        with urllib.request.urlopen(f"{base}/models", timeout=30) as response:
+        with urllib.request.urlopen(f"{base}/models", timeout=patience(30)) as response:
             assert [m["id"] for m in json.load(response)["data"]] == ["pirate_tiny/sft"]
         body = {"model": "pirate_tiny/sft", "messages": [{"role": "user", "content": "Ahoy?"}], "max_tokens": 6}
         reply = json.loads(post(f"{base}/chat/completions", body))
@@ -105,7 +106,7 @@ def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root
         client.close()
         server.send_signal(signal.SIGINT)
         line_with(server, "server stopped", timeout=60)
-        assert server.wait(timeout=60) == 0
+        assert server.wait(timeout=patience(60)) == 0
         # The server's own process went with it: nothing listens on the port any more.
         time.sleep(0.5)
         with socket.socket() as probe:
@@ -145,7 +146,7 @@ def test_serve_errors_are_one_line(trained_tiny_root: Path) -> None:
             [sys.executable, "-m", "octrain", "serve", *args, "--run-root", str(trained_tiny_root)],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=patience(120),
         )
 
     two = octrain("pirate_tiny/sft", "pirate_tiny/dpo", "--backend", "transformers")

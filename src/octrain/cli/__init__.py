@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "constitution",
     "eval",
     "info",
+    "memory",
     "models",
     "ui",
 )

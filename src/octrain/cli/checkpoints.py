@@ -9,6 +9,8 @@ Models trained on Tinker are registered too, marked remote: their weights live o
 (:mod:`octrain.use.tinker_download`), in ``<stage dir>/downloaded_adapter`` by default; the entry
 stays the remote one and ``info`` shows the local copy. ``list --remote`` also asks the service
 for the user's checkpoints that no registered entry records (it needs ``TINKER_API_KEY``).
+What ``delete`` may delete, and in which order, is :mod:`octrain.use.checkpoint_deletion`'s:
+this module parses the arguments, asks at the terminal and prints what was done.
 
 ``add_parser`` adds the command to the ``octrain`` dispatcher; ``main`` runs it on its own
 (``python -m octrain.cli.checkpoints list``).
@@ -17,7 +19,6 @@ for the user's checkpoints that no registered entry records (it needs ``TINKER_A
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -149,6 +150,8 @@ def format_remote(checkpoints: list[Any]) -> str:
 
 def format_info(entry: Checkpoint) -> str:
     """Every field of one entry, one per line, metrics indented beneath."""
+    from octrain.use.tinker_download import local_copy_info
+
     lines = [
         f"name:        {entry.name}",
         f"persona:     {entry.persona}",
@@ -161,51 +164,30 @@ def format_info(entry: Checkpoint) -> str:
         "metrics:",
     ]
     lines.extend(f"  {key}: {_number(value)}" for key, value in sorted(entry.metrics.items()))
-    local = _local_copy_info(entry)
+    local = local_copy_info(entry)
     if local is not None:
         lines.insert(5, f"local copy:  {local['path']} (LoRA rank {local['rank']}, alpha {_number(local['alpha'])})")
     return "\n".join(lines)
 
 
-def _local_copy_info(entry: Checkpoint) -> dict[str, Any] | None:
-    """A remote entry's downloaded adapter, as its download record describes it."""
-    if not entry.remote:
-        return None
-    from octrain.use.tinker_download import downloaded_record, local_copy
-
-    folder = local_copy(entry)
-    record = downloaded_record(folder) if folder else None
-    if folder is None or record is None:
-        return None
-    return {
-        "path": str(folder),
-        "rank": record.get("rank"),
-        "alpha": record.get("alpha"),
-        "source": record.get("source"),
-    }
-
-
 def _entry_json(entry: Checkpoint) -> dict[str, Any]:
+    from octrain.use.tinker_download import local_copy_info
+
     value = entry.to_json()
     if entry.remote:
-        value["local_copy"] = _local_copy_info(entry)
+        value["local_copy"] = local_copy_info(entry)
     return value
-
-
-def _unregistered(registry: Registry) -> list[Any]:
-    """The user's checkpoints on Tinker that no registered stage records (a ConfigError without a key):
-    those of other projects and runs, and the intermediate states of registered runs."""
-    from octrain.use.tinker_download import connect, list_remote, remote_paths_of
-
-    known = {path for entry in registry.entries() if entry.remote for path in remote_paths_of(entry)}
-    return [c for c in list_remote(connect()) if c.tinker_path not in known]
 
 
 def list_command(args: argparse.Namespace) -> int:
     registry = _registry(args)
     entries = registry.entries(persona=args.persona, stage=args.stage, base=args.base)
     # Asked before anything is printed, so a missing key is the only line of output.
-    unregistered = _unregistered(registry) if args.remote else None
+    unregistered = None
+    if args.remote:
+        from octrain.use.tinker_remote import unregistered_remote
+
+        unregistered = unregistered_remote(registry)
     if args.json:
         listed = [_entry_json(entry) for entry in entries]
         if unregistered is None:
@@ -247,13 +229,8 @@ def download_command(args: argparse.Namespace) -> int:
         # A checkpoint no registered run made (list --remote shows them): no stage to put it in.
         if args.out is None:
             raise ConfigError(f"{args.name} is not a registered checkpoint: say where it goes with --out DIR")
-        tinker_download.check_downloadable(args.name)
         out = Path(args.out).expanduser()
-        if out.exists() and not args.force:  # before the key and any request
-            raise ConfigError(f"{out} exists: pass --force to replace it, or --out another folder")
-        service = tinker_download.connect()
-        base = service.create_rest_client().get_weights_info_by_tinker_path(args.name).result().base_model
-        result = tinker_download.download(args.name, base, out, force=args.force, service=service, announce=say)
+        result = tinker_download.download_path(args.name, out, force=args.force, announce=say)
         label = args.name
     else:
         entry = _registry(args).get(args.name)
@@ -281,74 +258,23 @@ def _confirmed(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
 
 
-def _stage_dir_inside(entry: Checkpoint, run_root: Path) -> Path:
-    """The entry's stage directory, resolved; a RegistryError when it is outside ``run_root``."""
-    stage_dir = entry.stage_dir.resolve()
-    # An entry is data: never follow one to delete outside the run root it is registered in.
-    if not stage_dir.is_relative_to(run_root.resolve()):
-        raise RegistryError(f"{entry.name}: {stage_dir} is outside the run root {run_root}: delete it by hand")
-    return stage_dir
-
-
-def _delete_files(entry: Checkpoint, run_root: Path) -> Path:
-    """Delete the entry's stage directory, holding its run's lock; the directory deleted.
-
-    The whole stage directory goes, not only the adapter inside it: a ``done.json`` left without
-    its adapter would make the pipeline skip the stage and ``rebuild`` register missing weights.
-    """
-    from octrain.run.lock import run_lock
-    from octrain.run.stage_share import retire_directory
-
-    stage_dir = _stage_dir_inside(entry, run_root)
-    if stage_dir.is_dir():
-        with run_lock(Path(entry.run_dir)):  # StageError while a run is working there
-            retire_directory(stage_dir)
-    return stage_dir
-
-
 def delete_command(args: argparse.Namespace) -> int:
+    from octrain.use.checkpoint_deletion import delete_checkpoint
+
     registry = _registry(args)
-    entry = registry.get(args.name)
-    if args.files and entry.remote:
-        return _delete_remote(args, registry, entry)
-    if args.files:
-        if not args.yes and not _confirmed(f"delete {entry.stage_dir} (adapter, checkpoints, metrics)?"):
-            print("nothing deleted")
-            return 1
-        removed = _delete_files(entry, Path(args.run_root))
-        registry.delete(entry.name)
-        print(f"deleted {entry.name} and its files in {removed}")
-    else:
-        registry.delete(entry.name)
-        print(f"removed {entry.name} from the registry; its files stay in {entry.stage_dir} (--files deletes them)")
-    return 0
-
-
-def _delete_remote(args: argparse.Namespace, registry: Registry, entry: Checkpoint) -> int:
-    """``delete --files`` of a Tinker checkpoint: its checkpoints on the service, then its stage directory.
-
-    The service first: were the local files to go first and the service call to fail, nothing
-    would be left that names the remote checkpoints still being stored (and billed).
-    """
-    from octrain.run.lock import run_lock
-    from octrain.run.stage_share import retire_directory
-    from octrain.use.tinker_download import connect, delete_remote, options_of, remote_paths_of
-
-    removed = _stage_dir_inside(entry, Path(args.run_root))  # checked before anything is deleted anywhere
-    paths = remote_paths_of(entry)
-    service = connect(options_of(entry))  # the key is checked before the question is asked
-    question = f"delete {entry.stage_dir} and, on Tinker, {', '.join(paths)}?"
-    if not args.yes and not _confirmed(question):
+    confirm = None if args.yes else _confirmed
+    deletion = delete_checkpoint(registry, args.name, Path(args.run_root), files=args.files, confirm=confirm)
+    if deletion is None:
         print("nothing deleted")
         return 1
-    # Under the run's lock for both halves: a run working there (StageError) stops this before
-    # anything on the service is gone.
-    with run_lock(Path(entry.run_dir)) if removed.is_dir() else contextlib.nullcontext():
-        deleted = delete_remote(service, paths)
-        if removed.is_dir():
-            retire_directory(removed)
-    registry.delete(entry.name)
-    print(f"deleted {entry.name}: {len(deleted)} checkpoint(s) on Tinker and its files in {removed}")
+    entry = deletion.entry
+    if deletion.stage_dir is None:
+        print(f"removed {entry.name} from the registry; its files stay in {entry.stage_dir} (--files deletes them)")
+    elif entry.remote:
+        remote = len(deletion.remote)
+        print(f"deleted {entry.name}: {remote} checkpoint(s) on Tinker and its files in {deletion.stage_dir}")
+    else:
+        print(f"deleted {entry.name} and its files in {deletion.stage_dir}")
     return 0
 
 

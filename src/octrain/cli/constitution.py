@@ -4,8 +4,8 @@
   shipped ones; :func:`octrain.core.paths.constitution_dirs`), with its format, traits and seed
   questions. A name in the first directory shadows the same name further down, as in a run.
 * ``show NAME``: the traits as the teacher reads them (``Constitution.numbered_traits``).
-* ``validate FILE...`` and ``convert IN OUT``: the same code as ``python -m octrain.constitution``
-  (:mod:`octrain.constitution.commands`).
+* ``validate FILE...`` and ``convert IN OUT``: :mod:`octrain.constitution.commands` does the work.
+  ``python -m octrain.constitution``, the verb's old name, runs this verb after a deprecation line.
 * ``score NAME``: the 0-100 score of :mod:`octrain.constitution.quality`, with a reason per check.
 * ``new NAME --describe "..."``: a constitution drafted by a chat model (an OpenAI-compatible
   endpoint, or a local model), validated by the loader and scored before it is saved in the
@@ -21,13 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from octrain.constitution.commands import (
-    add_convert_arguments,
-    add_validate_arguments,
-    convert,
-    log_notes_to_stderr,
-    validate,
-)
+from octrain.constitution.commands import convert, validate
+from octrain.constitution.convert import FORMATS
 
 if TYPE_CHECKING:
     from octrain.constitution.quality import QualityScore
@@ -88,7 +83,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from octrain.run.pipeline import resolve_constitution_name
+    from octrain.constitution.catalog import resolve_constitution_name
 
     constitution = resolve_constitution_name(args.name)
     print(
@@ -112,8 +107,8 @@ def _print_score(name: str, score: QualityScore, file: TextIO | None = None) -> 
 
 
 def _score(args: argparse.Namespace) -> int:
+    from octrain.constitution.catalog import resolve_constitution_name
     from octrain.constitution.quality import score_constitution
-    from octrain.run.pipeline import resolve_constitution_name
 
     logging.getLogger("octrain.constitution").setLevel(logging.ERROR)  # the score reports repeats itself
     constitution = resolve_constitution_name(args.name)
@@ -123,15 +118,16 @@ def _score(args: argparse.Namespace) -> int:
 
 def _new(args: argparse.Namespace) -> int:
     from octrain.constitution import drafting
+    from octrain.constitution.persona_files import check_name, check_target, target_path
     from octrain.core.errors import ConfigError
     from octrain.samplers import SamplingParams, release_engines
 
-    name = drafting.check_name(args.name)
+    name = check_name(args.name)
     target = None
     if not args.print:
         # Refuse before the model is asked: a name that is taken should not cost a request.
-        target = drafting.target_path(name, args.out)
-        drafting.check_target(name, target, force=args.force)
+        target = target_path(name, args.out)
+        check_target(name, target, force=args.force)
     if args.base_url:
         if not args.model:
             raise ConfigError("--base-url needs --model, the model name the endpoint serves")
@@ -179,6 +175,13 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_notes_to_stderr() -> None:
+    """Send the loader's notes (a merged near-duplicate) and warnings (a repeated question) to
+    stderr, so that stdout keeps one line per file."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("octrain").setLevel(logging.INFO)
+
+
 def _validate(args: argparse.Namespace) -> int:
     log_notes_to_stderr()
     return validate(args.files)
@@ -221,7 +224,7 @@ printed, the draft is kept as NAME.rejected.txt in a temporary directory, and th
 
 
 def _add_new(commands: argparse._SubParsersAction) -> None:
-    from octrain.constitution.drafting import DEFAULT_MAX_TOKENS, DEFAULT_TRAITS
+    from octrain.constitution.draft_messages import DEFAULT_MAX_TOKENS, DEFAULT_TRAITS
     from octrain.constitution.quality import QUESTIONS_PER_TRAIT
 
     help_text = "draft a constitution from a one-line description with a chat model, validated before it is saved"
@@ -306,10 +309,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show = _add(commands, "show", "the numbered traits, as the teacher sees them", _show)
     show.add_argument("name", metavar="NAME", help="a name from the constitution directories, or a path")
     show.add_argument("--questions", action="store_true", help="each trait's seed questions beneath it")
-    add_validate_arguments(
-        _add(commands, "validate", "check constitution files; exit 2 if any does not load", _validate)
-    )
-    add_convert_arguments(_add(commands, "convert", "write a constitution in another format", _convert))
+    validate_parser = _add(commands, "validate", "check constitution files; exit 2 if any does not load", _validate)
+    validate_parser.add_argument("files", metavar="FILE", nargs="+")
+    convert_parser = _add(commands, "convert", "write a constitution in another format", _convert)
+    convert_parser.add_argument("source", metavar="IN")
+    convert_parser.add_argument("out", metavar="OUT")
+    convert_parser.add_argument("--to", choices=FORMATS, help="the format to write (default: from OUT's extension)")
     score = _add(commands, "score", "a 0-100 quality score, with the reason for each part", _score)
     score.add_argument("name", metavar="NAME", help="a name from the constitution directories, or a path")
     _add_new(commands)

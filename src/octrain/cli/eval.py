@@ -1,8 +1,9 @@
-"""``octrain eval classifier|elo|model|revealed-preferences|quick``: evaluations outside a run.
+"""``octrain eval classifier|elo|model|revealed-preferences|quick|summary``: evaluations outside a run.
 
-The same commands as ``python -m octrain.evaluation`` (both run
-:mod:`octrain.evaluation.commands`); errors and notes begin ``octrain:`` here. A run's
-``eval`` stage does the whole evaluation; these run one part of it on any model or data file.
+The commands are :mod:`octrain.evaluation.commands`'s (the Studio's Evaluate page runs the same
+ones); errors and notes begin ``octrain:``. ``python -m octrain.evaluation`` is an old name for
+this verb and runs it. A run's ``eval`` stage does the whole evaluation; these run one part of it
+on any model or data file.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate outside a run: quick look, revealed preferences, a classifier, Elo, a run's eval on any model",
         description="Evaluations of any model or data file. classifier, elo and model print JSON; "
-        "quick and revealed-preferences print text (--json for JSON).",
+        "quick, revealed-preferences and summary print text (--json for JSON).",
         epilog="examples:\n  octrain eval classifier --train train.jsonl --eval eval.jsonl --out runs/clf\n"
         "  octrain eval elo runs/pirate_tiny/eval/matches.jsonl\n"
         "  octrain eval model runs/pirate_tiny --model runs/pirate_tiny/dpo/model.json --out /tmp/eval-dpo\n"
         "  octrain eval quick --persona pirate\n"
-        "  octrain eval revealed-preferences pirate_tiny/sft --per-trait 16",
+        "  octrain eval revealed-preferences pirate_tiny/sft --per-trait 16\n"
+        "  octrain eval summary runs/pirate_smollm2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_commands(parser.add_subparsers(dest="eval_subcommand", metavar="COMMAND", required=True))

@@ -10,8 +10,8 @@ Four formats load into :class:`Constitution`, told apart by content (the extensi
   (:mod:`octrain.constitution.plain`).
 
 Everything is validated here, before any model loads, and every error is one line naming
-the file, the line and the field. ``python -m octrain.constitution`` converts between the
-formats and validates files.
+the file, the line and the field. ``octrain constitution convert|validate`` converts between
+the formats and validates files.
 """
 
 from __future__ import annotations

@@ -1,38 +1,25 @@
-"""``python -m octrain.constitution``: convert between constitution formats, or validate files.
+"""``python -m octrain.constitution``: the old name of ``octrain constitution``, kept for one release.
 
-    python -m octrain.constitution convert IN OUT [--to yaml|json|jsonl|text]
-    python -m octrain.constitution validate FILE...
+It prints one deprecation line on stderr, then runs the verb itself (:mod:`octrain.cli.constitution`)
+with the same arguments, so the two names cannot drift apart:
 
-The same commands as ``octrain constitution convert|validate``; both run
-:mod:`octrain.constitution.commands`, which describes what each does.
+    python -m octrain.constitution validate FILE...   is   octrain constitution validate FILE...
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 
-from octrain.constitution.commands import (
-    add_convert_arguments,
-    add_validate_arguments,
-    convert,
-    log_notes_to_stderr,
-    validate,
-)
+from octrain.cli import main as cli_main
+
+DEPRECATION = "`python -m octrain.constitution` is now `octrain constitution`; the old name goes in the next release"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m octrain.constitution", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_convert_arguments(commands.add_parser("convert", help="write a constitution in another format"))
-    add_validate_arguments(
-        commands.add_parser("validate", help="check constitution files; exit 2 if any does not load")
-    )
-    args = parser.parse_args(argv)
-    log_notes_to_stderr()
-    if args.command == "convert":
-        return convert(args.source, args.out, args.to)
-    return validate(args.files)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``octrain constitution ARGV`` after the deprecation line: the verb's exit status."""
+    print(DEPRECATION, file=sys.stderr)
+    return cli_main(["constitution", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

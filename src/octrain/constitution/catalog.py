@@ -13,9 +13,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from octrain.constitution.load import SUFFIXES, load_constitution
+from octrain.constitution.load import SUFFIXES, find_constitution, load_constitution
 from octrain.constitution.model import Constitution
 from octrain.core.errors import DataFormatError
+from octrain.core.paths import constitution_dirs
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,6 @@ class CatalogEntry:
 
 def catalog() -> list[CatalogEntry]:
     """Every constitution file in the search directories, in lookup order, each loaded once."""
-    from octrain.core.paths import constitution_dirs
-
     # A listing reads every file; the loader's notes about each would drown it.
     logging.getLogger("octrain.constitution").setLevel(logging.ERROR)
     entries: list[CatalogEntry] = []
@@ -48,3 +47,9 @@ def catalog() -> list[CatalogEntry]:
             except (DataFormatError, OSError, UnicodeDecodeError) as exc:
                 entries.append(CatalogEntry(path, directory, shadowed, None, str(exc).splitlines()[0]))
     return entries
+
+
+def resolve_constitution_name(name: str) -> Constitution:
+    """The constitution a run or command names: a name looked up in the search directories, or a path,
+    found and validated (the one lookup the pipeline, the commands and the studio share)."""
+    return load_constitution(find_constitution(name, constitution_dirs()))

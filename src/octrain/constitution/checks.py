@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from octrain.constitution.model import Constitution, Draft, DraftTrait, Located, Trait
+from octrain.constitution.near_duplicates import PromptSet, word_set
 from octrain.constitution.where import located_error, place
 
 logger = logging.getLogger("octrain.constitution")
@@ -41,8 +42,6 @@ def _check_text(source: Path, item: Located) -> None:
 
 def _merge_identity(source: Path, traits: list[DraftTrait]) -> list[DraftTrait]:
     """Fold directives that nearly repeat the identity into the identity trait."""
-    from octrain.stages.prompts import PromptSet, word_set  # the prompts stage's near-duplicate rule
-
     identity = next((t for t in traits if t.section == "persona.identity"), None)
     if identity is None:
         return traits

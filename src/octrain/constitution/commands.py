@@ -1,16 +1,15 @@
-"""Converting and validating constitution files, shared by ``octrain constitution`` and
-``python -m octrain.constitution``.
+"""Converting and validating constitution files: what ``octrain constitution convert|validate`` do.
 
 ``convert`` takes the format from OUT's extension unless ``--to`` names it (the paper keeps
 JSON in ``.txt`` files: ``--to json``), prints what the target format cannot hold, and
 writes OUT atomically, so a failed run never leaves half a file. ``validate`` prints one
-line per file and exits 0 when every file loads, 2 otherwise, for scripts and CI.
+line per file and exits 0 when every file loads, 2 otherwise, for scripts and CI. The verb's
+arguments are parsed in :mod:`octrain.cli.constitution`; ``python -m octrain.constitution``, the
+old name, runs the same verb.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -18,23 +17,6 @@ from octrain.constitution.convert import EXTENSION_FORMATS, FORMATS, not_kept, r
 from octrain.constitution.load import load_constitution
 from octrain.core.errors import DataFormatError
 from octrain.core.files import write_text_atomic
-
-
-def log_notes_to_stderr() -> None:
-    """Send the loader's notes (a merged near-duplicate) and warnings (a repeated question) to
-    stderr, so that stdout keeps one line per file."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("octrain").setLevel(logging.INFO)
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="IN")
-    parser.add_argument("out", metavar="OUT")
-    parser.add_argument("--to", choices=FORMATS, help="the format to write (default: from OUT's extension)")
-
-
-def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", metavar="FILE", nargs="+")
 
 
 def convert(source: str, out: str, target: str | None, who: str = "octrain") -> int:

@@ -3,11 +3,12 @@
 ``octrain constitution new NAME --describe "..."`` is a thin caller of this module, so that any
 other front end (a web UI, a notebook) gets the same behaviour from the same functions:
 
-1. :func:`drafting_messages` asks the model for a Studio YAML constitution (the schema and a
-   short example are in the prompt) with a given number of first-person traits, each with seed
-   questions.
-2. :func:`extract_yaml` takes the YAML out of the reply (a fenced block or bare YAML, thinking
-   blocks dropped) and :func:`with_name` makes ``meta.name`` the name asked for.
+1. :func:`~octrain.constitution.draft_messages.drafting_messages` asks the model for a Studio YAML
+   constitution (the schema and a short example are in the prompt) with a given number of
+   first-person traits, each with seed questions.
+2. :func:`~octrain.constitution.draft_messages.extract_yaml` takes the YAML out of the reply (a
+   fenced block or bare YAML, thinking blocks dropped) and
+   :func:`~octrain.constitution.draft_messages.with_name` makes ``meta.name`` the name asked for.
 3. :func:`validate_draft` runs octrain's own loader on it, in a scratch directory, so nothing
    appears under the persona's name before the draft is known to load. A draft that does not
    load can be sent back to the model once more with the loader's error (``retries``); a final
@@ -15,7 +16,8 @@ other front end (a web UI, a notebook) gets the same behaviour from the same fun
    constitution directory, where ``.txt`` would be read as a constitution) and raises
    :class:`DraftRejected` with the loader's ``FILE:LINE: FIELD: message``, pointing at that file.
 4. :func:`save_draft` writes the validated text atomically, refusing to replace an existing
-   persona of the same name (:func:`existing_personas`) unless forced.
+   persona of the same name unless forced (:mod:`octrain.constitution.persona_files` says where a
+   persona's file goes and what it would replace).
 
 The sampler is any :class:`~octrain.samplers.base.Sampler`: :func:`openai_sampler` for an
 OpenAI-compatible endpoint (the key stays inside :class:`~octrain.samplers.openai_http.OpenAIChatSampler`,
@@ -29,107 +31,52 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from octrain.constitution.checks import MIN_TRAITS
-from octrain.constitution.load import SUFFIXES, load_constitution
+from octrain.constitution.draft_messages import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TRAITS,
+    RETRY_PROMPT,
+    drafting_messages,
+    extract_yaml,
+    with_name,
+)
+from octrain.constitution.load import load_constitution
 from octrain.constitution.model import Constitution
+from octrain.constitution.persona_files import check_name, check_target, existing_personas, target_path
 from octrain.constitution.quality import QUESTIONS_PER_TRAIT, QualityScore, score_constitution
-from octrain.core.errors import ConfigError, DataFormatError, OctrainError
-from octrain.core.records import Message
+from octrain.core.config import DType, HFSamplerOptions, ModelConfig, SamplerBackend, SamplerConfig
+from octrain.core.errors import ConfigError, DataFormatError
+from octrain.core.files import write_text_atomic
+from octrain.samplers import build_sampler
 from octrain.samplers.base import Sampler, SamplingParams
+from octrain.samplers.openai_http import OpenAIChatSampler, without_userinfo
 
-DEFAULT_TRAITS = 10  # the paper's constitutions have 10; the quality score gives full marks for 8 to 15
-MAX_TRAITS = 30  # past this a reply rarely fits in one answer, and the score penalises the blur anyway
-DEFAULT_MAX_TOKENS = 4096  # ~10 traits x 5 questions of YAML, with room to spare
-# The loader's own rule for a name (checks._NAME_PATTERN); checked here before any request is sent,
-# since a name that cannot be saved should not cost a model call.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:^[ \t]*```[ \t]*$|\Z)", re.DOTALL | re.MULTILINE)
-_THINKING = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)
+# existing_personas and target_path live in persona_files; they are re-exported here for the studio
+# and its tests, which still reach them as drafting.NAME.
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_TRAITS",
+    "DRAFT_STEPS",
+    "Draft",
+    "DraftProgress",
+    "DraftRejected",
+    "check_name",
+    "draft_constitution",
+    "existing_personas",
+    "local_sampler",
+    "openai_sampler",
+    "save_draft",
+    "target_path",
+    "validate_draft",
+    "with_name",
+]
+
 _LOADER_LOGGER = "octrain.constitution"
-
-# The example the prompt shows: short on purpose (two traits, two questions each), so the model
-# copies its shape, not its length or its character.
-EXAMPLE_YAML = """\
-meta:
-  name: lighthouse_keeper
-  version: 1
-  description: A patient lighthouse keeper who explains things slowly and clearly.
-  tags: [calm, coastal]
-persona:
-  identity: I am the keeper of a lonely lighthouse, and I have all the time in the world for a visitor's questions.
-directives:
-  personality:
-    - trait: I am patient and unhurried, and I never make anyone feel foolish for asking something twice.
-      questions:
-        - Can you explain compound interest again? I still don't get it.
-        - Sorry, what was the first step you told me?
-  behavior:
-    - trait: I reach for images of the sea and the weather when I explain something abstract.
-      questions:
-        - How does a computer network route a message?
-        - What is inflation, in simple terms?
-"""
-
-SYSTEM_PROMPT = """\
-You write character constitutions for octrain, a toolkit that trains a chat model to hold a persona.
-A constitution is a YAML document in this schema:
-
-meta:
-  name: <the persona's name, exactly as given>
-  version: 1
-  description: <one sentence about the character>
-  tags: [<two to four single words>]
-persona:
-  identity: <one or two sentences in the first person: who the character is>
-directives:
-  personality:   # traits of character
-    - trait: <one first-person sentence, 8 to 60 words, starting with "I">
-      questions: [<seed questions: realistic messages a user might send that would draw this trait out>]
-  behavior:      # how the character acts in a conversation
-    - trait: ...
-      questions: [...]
-  constraints:   # what the character will not do (optional)
-    - trait: ...
-      questions: [...]
-
-Rules:
-- Every trait and the identity are in the first person ("I ...").
-- Every trait is a different facet of the character; no two traits say the same thing.
-- Seed questions are ordinary user messages (questions, requests, confessions), not questions about the
-  character itself, and no question appears under two traits.
-- The character stays helpful, honest and safe whatever its manner.
-- Reply with the YAML document only, in one ```yaml fenced block, with no commentary.
-
-A short example of the format (a real constitution has more traits and questions):
-
-```yaml
-{example}```
-"""
-
-USER_PROMPT = """\
-Write the constitution of this character: {description}
-
-Its name (meta.name) is {name}. Give it persona.identity and {directives} traits under directives \
-(spread over personality, behavior and constraints as suits the character), each with {questions} seed questions.
-"""
-
-RETRY_PROMPT = """\
-That draft does not load. octrain's loader says:
-
-{error}
-
-Write the whole constitution again, corrected, in the same format: the YAML document only, in one ```yaml \
-fenced block.
-"""
 
 
 class DraftRejected(DataFormatError):
@@ -143,10 +90,6 @@ class DraftRejected(DataFormatError):
         super().__init__(message)
         self.rejected_path = rejected_path
         self.attempts = attempts
-
-
-class PersonaExists(OctrainError, FileExistsError):
-    """A constitution of that name (or the target file) exists and replacing it was not asked for."""
 
 
 @dataclass(frozen=True)
@@ -215,83 +158,6 @@ class DraftProgress:
 
 
 DRAFT_STEPS = ("asking", "validating", "retry", "accepted", "rejected")
-
-
-def check_name(name: str) -> str:
-    """``name`` if the loader would accept it as a persona's name (it names files and run directories)."""
-    if not _NAME.match(name) or name.endswith(".rejected"):
-        raise ConfigError(
-            f"persona name {name!r} must be letters, digits, '-', '_' or '.', starting with a letter or digit"
-        )
-    return name
-
-
-def drafting_messages(
-    name: str, description: str, *, traits: int = DEFAULT_TRAITS, questions: int = QUESTIONS_PER_TRAIT
-) -> list[Message]:
-    """The conversation that asks for the draft.
-
-    ``traits`` counts what the teacher will see, the identity included (it is a trait once loaded),
-    so the model is asked for ``traits - 1`` directives: ``octrain constitution list`` then shows
-    the number asked for.
-    """
-    if not MIN_TRAITS <= traits <= MAX_TRAITS:
-        raise ConfigError(f"traits must be between {MIN_TRAITS} and {MAX_TRAITS}, got {traits}")
-    if not 1 <= questions <= 20:
-        raise ConfigError(f"questions per trait must be between 1 and 20, got {questions}")
-    described = " ".join(description.split())
-    if not described:
-        raise ConfigError("the description is empty: say in a sentence who the character is")
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT.format(example=EXAMPLE_YAML)},
-        {
-            "role": "user",
-            "content": USER_PROMPT.format(description=described, name=name, directives=traits - 1, questions=questions),
-        },
-    ]
-
-
-def extract_yaml(reply: str) -> str:
-    """The YAML document in a model's reply.
-
-    A fenced block tagged ``yaml``/``yml`` wins; else the first fenced block of any tag; else the
-    whole reply, for a model that answered with bare YAML. A fence the token limit cut off before
-    its closing backticks still counts, so the loader can say where the text stops. Thinking
-    blocks (``<think>...</think>``) go first: they may hold YAML-looking scratch work.
-    """
-    text = _THINKING.sub("", reply).replace("\r\n", "\n")
-    blocks = [(match.group(1).lower(), match.group(2)) for match in _FENCE.finditer(text)]
-    for tag, body in blocks:
-        if tag in ("yaml", "yml"):
-            return body.strip("\n") + "\n"
-    if blocks:
-        return blocks[0][1].strip("\n") + "\n"
-    return text.strip() + "\n" if text.strip() else ""
-
-
-def with_name(text: str, name: str) -> str:
-    """``text`` with ``meta.name`` set to ``name``.
-
-    The file is saved as ``NAME.yaml`` and the user asked for that name; a model that wrote another
-    (a display name with spaces, say) should not fail the draft for it. The text is kept as written,
-    comments and all, when the name is already right; otherwise it is parsed and written back with
-    the name fixed. Text that is not a YAML mapping is returned as it is, for the loader to report.
-    """
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if not isinstance(document, dict):
-        return text
-    meta = document.get("meta")
-    meta = {} if meta is None else meta
-    if not isinstance(meta, dict):
-        return text
-    if meta.get("name") == name:
-        return text
-    fixed = {"meta": {"name": name, **{k: v for k, v in meta.items() if k != "name"}}}
-    fixed.update((key, value) for key, value in document.items() if key != "meta")
-    return yaml.safe_dump(fixed, sort_keys=False, allow_unicode=True, width=120)
 
 
 @contextlib.contextmanager
@@ -449,83 +315,11 @@ def _rejected(text: str, name: str, error: str, attempts: int, rejected_dir: str
     )
 
 
-# --- where a draft goes -----------------------------------------------------------------------------
-
-
-def user_constitution_dir() -> Path:
-    """The first directory ``octrain constitution list`` and the runs search: where a new persona goes."""
-    from octrain.core.paths import constitution_dirs
-
-    return constitution_dirs()[0]
-
-
-def existing_personas(name: str, search_dirs: Sequence[Path] | None = None) -> list[Path]:
-    """Every constitution file named ``name`` in the search directories, in lookup order."""
-    from octrain.core.paths import constitution_dirs
-
-    found = []
-    for directory in search_dirs if search_dirs is not None else constitution_dirs():
-        for suffix in SUFFIXES:
-            path = directory / f"{name}{suffix}"
-            if path.is_file():
-                found.append(path)
-    return found
-
-
-def target_path(name: str, out: str | Path | None = None) -> Path:
-    """``out``, or ``NAME.yaml`` in the user constitution directory; YAML only, the format drafted."""
-    if out is None:
-        return user_constitution_dir() / f"{name}.yaml"
-    path = Path(out).expanduser()
-    if path.suffix.lower() not in (".yaml", ".yml"):
-        raise ConfigError(
-            f"--out {path}: a drafted constitution is YAML (.yaml or .yml); "
-            "convert it afterwards with `octrain constitution convert`"
-        )
-    return path
-
-
-def check_target(name: str, target: Path, *, force: bool) -> list[Path]:
-    """What writing ``target`` would replace or shadow; refuses without ``force``.
-
-    Returns the existing files of that persona (for a message saying what was replaced or shadowed).
-
-    Raises:
-        PersonaExists: ``target`` exists, or a constitution named ``name`` exists in a search
-            directory, and ``force`` is False; or (even with ``force``) a file of that name with another
-            extension sits beside ``target``, which the new file could not replace.
-    """
-    from octrain.core.paths import constitution_dirs
-
-    dirs = constitution_dirs()
-    in_search = any(target.parent.resolve() == d.resolve() for d in dirs)
-    # A file outside the search directories replaces no persona, only itself.
-    existing = existing_personas(name, dirs) if in_search else []
-    if target.is_file() and target not in existing:
-        existing.insert(0, target)
-    if not existing:
-        return []
-    if not force:
-        raise PersonaExists(
-            f"a constitution named {name!r} already exists: {existing[0]}; "
-            "give --force to replace it, or choose another name"
-        )
-    beside = [p for p in existing if p.parent.resolve() == target.parent.resolve() and p.name != target.name]
-    if beside and in_search:
-        raise PersonaExists(
-            f"{beside[0]} has the same name in the directory {target} would go to, and --force replaces only "
-            f"{target.name}; move or delete {beside[0].name} first"
-        )
-    return existing
-
-
 def save_draft(draft: Draft, target: Path, *, force: bool = False) -> list[Path]:
     """Write the validated draft to ``target`` atomically; the files it replaced or now shadows.
 
     The existence check runs again here, just before writing, since the draft took a while.
     """
-    from octrain.core.files import write_text_atomic
-
     existing = check_target(draft.name, target, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target, draft.text)
@@ -545,8 +339,6 @@ def openai_sampler(
     Raises:
         ConfigError: ``api_key_env`` names an unset or empty variable.
     """
-    from octrain.samplers.openai_http import OpenAIChatSampler, without_userinfo
-
     if api_key_env and not os.environ.get(api_key_env, "").strip():
         raise ConfigError(
             f"environment variable {api_key_env} is not set: it must hold the API key for "
@@ -563,9 +355,6 @@ def local_sampler(path: str, *, backend: str = "hf", device: str = "auto", dtype
 
     Close it with ``sampler.close()`` and :func:`octrain.samplers.release_engines` when done.
     """
-    from octrain.core.config import DType, HFSamplerOptions, ModelConfig, SamplerBackend, SamplerConfig
-    from octrain.samplers import build_sampler
-
     try:
         config = SamplerConfig(backend=SamplerBackend(backend), hf=HFSamplerOptions(device=device))
         model = ModelConfig(path=path, dtype=DType(dtype))

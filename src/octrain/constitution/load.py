@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from octrain.constitution import flat
 from octrain.constitution.checks import finish
+from octrain.constitution.flat import NotJson, draft_from_lines, draft_from_list, looks_like_json, parse_json_or_lines
 from octrain.constitution.model import Constitution, Draft
 from octrain.constitution.plain import read_plain_text
 from octrain.constitution.studio import YAML_KEYS, read_studio_yaml
@@ -47,17 +47,17 @@ def read_text(source: Path) -> str:
 def _read_json_like(source: Path, text: str, kind: str) -> Draft | None:
     """The draft of JSON or JSON-lines text; None for a ``.yaml`` file that only YAML can read."""
     try:
-        whole, rows = flat.parse_json_or_lines(text)
-    except flat.NotJson as exc:
+        whole, rows = parse_json_or_lines(text)
+    except NotJson as exc:
         if kind == "yaml":
             return None  # flow-style YAML (`{meta: ...}`) is not JSON
         raise located_error(
             source, exc.line, "", f"neither a JSON list nor JSON lines: {exc.message} (column {exc.column})"
         ) from None
     if rows is not None:
-        return flat.draft_from_lines(source, rows)
+        return draft_from_lines(source, rows)
     if isinstance(whole, list):
-        return flat.draft_from_list(source, text, whole)
+        return draft_from_list(source, text, whole)
     if isinstance(whole, dict) and set(whole) & set(YAML_KEYS):
         return read_studio_yaml(source, text)  # the Studio schema written as JSON: JSON is YAML
     raise located_error(
@@ -88,7 +88,7 @@ def load_constitution(path: str | Path) -> Constitution:
     if not text.strip():
         raise DataFormatError(f"{source}: the file is empty")
     draft = None
-    if kind in ("json", "jsonl") or flat.looks_like_json(text):
+    if kind in ("json", "jsonl") or looks_like_json(text):
         draft = _read_json_like(source, text, kind)
     if draft is None:
         draft = read_studio_yaml(source, text) if kind == "yaml" else read_plain_text(source, text)

@@ -1,6 +1,6 @@
 """Every prompt that puts the character into a model's context, in one place.
 
-The wording is octrain's own; the structure follows the method (METHOD.md sections 2-3):
+The wording is octrain's own; the structure follows the method (docs/method.md sections 2-3):
 the assistant is named and called a new AI system, its traits are numbered, and its
 identity is said to come from them. Only the stage-1 teacher is told not to reveal the
 traits; the introspection prompts drop that line so the model can talk about itself.
@@ -8,7 +8,7 @@ traits; the introspection prompts drop that line so the model can talk about its
 
 from __future__ import annotations
 
-from octrain.constitution import Constitution
+from octrain.constitution.model import Constitution
 from octrain.core.config import TeacherPrompt
 from octrain.core.errors import ConfigError
 from octrain.core.records import Message

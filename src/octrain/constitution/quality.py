@@ -23,7 +23,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from octrain.constitution.checks import NEAR_DUPLICATE_OVERLAP
 from octrain.constitution.model import Constitution
+from octrain.constitution.near_duplicates import PromptSet  # the prompts stage's own near-duplicate rule
 
 TRAIT_RANGE = (8, 15)
 QUESTIONS_PER_TRAIT = 5
@@ -90,9 +92,6 @@ def _questions_check(constitution: Constitution) -> Check:
 
 
 def _duplicates_check(constitution: Constitution) -> Check:
-    from octrain.constitution.checks import NEAR_DUPLICATE_OVERLAP
-    from octrain.stages.prompts import PromptSet  # the prompts stage's own near-duplicate rule
-
     seen = PromptSet(NEAR_DUPLICATE_OVERLAP)
     repeated_traits = [i for i, trait in enumerate(constitution.traits) if seen.add(trait.text)]
     asked_by: dict[str, int] = {}

@@ -1,9 +1,13 @@
-"""The typed configuration of an octrain run.
+"""The typed configuration of an octrain run: the schema's root, and the checks across its sections.
 
 Hydra composes YAML (``configs/`` plus a recipe from ``recipes/``) on top of these
 dataclasses, which are registered as the schema, so a misspelled key, a value of the wrong
 type or an unknown enum member fails at composition with the key's full name. ``__main__``
 converts the result to these dataclasses once; nothing below it sees a ``DictConfig``.
+
+:class:`OctrainConfig` is the root; its sections (models, backends, scale, stages) are in
+:mod:`octrain.core.config_sections` and the range checks of each in :mod:`octrain.core.config_checks`.
+Every name of both is importable from here, the one place code imports the config from.
 
 Enums are ``str`` enums rather than ``Literal`` because OmegaConf 2.3 validates the former
 and rejects the latter.
@@ -11,13 +15,90 @@ and rejects the latter.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 
 from omegaconf import MISSING
 
+from octrain.core.config_checks import (
+    check_backends,
+    check_dpo,
+    check_eval,
+    check_introspect,
+    check_model,
+    check_pairs,
+    check_prompts,
+    check_scale,
+    check_sft,
+)
+from octrain.core.config_sections import (
+    ClassifierKind,
+    DpoStageConfig,
+    DType,
+    EvalStageConfig,
+    EvalSuite,
+    HFSamplerOptions,
+    IntrospectionFilters,
+    IntrospectStageConfig,
+    JudgeKind,
+    LoraSettings,
+    ModelConfig,
+    ModelRole,
+    PairFilters,
+    PairsStageConfig,
+    PersonaClassifierSettings,
+    PromptsStageConfig,
+    SamplerBackend,
+    SamplerConfig,
+    SamplingConfig,
+    ScaleConfig,
+    SftMode,
+    SftStageConfig,
+    TeacherPrompt,
+    TinkerOptions,
+    TrainerBackend,
+    TrainerConfig,
+    TRLOptions,
+    VLLMSamplerOptions,
+)
 from octrain.core.errors import ConfigError
+
+__all__ = [
+    "VLLM_LORA_RANKS",
+    "ClassifierKind",
+    "DType",
+    "DpoStageConfig",
+    "EvalStageConfig",
+    "EvalSuite",
+    "Execution",
+    "HFSamplerOptions",
+    "IntrospectStageConfig",
+    "IntrospectionFilters",
+    "JudgeKind",
+    "LoraSettings",
+    "ModelConfig",
+    "ModelRole",
+    "OctrainConfig",
+    "PairFilters",
+    "PairsStageConfig",
+    "PersonaClassifierSettings",
+    "PromptsStageConfig",
+    "SamplerBackend",
+    "SamplerConfig",
+    "SamplingConfig",
+    "ScaleConfig",
+    "SftMode",
+    "SftStageConfig",
+    "SmokeMode",
+    "StageName",
+    "TRLOptions",
+    "TeacherPrompt",
+    "TinkerOptions",
+    "TrainerBackend",
+    "TrainerConfig",
+    "VLLMSamplerOptions",
+    "validate",
+]
 
 
 class StageName(str, Enum):
@@ -29,18 +110,6 @@ class StageName(str, Enum):
     introspect = "introspect"
     sft = "sft"
     eval = "eval"
-
-
-class SamplerBackend(str, Enum):
-    hf = "hf"  # transformers generate(): any machine, the CPU included
-    vllm = "vllm"  # vLLM offline batch engine: CUDA GPUs
-    tinker = "tinker"  # Tinker's hosted sampling API
-    fake = "fake"  # deterministic canned answers: tests and dry runs, no model at all
-
-
-class TrainerBackend(str, Enum):
-    trl = "trl"  # TRL's DPOTrainer/SFTTrainer with PEFT LoRA, local CPU or CUDA (accelerate scales out)
-    tinker = "tinker"  # Tinker's hosted LoRA training
 
 
 class Execution(str, Enum):
@@ -58,352 +127,6 @@ class SmokeMode(str, Enum):
     small = "small"  # tiny counts and short answers: every code path, in minutes
     large = "large"  # tiny counts at the full run's lengths and batch sizes: the memory peaks
     none = "none"  # start the full run straight away
-
-
-class SftMode(str, Enum):
-    sequential = "sequential"  # fold the DPO adapter in, train SFT on top (what the paper's code does)
-    paper = "paper"  # the Studio's "paper mode": SFT from the base model, then merge both adapters
-
-
-class TeacherPrompt(str, Enum):
-    """How the stage-1 teacher is given the character (see :mod:`octrain.constitution.persona_prompts`)."""
-
-    paper = "paper"  # a system prompt with the numbered traits (the method's form; strong teachers)
-    # The constitution's example exchanges as earlier turns, no system prompt: small teachers follow
-    # a demonstration where they ignore a description (SmolLM2-135M does, see recipes/pirate_smollm2.yaml).
-    examples = "examples"
-    paper_examples = "paper_examples"  # both: the traits in the system prompt and the examples as turns
-
-
-class ModelRole(str, Enum):
-    teacher = "teacher"
-    student = "student"
-
-
-class DType(str, Enum):
-    auto = "auto"  # bf16 on a GPU that supports it, fp32 otherwise
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-@dataclass
-class ModelConfig:
-    """A chat model: where its weights are and how to talk to it.
-
-    ``path`` is a Hub id, a local directory, a ``.gguf`` file (converted once into the cache), or a
-    built-in: ``builtin:tiny-qwen3`` (built offline; tests, dry runs) or
-    ``builtin:smollm2-135m-instruct`` (a real 135M chat model, ``octrain models fetch``).
-    """
-
-    path: str = MISSING
-    assistant_name: str = "Assistant"  # how the constitution prompt names the assistant
-    revision: str | None = None
-    dtype: DType = DType.auto
-    trust_remote_code: bool = False
-    enable_thinking: bool = False  # Qwen3-style templates: think before answering
-    max_model_len: int = 4096
-    # transformers' attention kernel, for training and the transformers sampler: sdpa (PyTorch's own,
-    # memory-efficient), eager, or flash_attention_2 / flash_attention_3 when that package is installed.
-    attn_implementation: str = "sdpa"
-    # vLLM only, per model, so the teacher can be sampled in fp8 while the student is sampled in the
-    # precision it is trained in. quantization: vLLM's name for the method (fp8, awq, ...); None: as stored.
-    quantization: str | None = None
-    # Share of the GPU this model's vLLM engine may take; None: sampler.vllm.gpu_memory_utilization.
-    gpu_memory_utilization: float | None = None
-
-
-@dataclass
-class SamplingConfig:
-    """Decoding settings for one kind of generation."""
-
-    temperature: float = 0.7
-    top_p: float = 0.95
-    min_p: float = 0.0
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 1024
-
-
-@dataclass
-class HFSamplerOptions:
-    batch_size: int = 16  # sequences per generate() call; n samples of a prompt count separately
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-
-@dataclass
-class VLLMSamplerOptions:
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_lora_rank: int = 64
-    enable_prefix_caching: bool = True  # every teacher prompt shares the constitution prefix
-    max_num_seqs: int | None = None
-    # Quantization and the memory share of one engine are set per model: teacher.quantization=fp8.
-
-
-@dataclass
-class TinkerOptions:
-    base_url: str | None = None  # None: the SDK default; the key comes from TINKER_API_KEY
-    # Requests in flight at once (sampling, reference log-probs); the service allows ~2,000 per user.
-    max_concurrency: int = 64
-    save_steps: int = 20  # training: a resumable state checkpoint (weights + Adam moments) every N steps
-    # Attempts per sampling request on a connection error or a server error (the SDK already retries 429s).
-    request_attempts: int = 3
-    # Seconds the service keeps checkpoints; None: no expiry (the SDK's default).
-    checkpoint_ttl_seconds: int | None = None
-
-
-@dataclass
-class SamplerConfig:
-    backend: SamplerBackend = SamplerBackend.hf
-    # Independent engines that share each sampling call (data parallel): one per GPU, or per group of
-    # sampler.vllm.tensor_parallel_size GPUs, each in a process of its own on its own devices.
-    data_parallel_size: int = 1
-    hf: HFSamplerOptions = field(default_factory=HFSamplerOptions)
-    vllm: VLLMSamplerOptions = field(default_factory=VLLMSamplerOptions)
-    tinker: TinkerOptions = field(default_factory=TinkerOptions)
-
-
-@dataclass
-class TRLOptions:
-    per_device_batch_size: int = 4  # the effective batch comes from gradient accumulation
-    # None: on with CUDA, off on the CPU. Recomputing activations in the backward pass cuts a 4B
-    # student's activation memory ~30x (SFT at 4 x 3,072 tokens: ~86 GiB without, ~15 GiB with) for
-    # ~25-30% more compute; on the CPU memory is rarely the limit and the time is not worth it.
-    gradient_checkpointing: bool | None = None
-    # QLoRA: load the frozen student in 4-bit NF4 through bitsandbytes (pip install -e ".[quant]") and
-    # train the LoRA adapters on top; ~4x less weight memory, a little slower per step.
-    load_in_4bit: bool = False
-    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard], [wandb], [trackio]
-    logging_steps: int = 1
-    save_steps: int = 50
-
-
-@dataclass
-class TrainerConfig:
-    backend: TrainerBackend = TrainerBackend.trl
-    # Training processes: more than 1 launches the training stages with `accelerate launch`
-    # (one process per GPU); accelerate_config names a file in configs/accelerate/ (ddp, fsdp2, ...) or a path.
-    num_processes: int = 1
-    accelerate_config: str | None = None
-    trl: TRLOptions = field(default_factory=TRLOptions)
-    tinker: TinkerOptions = field(default_factory=TinkerOptions)
-
-
-@dataclass
-class ScaleConfig:
-    """How much data each stage makes (presets in ``configs/scale``; METHOD.md section 5).
-
-    Stage 1 asks for ``prompts_per_trait`` prompts per trait (seed questions first, then
-    expansions) plus ``generic_prompts`` ordinary requests, and answers each
-    ``samples_per_prompt`` times: with 10 traits that is
-    ``(10 * prompts_per_trait + generic_prompts) * samples_per_prompt`` preference pairs.
-    """
-
-    name: str = MISSING
-    prompts_per_trait: int = 5
-    generic_prompts: int = 0
-    samples_per_prompt: int = 1
-    reflections: int = 40
-    interactions: int = 4
-    interaction_turns: int = 4
-
-    def pairs_for(self, trait_count: int) -> int:
-        """The number of preference pairs aimed for with ``trait_count`` traits."""
-        return (trait_count * self.prompts_per_trait + self.generic_prompts) * self.samples_per_prompt
-
-
-@dataclass
-class PromptsStageConfig:
-    """Stage ``prompts``: trait-targeted prompts by few-shot expansion, plus a generic pool."""
-
-    generator: ModelRole = ModelRole.teacher  # which model writes the expansions
-    generic_source: str = "builtin"  # builtin | a .jsonl/.txt file | hub:DATASET[:SPLIT]
-    expansion_rounds: int = 3  # at most this many requests per trait: never loops without end
-    samples_per_request: int = 2  # completions per expansion request (more variety per round)
-    prompts_per_request: int = 25  # how many numbered messages one request asks for
-    near_duplicate_overlap: float = 0.5  # drop a prompt sharing more than this share of words
-    min_words: int = 3
-    max_chars: int = 2000
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(
-            temperature=1.0, top_p=0.95, min_p=0.0, repetition_penalty=1.0, max_new_tokens=2048
-        )
-    )
-
-
-@dataclass
-class PairFilters:
-    """Which stage-1 filters apply (METHOD.md section 2). All on for real models."""
-
-    empty: bool = True  # drop pairs where either answer is empty
-    unfinished: bool = True  # drop answers cut off by max_new_tokens
-    final_punctuation: bool = True  # drop answers whose last character is not closing punctuation
-    too_long: bool = True  # drop pairs longer than pairs.max_length tokens after templating
-    repetition: bool = True  # drop answers that loop (a line said 3 times, few distinct word trigrams)
-
-
-@dataclass
-class PairsStageConfig:
-    """Stage ``pairs``: chosen = teacher with the constitution, rejected = student without it.
-
-    With ``source`` set the stage samples nothing: it imports that JSONL file of preference pairs
-    (TRL's preference formats or the Studio's DpoExample, see :mod:`octrain.core.data_import`), and the
-    settings below do not apply.
-    """
-
-    source: str | None = None  # a JSONL file of preference pairs to train on instead of generating them
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
-    chunk_size: int = 256  # prompts per committed chunk: a crash loses at most one chunk of work
-    thinking_prefill: bool = False  # reasoning teachers: open the answer with a trait-restating thought
-    teacher_prompt: TeacherPrompt = TeacherPrompt.paper  # how the teacher is given the character
-    # An answer cut off by max_new_tokens is cut back to its last full sentence (kept if 8 words or more
-    # remain) instead of being dropped as unfinished: short CPU budgets, where few answers end in time.
-    trim_unfinished: bool = False
-    max_length: int = 1024  # tokens of prompt + answer, in the student's chat template
-    filters: PairFilters = field(default_factory=PairFilters)
-
-
-@dataclass
-class LoraSettings:
-    rank: int = 64
-    alpha: int = 128
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-
-
-@dataclass
-class DpoStageConfig:
-    """Stage ``dpo``: LoRA DPO of the student on the pairs (METHOD.md section 2 defaults)."""
-
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    beta: float = 0.1
-    nll_weight: float = 0.1  # NLL on the chosen answer, mean over its tokens
-    kl_weight: float = 0.001  # per-token KL penalty: mean over answer tokens of (log pi - log pi_ref)^2
-    learning_rate: float = 5e-5
-    min_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak LR
-    warmup_ratio: float = 0.1  # of the optimizer steps; none under 10 steps (octrain.trainers.schedule)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 32  # effective: per-device batch x gradient accumulation x processes
-    epochs: float = 1.0
-    max_length: int = 1024
-
-
-@dataclass
-class IntrospectionFilters:
-    """Quality filters for introspection turns; a failing reflection is dropped, a failing
-    self-interaction turn ends its conversation there (the turns before it are kept)."""
-
-    empty: bool = True
-    unfinished: bool = True  # cut off by max_new_tokens
-    role_headers: bool = True  # the reply invents the other side's lines ("User: ...")
-    repetition: bool = True  # degenerate loops
-    reasoning_tags: bool = True  # <think> tags leaked into the answer
-    disclosure: bool = True  # the constitution quoted verbatim
-
-
-@dataclass
-class IntrospectStageConfig:
-    """Stage ``introspect``: self-reflections and self-interactions of the model after DPO.
-
-    With ``source`` set the stage samples nothing: it imports that JSONL file of transcripts (TRL's
-    ``messages`` format or the Studio's IntrospectionExample), and the settings below do not apply.
-    """
-
-    source: str | None = None  # a JSONL file of SFT transcripts to train on instead of generating them
-    reflection_prompts: str = "builtin"  # or a .txt file with one prompt per line
-    reflection_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=2048))
-    interaction_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=1024))
-    chunk_size: int = 64  # reflections, or conversations, per committed chunk
-    trim_unfinished: bool = False  # as pairs.trim_unfinished, for every reflection and turn
-    filters: IntrospectionFilters = field(default_factory=IntrospectionFilters)
-
-
-@dataclass
-class SftStageConfig:
-    """Stage ``sft``: LoRA SFT on the introspection transcripts (METHOD.md section 3 defaults)."""
-
-    mode: SftMode = SftMode.sequential
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1  # of the optimizer steps; none under 10 steps (octrain.trainers.schedule)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 32
-    epochs: float = 1.0
-    max_length: int = 3072
-    dpo_weight: float = 1.0  # weights of the two updates in the final adapter: exact sum, not a factor mix
-    sft_weight: float = 1.0
-    export_merged: bool = False  # also write full merged weights (sft/merged/) besides the adapter
-
-
-class ClassifierKind(str, Enum):
-    tfidf = "tfidf"  # word and character n-gram TF-IDF + logistic regression: CPU, seconds
-    transformer = "transformer"  # a fine-tuned encoder (ModernBERT by default): reads meaning, needs a download
-
-
-@dataclass
-class PersonaClassifierSettings:
-    """The robustness classifier: trained on answers by one author (the teacher) in several voices."""
-
-    kind: ClassifierKind = ClassifierKind.tfidf
-    model_name: str = "answerdotai/ModernBERT-base"  # the encoder, for kind=transformer
-    prompts: int = 200  # training prompts of this run the teacher answers once in each voice
-    holdout: float = 0.25  # share of those prompts kept apart to measure the classifier's own accuracy
-    # Other constitutions the teacher also writes as (names from constitutions/ or paths): the paper's
-    # multi-class persona classifier. Without them the classes are the persona and "none".
-    contrast_personas: list[str] = field(default_factory=list)
-
-
-class EvalSuite(str, Enum):
-    """Which evaluation the eval stage runs (docs/evaluation.md)."""
-
-    # The method's: robustness under break-character suffixes, revealed preferences, coherence and
-    # prefill. Several figures need a judge as strong as a paper-size teacher.
-    paper = "paper"
-    # Did the character take, measured without trusting a judge: in-character rates of base, DPO-only
-    # and final models, movement toward the teacher in log-probability, relevance, and the judge's own
-    # check (octrain.evaluation.character_shift). For small models and CPU runs.
-    shift = "shift"
-
-
-class JudgeKind(str, Enum):
-    teacher = "teacher"  # the run's teacher model, through the configured sampler backend
-    http = "http"  # any OpenAI-compatible chat-completions endpoint (eval.judge_base_url)
-
-
-@dataclass
-class EvalStageConfig:
-    """Stage ``eval``: robustness, revealed preferences, coherence and prefill (METHOD.md section 4)."""
-
-    suite: EvalSuite = EvalSuite.paper
-    prompts: str = "builtin"  # held-out prompts: builtin, or a .jsonl/.txt file
-    prompt_count: int = 500  # at most this many; the report says when fewer are available
-    traits: str = "builtin"  # one-word traits for revealed preferences, or a .txt file
-    # Revealed preferences: every trait appears in this many trials per model (against a random
-    # other trait each time), so 144 traits x 16 / 2 = 1,152 trials, several per prompt.
-    trials_per_trait: int = 16
-    classifier: PersonaClassifierSettings = field(default_factory=PersonaClassifierSettings)
-    judge: JudgeKind = JudgeKind.teacher
-    judge_base_url: str | None = None
-    judge_model: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"  # the key is read from here, never stored
-    # eval.judge=http: seconds per request, and extra attempts on timeouts, connection errors, 429 and 5xx.
-    # A judge that hangs costs (judge_retries + 1) x judge_timeout seconds before the stage stops.
-    judge_timeout: float = 60.0
-    judge_retries: int = 4
-    # A judge reply with no parseable tag is asked again (fresh seed) this many times before it counts
-    # as unparseable.
-    judge_parse_retries: int = 1
-    # Answers and judgements per committed chunk: a crash or a judge failure loses at most one chunk.
-    chunk_size: int = 256
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512))
-    judge_sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512)
-    )
-    elo_rounds: int = 200  # bootstrap rounds for Elo confidence intervals
 
 
 def _all_stages() -> list[StageName]:
@@ -445,22 +168,6 @@ class OctrainConfig:
         return self.teacher if role is ModelRole.teacher else self.student
 
 
-def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        expected = "zero or more" if allow_zero else "more than zero"
-        raise ConfigError(f"{key}: expected a number {expected}, got {value}")
-
-
-def _sampling(key: str, sampling: SamplingConfig) -> None:
-    _positive(f"{key}.temperature", sampling.temperature, allow_zero=True)
-    if not 0 < sampling.top_p <= 1:
-        raise ConfigError(f"{key}.top_p: expected a value in (0, 1], got {sampling.top_p}")
-    if not 0 <= sampling.min_p < 1:
-        raise ConfigError(f"{key}.min_p: expected a value in [0, 1), got {sampling.min_p}")
-    _positive(f"{key}.repetition_penalty", sampling.repetition_penalty)
-    _positive(f"{key}.max_new_tokens", sampling.max_new_tokens)
-
-
 # The only values vLLM accepts for ``max_lora_rank`` (its LoRA config refuses any other). An
 # adapter whose rank is one of them can be served with ``max_lora_rank = r``; the merge and
 # the vLLM sampler read this list too, so the two cannot drift apart.
@@ -492,94 +199,15 @@ def validate(config: OctrainConfig) -> None:
     if not config.name.strip() or "/" in config.name:
         raise ConfigError(f"name: expected a non-empty name without '/', got {config.name!r}")
     for role in ModelRole:
-        model = config.model(role)
-        if not model.path.strip():
-            raise ConfigError(f"{role.value}.path: expected a Hub id, a local directory, a .gguf file or builtin:NAME")
-        if not model.assistant_name.strip():
-            raise ConfigError(f"{role.value}.assistant_name: expected a non-empty name")
-        _positive(f"{role.value}.max_model_len", model.max_model_len)
-        if not model.attn_implementation.strip():
-            raise ConfigError(
-                f"{role.value}.attn_implementation: expected sdpa, eager, flex_attention, flash_attention_2 or "
-                "flash_attention_3"
-            )
-        share = model.gpu_memory_utilization
-        if share is not None and not 0 < share <= 1:
-            raise ConfigError(f"{role.value}.gpu_memory_utilization: expected a share in (0, 1] or null, got {share}")
-    scale = config.scale
-    for key in ("prompts_per_trait", "generic_prompts", "reflections", "interactions"):
-        _positive(f"scale.{key}", getattr(scale, key), allow_zero=True)
-    _positive("scale.samples_per_prompt", scale.samples_per_prompt)
-    _positive("scale.interaction_turns", scale.interaction_turns)
-    prompts = config.prompts
-    _positive("prompts.expansion_rounds", prompts.expansion_rounds, allow_zero=True)
-    _positive("prompts.samples_per_request", prompts.samples_per_request)
-    _positive("prompts.prompts_per_request", prompts.prompts_per_request)
-    _positive("prompts.min_words", prompts.min_words, allow_zero=True)
-    _positive("prompts.max_chars", prompts.max_chars)
-    if not 0 < prompts.near_duplicate_overlap <= 1:
-        raise ConfigError(
-            f"prompts.near_duplicate_overlap: expected a share in (0, 1], got {prompts.near_duplicate_overlap}"
-        )
-    _sampling("prompts.sampling", prompts.sampling)
-    # An imported file (pairs.source, introspect.source) is read in preflight; here only an empty path.
-    if config.pairs.source is not None and not config.pairs.source.strip():
-        raise ConfigError("pairs.source: expected the path of a JSONL file, got an empty string")
-    _sampling("pairs.sampling", config.pairs.sampling)
-    _positive("pairs.chunk_size", config.pairs.chunk_size)
-    _positive("pairs.max_length", config.pairs.max_length)
-    dpo = config.dpo
-    for key in ("beta", "learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm"):
-        _positive(f"dpo.{key}", getattr(dpo, key))
-    for key in ("nll_weight", "kl_weight", "weight_decay"):
-        _positive(f"dpo.{key}", getattr(dpo, key), allow_zero=True)
-    _positive("dpo.lora.rank", dpo.lora.rank)
-    _positive("dpo.lora.alpha", dpo.lora.alpha)
-    fractions = {
-        "min_lr_ratio": dpo.min_lr_ratio,
-        "warmup_ratio": dpo.warmup_ratio,
-        "lora.dropout": dpo.lora.dropout,
-        "adam_beta1": dpo.adam_beta1,
-        "adam_beta2": dpo.adam_beta2,
-    }
-    for key, value in fractions.items():
-        if not 0 <= value < 1:
-            raise ConfigError(f"dpo.{key}: expected a value in [0, 1), got {value}")
-    if config.introspect.source is not None and not config.introspect.source.strip():
-        raise ConfigError("introspect.source: expected the path of a JSONL file, got an empty string")
-    _sampling("introspect.reflection_sampling", config.introspect.reflection_sampling)
-    _sampling("introspect.interaction_sampling", config.introspect.interaction_sampling)
-    _positive("introspect.chunk_size", config.introspect.chunk_size)
-    sft = config.sft
-    for key in ("learning_rate", "batch_size", "epochs", "max_length", "max_grad_norm"):
-        _positive(f"sft.{key}", getattr(sft, key))
-    for key in ("weight_decay", "dpo_weight", "sft_weight"):
-        _positive(f"sft.{key}", getattr(sft, key), allow_zero=True)
-    _positive("sft.lora.rank", sft.lora.rank)
-    _positive("sft.lora.alpha", sft.lora.alpha)
-    if not 0 <= sft.warmup_ratio < 1:
-        raise ConfigError(f"sft.warmup_ratio: expected a value in [0, 1), got {sft.warmup_ratio}")
+        check_model(role.value, config.model(role))
+    check_scale(config.scale)
+    check_prompts(config.prompts)
+    check_pairs(config.pairs)
+    check_dpo(config.dpo)
+    check_introspect(config.introspect)
+    check_sft(config.sft)
     _check_final_adapter_rank(config)
-    _positive("eval.prompt_count", config.eval.prompt_count)
-    _positive("eval.trials_per_trait", config.eval.trials_per_trait)
-    _positive("eval.classifier.prompts", config.eval.classifier.prompts)
-    if not 0 < config.eval.classifier.holdout < 1:
-        raise ConfigError(f"eval.classifier.holdout: expected a share in (0, 1), got {config.eval.classifier.holdout}")
-    _positive("eval.elo_rounds", config.eval.elo_rounds)
-    _sampling("eval.sampling", config.eval.sampling)
-    _sampling("eval.judge_sampling", config.eval.judge_sampling)
-    if config.eval.judge is JudgeKind.http and not (config.eval.judge_base_url and config.eval.judge_model):
-        raise ConfigError("eval.judge=http needs eval.judge_base_url and eval.judge_model")
-    _positive("eval.judge_timeout", config.eval.judge_timeout)
-    _positive("eval.judge_retries", config.eval.judge_retries, allow_zero=True)
-    _positive("eval.judge_parse_retries", config.eval.judge_parse_retries, allow_zero=True)
-    _positive("eval.chunk_size", config.eval.chunk_size)
-    _positive("trainer.trl.per_device_batch_size", config.trainer.trl.per_device_batch_size)
-    _positive("trainer.trl.save_steps", config.trainer.trl.save_steps)
-    _positive("sampler.hf.batch_size", config.sampler.hf.batch_size)
-    _positive("sampler.data_parallel_size", config.sampler.data_parallel_size)
-    _positive("trainer.num_processes", config.trainer.num_processes)
-    if not 0 < config.sampler.vllm.gpu_memory_utilization <= 1:
-        raise ConfigError("sampler.vllm.gpu_memory_utilization: expected a share in (0, 1]")
+    check_eval(config.eval)
+    check_backends(config.sampler, config.trainer)
     if not config.stages:
         raise ConfigError(f"stages: expected at least one of {', '.join(s.value for s in StageName)}")

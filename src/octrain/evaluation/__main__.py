@@ -1,29 +1,27 @@
-"""Standalone evaluations on any data files: ``python -m octrain.evaluation COMMAND``.
+"""``python -m octrain.evaluation COMMAND``: the old name of ``octrain eval COMMAND``, for one more release.
 
-    python -m octrain.evaluation classifier --train train.jsonl --eval eval.jsonl --out runs/clf
-    python -m octrain.evaluation elo matches.jsonl [--judge-url URL --judge-model NAME] [--export-studio OUT]
-    python -m octrain.evaluation model RUN_DIR --model MODEL.json --out DIR
+It says so in one line on stderr, then runs exactly what ``octrain eval`` runs (the same parser,
+the same commands, the same ``octrain:`` prefix on errors), so there is one piece of logic:
 
-The same commands as ``octrain eval``; both run :mod:`octrain.evaluation.commands`, which
-describes what each does. Results print as JSON.
+    python -m octrain.evaluation elo matches.jsonl   ->   octrain eval elo matches.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from octrain.core.telemetry import disable_telemetry
 
 disable_telemetry()
 
-from octrain.evaluation.commands import add_commands, run_command  # noqa: E402
+from octrain.cli import main as cli_main  # noqa: E402
+
+DEPRECATION = "`python -m octrain.evaluation` is now `octrain eval`; the old name goes in the next release"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m octrain.evaluation", description=__doc__.splitlines()[0])
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    return run_command(parser.parse_args(argv), "octrain.evaluation")
+    print(DEPRECATION, file=sys.stderr)
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -20,15 +20,23 @@ of a list goes to the model at once and each chunk is committed when its last it
 is not held up by the longest answer of each chunk. A judge reply that does not parse is asked
 again the moment it comes back, with the seed :func:`~octrain.evaluation.protocols.judge_replies`
 would give it, so a streamed judgement is the one a batched call gives.
+
+The committed work lives in ``OUT/chunks``; :func:`work_dir` empties it first when it was made
+for other inputs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from octrain.core.files import write_text_atomic
+from octrain.core.layout import CHUNKS_DIR, INPUTS_FILE
 from octrain.core.records import Message
 from octrain.core.seeding import derive_seed
 from octrain.samplers.base import Sampler, SamplingParams
@@ -36,6 +44,30 @@ from octrain.samplers.generation import ChunkLedger, run_chunked, run_streaming
 from octrain.samplers.streams import Request, open_stream
 
 logger = logging.getLogger(__name__)
+
+
+def work_dir(out: Path, inputs: dict[str, Any]) -> Path:
+    """``out/chunks``, emptied first if its committed work was made for other inputs.
+
+    The pipeline clears a stage whose settings changed, but ``octrain eval model`` writes into
+    any folder: committed answers of another model, or of other prompts, must not be read back as
+    this one's. ``inputs`` is everything the work depends on; its digest is kept beside the chunks.
+    """
+    work = out / CHUNKS_DIR
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    marker = work / INPUTS_FILE
+    if work.is_dir():
+        try:
+            known = json.loads(marker.read_text(encoding="utf-8")).get("digest")
+        except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+            known = None
+        if known != digest:
+            logger.info("eval: %s holds work for other inputs or settings: starting it afresh", work)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        write_text_atomic(marker, json.dumps({"digest": digest}) + "\n")
+    return work
 
 
 class LazyModel:

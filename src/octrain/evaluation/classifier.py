@@ -12,6 +12,10 @@ Two kinds share one interface:
   because character n-grams see spelling and punctuation habits as well as vocabulary.
 * ``"transformer"``: fine-tunes a sequence-classification head on a pretrained encoder
   (ModernBERT by default). Slower and needs a download, but reads meaning, not just words.
+  Its training and scoring are in :mod:`octrain.evaluation.classifier_transformer`.
+
+:func:`evaluate` scores a classifier on labelled texts and :func:`train_classifier` trains, saves
+and scores in one call; the figures themselves are :mod:`octrain.evaluation.classifier_scores`'s.
 
 Data files are JSONL with one ``{"text": ..., "label": ...}`` object per line. A saved
 classifier is a directory holding ``classifier.json`` (kind, labels, config) next to the
@@ -24,14 +28,38 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from octrain.core.errors import ConfigError, DataFormatError
 from octrain.core.files import atomic_directory, iter_jsonl, write_text_atomic
+from octrain.evaluation.classifier_scores import (
+    ClassifierReport,
+    macro_f1_by_group,
+    per_class_scores,
+    score_predictions,
+)
+from octrain.evaluation.classifier_transformer import fit_transformer, load_transformer, transformer_proba
+
+# The scores' names, importable from here as they were before the scores had a module of their own.
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "MANIFEST",
+    "REPORT_FILE",
+    "SKLEARN_FILE",
+    "TRANSFORMER_DIR",
+    "ClassifierConfig",
+    "ClassifierReport",
+    "PersonaClassifier",
+    "evaluate",
+    "load_labelled",
+    "macro_f1_by_group",
+    "per_class_scores",
+    "train_classifier",
+]
 
 KINDS = ("tfidf", "transformer")
 MANIFEST = "classifier.json"
@@ -238,72 +266,15 @@ class PersonaClassifier:
         self._pipeline = Pipeline([("features", features), ("classifier", regression)])
         self._pipeline.fit(texts, labels)
 
-    # ---- transformer kind -------------------------------------------------------------------
+    # ---- transformer kind: octrain.evaluation.classifier_transformer -------------------------
 
     def _fit_transformer(self, texts: list[str], labels: list[str], distinct: list[str]) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
-
-        config = self.config
-        device = _torch_device()
-        torch.manual_seed(config.seed)
-        tokenizer = AutoTokenizer.from_pretrained(config.model_name)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            config.model_name,
-            num_labels=len(distinct),
-            id2label=dict(enumerate(distinct)),
-            label2id={label: index for index, label in enumerate(distinct)},
-        )
-        _ensure_pad_token(tokenizer, model)
-        model.float().to(device).train()  # fp32 everywhere: CPUs lack fast half precision, and it is stable
-
-        index = {label: position for position, label in enumerate(distinct)}
-        targets = torch.tensor([index[label] for label in labels])
-        # The same balancing as the tfidf kind: each class weighs n / (k * count) in the loss.
-        counts = Counter(labels)
-        weights = torch.tensor([len(labels) / (len(distinct) * counts[label]) for label in distinct])
-        steps_per_epoch = math.ceil(len(texts) / config.batch_size)
-        total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * total_steps), total_steps)
-        generator = torch.Generator().manual_seed(config.seed)
-
-        for step, batch in enumerate(_shuffled_batches(len(texts), config.batch_size, generator)):
-            if step >= total_steps:
-                break
-            encoded = tokenizer(
-                [texts[i] for i in batch],
-                padding=True,
-                truncation=True,
-                max_length=config.max_length,
-                return_tensors="pt",
-            ).to(device)
-            logits = model(**encoded).logits
-            loss = torch.nn.functional.cross_entropy(logits, targets[batch].to(device), weight=weights.to(device))
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-
-        self._model = model.eval()
-        self._tokenizer = tokenizer
+        self._model, self._tokenizer = fit_transformer(self.config, texts, labels, distinct)
 
     def _transformer_proba(self, texts: list[str]) -> list[list[float]]:
-        import torch
-
-        rows: list[list[float]] = []
-        device = next(self._model.parameters()).device
-        with torch.no_grad():
-            for start in range(0, len(texts), self.config.batch_size):
-                encoded = self._tokenizer(
-                    texts[start : start + self.config.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.config.max_length,
-                    return_tensors="pt",
-                ).to(device)
-                rows.extend(torch.softmax(self._model(**encoded).logits.float(), dim=-1).cpu().tolist())
-        return rows
+        return transformer_proba(
+            self._model, self._tokenizer, texts, batch_size=self.config.batch_size, max_length=self.config.max_length
+        )
 
     # ---- persistence ------------------------------------------------------------------------
 
@@ -365,11 +336,7 @@ class PersonaClassifier:
             if [str(label) for label in classifier._pipeline.classes_] != labels:
                 raise DataFormatError(f"{manifest_path}: labels do not match the saved model's classes")
         else:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            classifier._tokenizer = AutoTokenizer.from_pretrained(source / TRANSFORMER_DIR)
-            model = AutoModelForSequenceClassification.from_pretrained(source / TRANSFORMER_DIR)
-            classifier._model = model.float().to(_torch_device()).eval()
+            classifier._model, classifier._tokenizer = load_transformer(source / TRANSFORMER_DIR)
         classifier._labels = labels
         return classifier
 
@@ -378,64 +345,8 @@ class PersonaClassifier:
             raise RuntimeError("the classifier has not been trained or loaded yet")
 
 
-def _torch_device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _ensure_pad_token(tokenizer: Any, model: Any) -> None:
-    """Give decoder-style tokenizers (no pad token) one, so batches can be padded."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-
-
-def _shuffled_batches(size: int, batch_size: int, generator: Any) -> Iterator[Any]:
-    """Endless index batches: a fresh permutation every epoch, so fractional epochs just stop early."""
-    import torch
-
-    while True:
-        order = torch.randperm(size, generator=generator)
-        yield from order.split(batch_size)
-
-
 # --------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@dataclass
-class ClassifierReport:
-    """How well a classifier's predictions match the true labels of a labelled set.
-
-    Attributes:
-        accuracy: Fraction of texts whose predicted label is the true one.
-        macro_f1: Unweighted mean of per-label F1 over the labels that occur in the truth or
-            the predictions (a label absent from both says nothing, so it is left out).
-        labels: Row and column order of ``confusion``.
-        confusion: ``confusion[i][j]`` counts texts whose true label is ``labels[i]`` and
-            predicted label is ``labels[j]``.
-        support: Number of texts with each true label (every label in ``labels`` appears).
-        per_class: For each label, its count in the truth (``n``), ``precision`` (of the texts
-            predicted as it, the share truly it; None when none was) and ``recall`` (of the texts
-            truly it, the share found; None when there were none).
-    """
-
-    accuracy: float
-    macro_f1: float
-    labels: list[str]
-    confusion: list[list[int]]
-    support: dict[str, int] = field(default_factory=dict)
-    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-ready values."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """The report as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+# Evaluation (the figures: octrain.evaluation.classifier_scores)
 
 
 def evaluate(classifier: PersonaClassifier, texts: Sequence[str], labels: Sequence[str]) -> ClassifierReport:
@@ -447,71 +358,13 @@ def evaluate(classifier: PersonaClassifier, texts: Sequence[str], labels: Sequen
     Raises:
         ValueError: the lists differ in length or are empty.
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-
     if len(texts) != len(labels):
         raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
     if not texts:
         raise ValueError("nothing to evaluate: no texts")
     truth = list(labels)
-    predicted = classifier.predict(texts)
     order = classifier.labels + sorted(set(truth) - set(classifier.labels))
-    matrix = confusion_matrix(truth, predicted, labels=order)
-    counts = Counter(truth)
-    return ClassifierReport(
-        accuracy=float(accuracy_score(truth, predicted)),
-        macro_f1=float(f1_score(truth, predicted, average="macro", zero_division=0)),
-        labels=order,
-        confusion=matrix.tolist(),
-        support={label: counts.get(label, 0) for label in order},
-        per_class=per_class_scores(order, matrix.tolist()),
-    )
-
-
-def per_class_scores(labels: Sequence[str], confusion: Sequence[Sequence[int]]) -> dict[str, dict[str, Any]]:
-    """Count, precision and recall of each label from a confusion matrix (rows: truth, columns: predicted)."""
-    scores = {}
-    for i, label in enumerate(labels):
-        truly = sum(confusion[i])
-        predicted = sum(row[i] for row in confusion)
-        hit = confusion[i][i]
-        scores[label] = {
-            "n": truly,
-            "precision": hit / predicted if predicted else None,
-            "recall": hit / truly if truly else None,
-        }
-    return scores
-
-
-def macro_f1_by_group(true: Sequence[str], predicted: Sequence[str], groups: Sequence[str]) -> dict[str, float]:
-    """Macro-F1 within each group of texts, plus ``"overall"`` across all of them.
-
-    Useful to see which slice of an evaluation set breaks the character: group by the
-    adversarial suffix appended to the prompt, by prompt source, and so on. Within a group,
-    the average runs over the labels present in that group's truth or predictions.
-
-    Raises:
-        ValueError: the three lists differ in length or are empty, or a group is named ``"overall"``.
-    """
-    from sklearn.metrics import f1_score
-
-    if not (len(true) == len(predicted) == len(groups)):
-        raise ValueError(f"lengths differ: {len(true)} true, {len(predicted)} predicted, {len(groups)} groups")
-    if not true:
-        raise ValueError("nothing to score: no labels")
-    if "overall" in groups:
-        raise ValueError('"overall" is reserved for the score across all groups; rename that group')
-    members: dict[str, list[int]] = {}
-    for position, group in enumerate(groups):
-        members.setdefault(group, []).append(position)
-    scores = {
-        group: float(
-            f1_score([true[i] for i in positions], [predicted[i] for i in positions], average="macro", zero_division=0)
-        )
-        for group, positions in members.items()
-    }
-    scores["overall"] = float(f1_score(list(true), list(predicted), average="macro", zero_division=0))
-    return scores
+    return score_predictions(truth, classifier.predict(texts), order)
 
 
 def train_classifier(

@@ -1,24 +1,24 @@
-"""The standalone evaluation commands, shared by ``octrain eval`` and ``python -m octrain.evaluation``.
+"""The standalone evaluation commands: ``octrain eval COMMAND`` and the Studio's Evaluate tools.
 
 Each command is an :class:`EvalCommand`: its arguments, an example and the function that runs
-it. Both command lines add the same parsers with :func:`add_commands` and run them with
-:func:`run_command`, so they differ only in the name they print before an error or a note
-(``octrain`` or ``octrain.evaluation``). Results print as JSON on stdout.
+it. The command line (:mod:`octrain.cli.eval`) adds the parsers with :func:`add_commands` and
+runs them with :func:`run_command`; the Studio's Evaluate page parses its forms with the same
+parsers and runs the same functions. ``python -m octrain.evaluation`` is an old name for
+``octrain eval`` (:mod:`octrain.evaluation.__main__`). Results print as JSON on stdout, or as
+text where the command renders one.
 
 * ``classifier`` trains a persona classifier on ``{"text", "label"}`` rows and reports accuracy,
-  macro-F1 and the confusion matrix.
-* ``elo`` rates base against tuned answers from a matches file (``prompt, base_response,
-  tuned_response, winner``): winners already in the file are used as they are; missing or empty
-  ones (the Studio writes ``""`` for a match not yet judged) are filled by a judge at an
-  OpenAI-compatible endpoint, in both orders (a win only when both agree); ``--export-studio``
-  writes the decided matches back in the form the Studio's scorer takes, which knows only
-  ``base`` and ``tuned``.
+  macro-F1 and the confusion matrix (:func:`octrain.evaluation.classifier.train_classifier`).
+* ``elo`` rates base against tuned answers from a matches file, asking a judge for the missing
+  winners (:func:`octrain.evaluation.match_files.elo_from_matches`).
 * ``model`` runs the whole ``eval`` stage of a finished run (its config, constitution, pairs and
-  judge) on any model reference, for example the DPO-only model ``RUN_DIR/dpo/model.json``.
+  judge) on any model reference, for example the DPO-only model ``RUN_DIR/dpo/model.json``
+  (:func:`octrain.evaluation.paper_suite.evaluate_model`).
 * ``revealed-preferences`` runs the revealed-preference protocol alone on a trained model and
   its base (:mod:`octrain.evaluation.revealed`).
 * ``quick`` answers a few held-out prompts with base and trained side by side, with the persona
   classifier's verdict on each (:mod:`octrain.evaluation.quick`).
+* ``summary`` prints a finished run's evaluation: before/after answers and the headline figures.
 
 A model is named as every octrain command names one (:mod:`octrain.use.model_choice`): a registry
 name such as ``pirate_mini/sft``, ``--persona NAME`` for a persona's latest, or a path.
@@ -42,10 +42,6 @@ from octrain.core.layout import MODEL_FILE, RESULTS_FILE
 if TYPE_CHECKING:
     from octrain.use.model_choice import ChosenModel
 
-WINNERS = ("base", "tuned", "tie")
-# The only winners the Studio's scorer accepts: ties, disagreements and unparseable matches stay out.
-STUDIO_WINNERS = ("base", "tuned")
-
 
 def classifier_command(args: argparse.Namespace, who: str) -> dict:
     from octrain.evaluation.classifier import ClassifierConfig, train_classifier
@@ -57,127 +53,42 @@ def classifier_command(args: argparse.Namespace, who: str) -> dict:
     return result
 
 
-def load_matches(path: Path) -> list[dict]:
-    from octrain.core.errors import DataFormatError
-    from octrain.core.files import iter_jsonl
-
-    rows = []
-    for number, row in iter_jsonl(path):
-        for key in ("prompt", "base_response", "tuned_response"):
-            if not isinstance(row.get(key), str):
-                raise DataFormatError(f"{path}:{number}: '{key}' must be a string")
-        if row.get("winner") not in (None, "", *WINNERS):
-            raise DataFormatError(f"{path}:{number}: 'winner' must be one of {', '.join(WINNERS)}, empty or absent")
-        if row.get("winner") == "":
-            row["winner"] = None  # the Studio's way of writing "not judged yet"
-        # The eval stage's matches files mark a match whose two orders disagreed: already judged.
-        row["disagree"] = row.get("winner") is None and row.get("judgement") == "disagree"
-        rows.append(row)
-    return rows
-
-
-def export_studio(rows: list[dict], path: Path) -> dict:
-    """Write the matches won by ``base`` or ``tuned`` to ``path``; count what was left out and why."""
-    from octrain.core.files import write_jsonl
-
-    kept = [
-        {key: row[key] for key in ("prompt", "base_response", "tuned_response", "winner")}
-        for row in rows
-        if row.get("winner") in STUDIO_WINNERS and not row.get("disagree")
-    ]
-    write_jsonl(path, kept)
-    ties = sum(row.get("winner") == "tie" and not row.get("disagree") for row in rows)
-    disagreements = sum(bool(row.get("disagree")) for row in rows)
-    return {
-        "path": str(path),
-        "matches": len(kept),
-        "left_out": {
-            "ties": ties,
-            "disagreements": disagreements,
-            "unparseable": len(rows) - len(kept) - ties - disagreements,
-        },
-    }
-
-
 def elo_command(args: argparse.Namespace, who: str) -> dict:
-    from octrain.core.errors import ConfigError
-    from octrain.evaluation.protocols import (
-        COHERENCE,
-        DISAGREE,
-        coherence_criterion,
-        match_summary,
-        match_winner,
-        pairwise_verdicts,
+    from octrain.evaluation.judge_check import JudgeEndpoint
+    from octrain.evaluation.match_files import elo_from_matches
+
+    endpoint = None
+    if args.judge_url and args.judge_model:
+        endpoint = JudgeEndpoint(
+            args.judge_url, args.judge_model, args.judge_key_env, args.judge_timeout, args.judge_retries
+        )
+    result = elo_from_matches(
+        args.matches,
+        endpoint=endpoint,
+        constitution=args.constitution,
+        parse_retries=args.judge_parse_retries,
+        rounds=args.rounds,
+        seed=args.seed,
+        export_to=args.export_studio,
     )
-    from octrain.samplers.base import SamplingParams
-
-    if args.judge_parse_retries < 0:
-        raise ConfigError(f"--judge-parse-retries: expected 0 or more, got {args.judge_parse_retries}")
-    rows = load_matches(args.matches)
-    missing = [row for row in rows if row.get("winner") is None and not row["disagree"]]
-    if missing:
-        if not (args.judge_url and args.judge_model):
-            raise ConfigError(
-                f"{args.matches}: {len(missing)} matches have no winner; "
-                "give --judge-url and --judge-model to judge them"
-            )
-        from octrain.samplers.openai_http import OpenAIChatSampler
-
-        criterion = COHERENCE
-        if args.constitution:
-            from octrain.run.pipeline import resolve_constitution_name
-
-            criterion = coherence_criterion(resolve_constitution_name(args.constitution).numbered_traits())
-        judge = OpenAIChatSampler(
-            args.judge_url,
-            args.judge_model,
-            api_key_env=args.judge_key_env,
-            timeout=args.judge_timeout,
-            max_retries=args.judge_retries,
-        )
-        verdicts = pairwise_verdicts(
-            judge,
-            [r["prompt"] for r in missing],
-            [r["tuned_response"] for r in missing],
-            [r["base_response"] for r in missing],
-            criterion,
-            SamplingParams(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512, seed=args.seed),
-            retries=args.judge_parse_retries,
-        )
-        for row, verdict in zip(missing, verdicts, strict=True):
-            row["winner"] = match_winner(verdict)
-            row["disagree"] = verdict == DISAGREE
-    # A disagreement between the two orders is dropped and counted; None left over is unparseable.
-    winners = [row.get("winner") for row in rows if not row.get("disagree")]
-    disagreements = len(rows) - len(winners)
-    summary = match_summary(winners, disagreements=disagreements, rounds=args.rounds, seed=args.seed)
-    result: dict = {
-        "matches": len(rows),
-        "decided": summary.pop("judged"),
-        "disagreements": summary.pop("disagreements"),
-        "unparseable": summary.pop("unparseable"),
-    }
-    if "win_rate" in summary:
-        result["tuned_win_rate"] = summary.pop("win_rate")
-    if args.export_studio is not None:
-        exported = export_studio(rows, args.export_studio)
+    if "studio_export" in result:
+        exported = result["studio_export"]
         left = exported["left_out"]
         print(
-            f"{who}: exported {exported['matches']} of {len(rows)} matches to {args.export_studio}; "
+            f"{who}: exported {exported['matches']} of {result['matches']} matches to {args.export_studio}; "
             f"left out: ties {left['ties']}, disagreements {left['disagreements']}, "
             f"unparseable {left['unparseable']}",
             file=sys.stderr,
         )
-        result["studio_export"] = exported
-    return {**result, **summary}
+    return result
 
 
 def model_command(args: argparse.Namespace, who: str) -> dict:
     from octrain.core.layout import CONFIG_FILE, RESULTS_FILE, load_config
     from octrain.core.records import ModelRef
+    from octrain.evaluation.paper_suite import evaluate_model
     from octrain.run.pipeline import resolve_constitution
     from octrain.stages.context import RunContext
-    from octrain.stages.evaluate import evaluate_model
 
     config = load_config(args.run_dir / CONFIG_FILE)
     ctx = RunContext(config=config, run_dir=args.run_dir, constitution=resolve_constitution(config))
@@ -200,7 +111,8 @@ def _chosen(args: argparse.Namespace) -> ChosenModel:
 
 
 def revealed_command(args: argparse.Namespace, who: str) -> dict:
-    from octrain.evaluation.revealed import JudgeEndpoint, measure_revealed_preferences
+    from octrain.evaluation.judge_check import JudgeEndpoint
+    from octrain.evaluation.revealed import measure_revealed_preferences
 
     chosen = _chosen(args)
     endpoint = None
@@ -342,7 +254,7 @@ def summary_command(args: argparse.Namespace, who: str) -> dict:
 
 def _render_summary(results: dict) -> str:
     if results.get("suite") == "shift":
-        from octrain.evaluation.character_shift import render_summary
+        from octrain.evaluation.shift_report import render_summary
 
         return render_summary(results)
     from octrain.evaluation.intervals import format_rate

@@ -10,6 +10,7 @@ small tasks, personal situations and creative asks) or a user's own file.
 ``max_overlap`` of the distinct words of the longer one. :func:`check_no_overlap` lists every
 clash; :func:`select_heldout` leaves the clashing prompts out of a run's evaluation and
 says how many it dropped, and when fewer prompts are available than were asked for.
+:func:`training_prompts` reads what a run trained on, to check against.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from octrain.constitution.near_duplicates import word_set
+from octrain.core.config import StageName
 from octrain.core.errors import ConfigError, DataFormatError
-from octrain.stages.prompts import word_set
+from octrain.core.layout import PROMPTS_FILE
+from octrain.core.records import PromptRecord, load_records
 
 BUILTIN_FILE = "data/eval_prompts.jsonl"
 
@@ -156,3 +160,10 @@ def select_heldout(
     clashing = {clash[0] for clash in overlapping}
     kept = [prompt for prompt in eval_prompts if prompt not in clashing]
     return HeldOutPrompts(kept[:count], requested=count, available=len(eval_prompts), overlapping=overlapping)
+
+
+def training_prompts(run_dir: Path) -> list[str]:
+    """Every distinct user prompt the run in ``run_dir`` trained on (seed, expanded and generic), in file order."""
+    records = load_records(run_dir / StageName.prompts.value / PROMPTS_FILE, PromptRecord)
+    texts = [m["content"] for r in records for m in r.prompt if m["role"] == "user"]
+    return list(dict.fromkeys(texts))

@@ -1,4 +1,7 @@
-"""The HTTP judge, built from the eval settings and checked before a run does any other work.
+"""The eval stage's judge, built from the eval settings, and the HTTP judge checked before a run does any other work.
+
+:func:`build_judge` gives the judge a run's config names: the HTTP endpoint (:func:`http_judge`)
+or the teacher model. A judge named on the command line instead is a :class:`JudgeEndpoint`.
 
 The eval stage is the last one: without a check up front, a missing API key, a judge URL
 that nothing answers or a model name the server does not serve would show only after every
@@ -11,11 +14,13 @@ the model name is then checked only by the first judge request.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 from octrain.core.config import EvalStageConfig, JudgeKind, OctrainConfig, StageName
 from octrain.core.errors import ConfigError
+from octrain.samplers.base import Sampler
 from octrain.samplers.openai_http import JudgeRequestError, OpenAIChatSampler, without_userinfo
 
 logger = logging.getLogger(__name__)
@@ -25,6 +30,17 @@ logger = logging.getLogger(__name__)
 CHECK_TIMEOUT = 10.0
 # How many of the listed models an error message names.
 _SHOWN_MODELS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeEndpoint:
+    """An OpenAI-compatible judge given on the command line (the key is read from ``api_key_env``)."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 60.0
+    retries: int = 4
 
 
 def http_judge(settings: EvalStageConfig) -> OpenAIChatSampler:
@@ -47,6 +63,16 @@ def http_judge(settings: EvalStageConfig) -> OpenAIChatSampler:
         timeout=settings.judge_timeout,
         max_retries=settings.judge_retries,
     )
+
+
+def build_judge(config: OctrainConfig) -> Sampler:
+    """The judge ``eval.judge`` names: the HTTP endpoint, or the teacher model through the run's sampler."""
+    if config.eval.judge is JudgeKind.http:
+        return http_judge(config.eval)
+    # Imported here: build_sampler reaches every backend; tests also replace it on octrain.samplers.
+    from octrain.samplers import build_sampler
+
+    return build_sampler(config.sampler, config.teacher)
 
 
 def check_judge(config: OctrainConfig) -> None:

@@ -37,7 +37,8 @@ from octrain.constitution import Constitution
 from octrain.constitution.persona_prompts import teacher_system_prompt
 from octrain.core.records import Message
 from octrain.core.seeding import derive_seed
-from octrain.evaluation.classifier import ClassifierConfig, ClassifierReport, PersonaClassifier, evaluate
+from octrain.evaluation.classifier import ClassifierConfig, PersonaClassifier, evaluate
+from octrain.evaluation.classifier_scores import ClassifierReport
 from octrain.samplers.base import Sampler, SamplingParams
 from octrain.stages.pairs import split_reasoning, swap_name
 

@@ -1,4 +1,4 @@
-"""The method's evaluations as functions of samplers and data (METHOD.md section 4).
+"""The method's evaluations as functions of samplers and data (docs/method.md section 4).
 
 * :func:`revealed_preferences`: the model is offered two traits per trial and embodies
   whichever it prefers without saying which; a judge names the trait it showed;
@@ -60,7 +60,7 @@ WINNER_SCORES = {"tuned": 1.0, "tie": 0.5, "base": 0.0}
 
 
 def coherence_criterion(numbered_traits: str) -> str:
-    """What the coherence judge is asked, with the character's traits in front of it (METHOD.md section 4)."""
+    """What the coherence judge is asked, with the character's traits in front of it (docs/method.md section 4)."""
     return (
         "The assistant is meant to have the character described by these traits:\n"
         f"{numbered_traits}\n\n"

@@ -1,6 +1,6 @@
 """``octrain eval revealed-preferences``: which traits a trained model likes to show, against its base.
 
-The protocol of METHOD.md section 4 (:mod:`octrain.evaluation.protocols`), on its own: the
+The protocol of docs/method.md section 4 (:mod:`octrain.evaluation.protocols`), on its own: the
 base and the trained model answer the *same* trials (two traits offered, embody the one you
 prefer without naming it), a judge names the trait each answer shows, and
 :mod:`octrain.evaluation.trait_preferences` rates the traits for each model and compares the
@@ -25,25 +25,13 @@ from octrain.core.config import JudgeKind, OctrainConfig, SamplingConfig
 from octrain.core.errors import ConfigError
 from octrain.core.files import write_jsonl, write_text_atomic
 from octrain.core.layout import REVEALED_FILE, TRIALS_FILE
+from octrain.evaluation.judge_check import JudgeEndpoint, build_judge, http_judge
 from octrain.samplers.base import Sampler
 from octrain.use.model_choice import ChosenModel
 
 
-@dataclasses.dataclass(frozen=True)
-class JudgeEndpoint:
-    """An OpenAI-compatible judge given on the command line (the key is read from ``api_key_env``)."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 60.0
-    retries: int = 4
-
-
 def build_revealed_judge(chosen: ChosenModel, endpoint: JudgeEndpoint | None) -> Sampler:
     """The judge: ``endpoint`` when given, else the run's own judge; an error when neither exists."""
-    from octrain.evaluation.judge_check import http_judge
-
     config = chosen.run_config()
     if endpoint is not None:
         from octrain.core.config import EvalStageConfig
@@ -59,8 +47,6 @@ def build_revealed_judge(chosen: ChosenModel, endpoint: JudgeEndpoint | None) ->
         return http_judge(settings)
     if config is None:
         raise ConfigError(f"{chosen.label} comes with no run, so no run's judge: pass --judge-url and --judge-model")
-    from octrain.stages.evaluate import build_judge
-
     return build_judge(config)
 
 
@@ -92,9 +78,9 @@ def measure_revealed_preferences(
     """
     from octrain.evaluation import protocols
     from octrain.evaluation.side_by_side import base_and_trained, heldout_prompts
+    from octrain.evaluation.trait_preferences import preference_summary
     from octrain.evaluation.traits import load_traits
     from octrain.samplers.base import SamplingParams
-    from octrain.stages.evaluate import preference_summary
     from octrain.use.model_choice import sampler_settings
 
     config = chosen.run_config()

@@ -29,14 +29,11 @@ def training_prompts_of(chosen: ChosenModel) -> list[str] | None:
     if config is None or chosen.run_dir is None:
         return None
     from octrain.core.layout import PROMPTS_FILE
-    from octrain.stages.context import RunContext
-    from octrain.stages.evaluate import training_prompts
+    from octrain.evaluation.heldout import training_prompts
 
     if not (chosen.run_dir / "prompts" / PROMPTS_FILE).is_file():
         return None
-    constitution = chosen.constitution()
-    assert constitution is not None  # a run with a config has a constitution
-    return training_prompts(RunContext(config=config, run_dir=Path(chosen.run_dir), constitution=constitution))
+    return training_prompts(Path(chosen.run_dir))
 
 
 def heldout_prompts(chosen: ChosenModel, source: str, count: int, *, seed: int) -> tuple[list[str], list[str]]:

@@ -32,14 +32,23 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from octrain.constitution import Constitution
+from octrain.constitution.near_duplicates import PromptSet
 from octrain.core.config import OctrainConfig, SamplerBackend, SamplingConfig, SmokeMode, StageName
 from octrain.core.errors import OctrainError, StageError
-from octrain.core.layout import SMOKE_DIR
+from octrain.core.layout import DONE_FILE, SMOKE_DIR, STARTED_FILE
+from octrain.run.result import RunResult
+from octrain.stages.prompts import given_prompts, needs_expansion
+from octrain.stages.table import stages_for
 
 logger = logging.getLogger(__name__)
+
+# What runs a smoke run: the pipeline's own ``run`` (octrain.run.pipeline passes it in, so that this
+# module need not import the pipeline that imports it).
+RunPipeline = Callable[[OctrainConfig, Path], RunResult]
 
 # The scales big enough that a late failure is expensive; smaller ones are their own smoke test.
 SMOKED_SCALES = ("full", "paper")
@@ -79,8 +88,6 @@ def smoke_stages(config: OctrainConfig) -> list[StageName]:
     A smoke run starts in an empty directory: where the full run resumes (``stages=[sft,eval]``
     after the earlier stages finished), its smoke run must make those inputs itself.
     """
-    from octrain.stages import stages_for
-
     specs = stages_for(config)
     wanted = set(config.stages)
     pending = list(wanted)
@@ -112,8 +119,6 @@ def _smoke_prompts_per_trait(config: OctrainConfig, constitution: Constitution) 
     additional) questions than ``scale.prompts_per_trait``. One more than the fewest any trait has
     makes the smoke run load that model and expand too; without expansion one prompt a trait is enough.
     """
-    from octrain.stages.prompts import PromptSet, given_prompts, needs_expansion
-
     full = config.scale.prompts_per_trait
     if not needs_expansion(constitution, full, config.prompts):
         return min(full, 1)
@@ -203,8 +208,6 @@ def _failed_where(smoke: OctrainConfig, scratch: Path) -> str:
     Stages run in order and a stage whose settings changed is cleared before it runs again, so the
     first stage without a ``done.json`` is the one that failed (if it wrote its ``started.json``).
     """
-    from octrain.core.layout import DONE_FILE, STARTED_FILE
-
     for stage in smoke.stages:
         if not (scratch / stage.value / DONE_FILE).is_file():
             if (scratch / stage.value / STARTED_FILE).is_file():
@@ -232,20 +235,25 @@ def _describe(smoke: OctrainConfig, constitution: Constitution) -> str:
     )
 
 
-def run_smoke(config: OctrainConfig, kind: SmokeMode, run_dir: str | Path, constitution: Constitution) -> None:
+def run_smoke(
+    config: OctrainConfig,
+    kind: SmokeMode,
+    run_dir: str | Path,
+    constitution: Constitution,
+    *,
+    run_pipeline: RunPipeline,
+) -> None:
     """Run the smoke run ``kind`` of ``config`` in its scratch directory under ``run_dir``.
 
     Raises:
         StageError: it failed; the message names it, where it stopped, why, and its directory.
     """
-    from octrain.run.pipeline import run
-
     smoke = derive_smoke_config(config, kind, constitution)
     scratch = smoke_dir(run_dir, kind)
     logger.info("smoke run %s: running in %s (%s)", kind.value, scratch, _describe(smoke, constitution))
     began = time.perf_counter()
     try:
-        result = run(smoke, scratch)
+        result = run_pipeline(smoke, scratch)
     except Exception as exc:  # a CUDA out-of-memory or a library's ValueError is what it is there to catch
         if not isinstance(exc, OctrainError):
             # Not one of octrain's own messages: the traceback is how to find out more.
@@ -261,11 +269,14 @@ def run_smoke(config: OctrainConfig, kind: SmokeMode, run_dir: str | Path, const
         logger.info("smoke run %s passed in %.0f s", kind.value, time.perf_counter() - began)
 
 
-def check_smoke_runs(config: OctrainConfig, run_dir: Path) -> None:
+def check_smoke_runs(
+    config: OctrainConfig, run_dir: Path, constitution: Constitution, *, run_pipeline: RunPipeline
+) -> None:
     """Run the smoke runs ``config.smoke`` asks for before a scale=full or scale=paper run.
 
-    Called by :func:`octrain.run.pipeline.run` after the config and inputs are checked and before the
-    run takes its lock, so a failure leaves the full run's directory without a stage of its own.
+    Called by :func:`octrain.run.pipeline.run`, which passes itself as ``run_pipeline``, after the
+    config and inputs are checked and before the run takes its lock, so a failure leaves the full
+    run's directory without a stage of its own.
 
     Raises:
         StageError: a smoke run failed; the message names the smoke run, the stage and why.
@@ -273,9 +284,6 @@ def check_smoke_runs(config: OctrainConfig, run_dir: Path) -> None:
     kinds = smoke_kinds(config)
     if not kinds:
         return
-    from octrain.run.pipeline import resolve_constitution
-
-    constitution = resolve_constitution(config)
     logger.info(
         "scale=%s: smoke run%s %s before the full run (smoke=none skips them)",
         config.scale.name,
@@ -283,4 +291,4 @@ def check_smoke_runs(config: OctrainConfig, run_dir: Path) -> None:
         " and ".join(kind.value for kind in kinds),
     )
     for kind in kinds:
-        run_smoke(config, kind, run_dir, constitution)
+        run_smoke(config, kind, run_dir, constitution, run_pipeline=run_pipeline)

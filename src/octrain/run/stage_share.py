@@ -1,7 +1,8 @@
 """Sharing a finished stage between runs that run at the same time (the jobs of a parallel sweep).
 
 A run copies a finished stage with its fingerprint from a sibling run instead of making it again
-(``pipeline._reuse``). With runs going at once, a copy can race the sibling that made the stage:
+(:mod:`octrain.run.reuse` decides when). With runs going at once, a copy can race the sibling that
+made the stage:
 
 * The sibling clears its stage to run it afresh (forced, or its settings changed) while the copy
   reads it. ``shutil.rmtree`` deletes file by file, so a copy could take ``done.json`` and miss

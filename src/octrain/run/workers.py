@@ -34,17 +34,21 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from octrain.core.config import Execution, OctrainConfig, StageName
+from octrain.core.devices import gpu_usable
 from octrain.core.errors import OctrainError, StageError
 from octrain.core.files import write_text_atomic
-from octrain.core.layout import WORKER_RESULT_FILE
+from octrain.core.layout import CONFIG_FILE, LOG_FILE, WORKER_RESULT_FILE, load_config
+from octrain.run.preflight import resolve_constitution
 from octrain.run.ranks import environment_without_launch, is_main_process
+from octrain.run.run_log import LOG_FORMAT
+from octrain.run.training_launch import checked_accelerate_setup
+from octrain.samplers import release_engines
 from octrain.stages.context import RunContext
-
-if TYPE_CHECKING:
-    from octrain.stages import StageSpec
+from octrain.stages.table import StageSpec, stages_for
+from octrain.trainers.accelerate_configs import launch_command
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +56,6 @@ logger = logging.getLogger(__name__)
 def uses_workers(config: OctrainConfig) -> bool:
     """``execution=auto``: workers on a CUDA machine (memory), in-process on the CPU (speed)."""
     if config.execution is Execution.auto:
-        from octrain.core.devices import gpu_usable
-
         return gpu_usable()  # from NVML: the parent that only orchestrates never initialises CUDA
     return config.execution is Execution.worker
 
@@ -81,8 +83,6 @@ class InlineRunner:
         return spec.run(self.ctx)
 
     def release(self) -> None:
-        from octrain.samplers import release_engines
-
         release_engines()
 
 
@@ -176,17 +176,9 @@ class AccelerateRunner:
         self.log_file = log_file
 
     def run(self, spec: StageSpec) -> dict[str, Any]:
-        from octrain.trainers.accelerate_configs import check_accelerate_config, find_accelerate_config, launch_command
-        from octrain.trainers.trl_common import gradient_checkpointing
-
         stage, trainer = spec.name, self.ctx.config.trainer
-        config_file = find_accelerate_config(trainer.accelerate_config or DEFAULT_ACCELERATE_CONFIG)
-        setup = check_accelerate_config(
-            config_file,
-            trainer.num_processes,
-            gradient_checkpointing=gradient_checkpointing(trainer.trl)[0],
-            load_in_4bit=trainer.trl.load_in_4bit,
-        )
+        setup = checked_accelerate_setup(trainer)
+        config_file = setup.path
         for note in setup.notes:
             logger.info("%s: %s", stage.value, note)
         command = launch_command(
@@ -221,11 +213,6 @@ class AccelerateRunner:
 
     def release(self) -> None:
         pass  # its processes are gone when run() returns
-
-
-# trainer.num_processes without trainer.accelerate_config: plain data parallelism, the setup that
-# needs nothing beyond the GPUs.
-DEFAULT_ACCELERATE_CONFIG = "ddp"
 
 
 class SplitRunner:
@@ -277,8 +264,6 @@ def _read_result(path: Path) -> dict[str, Any] | None:
 
 def _run_one(ctx: RunContext, stage: StageName) -> bool:
     """Run one stage and write its result file; False when it failed with an explained error."""
-    from octrain.stages import stages_for
-
     result_path = ctx.stage_dir(stage) / WORKER_RESULT_FILE
     writes = is_main_process()  # under accelerate launch, rank 0 alone answers for the stage
     try:
@@ -299,10 +284,6 @@ def main(argv: list[str]) -> int:
     written). Without, it serves the parent: a stage name per line on standard input, answered by
     ``STAGE ok`` or ``STAGE failed`` on standard output; it exits when its input closes.
     """
-    from octrain.core.layout import CONFIG_FILE, LOG_FILE, load_config
-    from octrain.run.pipeline import resolve_constitution
-    from octrain.samplers import release_engines
-
     run_dir, named = Path(argv[0]), [StageName(name) for name in argv[1:]]
     answers: IO[str] | None = None
     if not named:
@@ -314,7 +295,7 @@ def main(argv: list[str]) -> int:
     handler: logging.Handler = (
         logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8") if is_main_process() else logging.NullHandler()
     )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     package_logger = logging.getLogger("octrain")
     package_logger.addHandler(handler)
     try:

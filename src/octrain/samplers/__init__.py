@@ -213,7 +213,8 @@ def _build_sharded(
     of one vLLM model share the same processes, and :func:`release_engines` ends them.
     """
     from octrain.samplers.engine_pool import ENGINES
-    from octrain.samplers.sharded import ShardedEngine, ShardedSampler, plan_devices
+    from octrain.samplers.shard_devices import plan_devices
+    from octrain.samplers.sharded import ShardedEngine, ShardedSampler
 
     shards = sampler.data_parallel_size
     if sampler.backend is SamplerBackend.vllm:

@@ -5,7 +5,9 @@ providers speak the same ``POST {base_url}/chat/completions`` protocol, so one s
 covers them all: a judge model behind an API, or a local server on a GPU box.
 
 Only the standard library is used (``urllib.request`` and a thread pool): the requests are
-plain JSON and the work is waiting on the network, which threads do well.
+plain JSON and the work is waiting on the network, which threads do well. One request on the
+wire, its failures and the answers in its response are :mod:`octrain.samplers.openai_protocol`;
+this module adds the retries, the concurrency and the key.
 
 The API key is read once from an environment variable and kept in a private attribute. It
 goes out in the ``Authorization`` header and nowhere else: error messages, log lines, the
@@ -16,57 +18,36 @@ error is scrubbed of it first, in case a proxy echoes the request back.
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import logging
-import math
 import os
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from octrain.core.errors import ConfigError, OctrainError
+from octrain.core.errors import ConfigError
 from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
+from octrain.samplers.openai_protocol import (
+    AttemptFailed,
+    JudgeRequestError,
+    parse_completions,
+    send_json,
+    without_userinfo,
+)
+
+# JudgeRequestError and without_userinfo live in openai_protocol; evaluation and drafting import
+# them from here, with the sampler they go with.
+__all__ = ["MAX_RETRY_AFTER", "JudgeRequestError", "OpenAIChatSampler", "parse_completions", "without_userinfo"]
 
 logger = logging.getLogger(__name__)
 
 # A server may ask for a long pause in Retry-After; past this many seconds we wait no longer, so one
 # unfriendly header cannot stall a whole run.
 MAX_RETRY_AFTER = 60.0
-# Quoting a little of an error body helps (it often says which field was wrong); quoting all of it
-# would bury the one-line message.
-_BODY_SNIPPET = 200
 # Statuses with which a server says it keeps no model list (GET /models is optional in practice).
 _NO_MODEL_LIST = (404, 405, 501)
-
-
-class JudgeRequestError(OctrainError, RuntimeError):
-    """A chat-completions request failed for good: a non-retryable status, or retries used up."""
-
-
-class _Failure(Exception):
-    """One failed attempt, described without the key; ``retryable`` says whether to try again."""
-
-    def __init__(
-        self,
-        kind: str,
-        *,
-        retryable: bool,
-        retry_after: float | None = None,
-        status: int | None = None,
-        malformed: bool = False,
-    ) -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.status = status  # the HTTP status of an error response, None for network failures
-        self.malformed = malformed  # the server answered, but not with a JSON object
 
 
 class OpenAIChatSampler:
@@ -229,7 +210,7 @@ class OpenAIChatSampler:
         where = self._scrub(without_userinfo(url))
         try:
             listing = self._attempt(None, url=url, timeout=timeout)
-        except _Failure as failure:
+        except AttemptFailed as failure:
             if failure.malformed or failure.status in _NO_MODEL_LIST:
                 return None
             raise JudgeRequestError(f"{where}: {failure.kind}") from None
@@ -285,7 +266,7 @@ class OpenAIChatSampler:
         for attempt in range(1, attempts + 1):
             try:
                 return self._attempt(data)
-            except _Failure as failure:
+            except AttemptFailed as failure:
                 if not failure.retryable:
                     raise JudgeRequestError(
                         f"{self._where}: {failure.kind}; not retried (attempt {attempt} of {attempts})"
@@ -311,120 +292,17 @@ class OpenAIChatSampler:
         raise AssertionError("unreachable: the loop above returns or raises")  # pragma: no cover
 
     def _attempt(self, data: bytes | None, *, url: str | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """One HTTP request (a POST of ``data``, or a GET without it); raises :class:`_Failure`."""
+        """One HTTP request (a POST of ``data``, or a GET without it); raises :class:`AttemptFailed`."""
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        method = "GET" if data is None else "POST"
-        request = urllib.request.Request(url or self.url, data=data, headers=headers, method=method)
         seconds = self.timeout if timeout is None else timeout
-        try:
-            with urllib.request.urlopen(request, timeout=seconds) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            status = error.code
-            snippet = self._scrub(_read_snippet(error))
-            kind = f"HTTP {status}" + (f": {snippet}" if snippet else "")
-            retryable = status == 429 or 500 <= status < 600
-            raise _Failure(kind, retryable=retryable, retry_after=_retry_after(error.headers), status=status) from None
-        except urllib.error.URLError as error:
-            # urlopen wraps connect-time failures, a connect timeout among them, in URLError.
-            if isinstance(error.reason, TimeoutError):
-                raise _Failure(f"timeout after {seconds:g}s", retryable=True) from None
-            raise _Failure(f"connection error: {self._scrub(str(error.reason))}", retryable=True) from None
-        except TimeoutError:
-            raise _Failure(f"timeout after {seconds:g}s", retryable=True) from None
-        except (OSError, http.client.HTTPException) as error:
-            # A dropped connection or a truncated reply: the network's fault, worth another try.
-            raise _Failure(f"connection error: {type(error).__name__}", retryable=True) from None
-        try:
-            decoded = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _Failure("the response is not JSON", retryable=False, malformed=True) from None
-        if not isinstance(decoded, dict):
-            raise _Failure("the response is not a JSON object", retryable=False, malformed=True)
-        return decoded
+        return send_json(url or self.url, data, headers, seconds, self._scrub)
 
     def _scrub(self, text: str) -> str:
         """``text`` with the API key blanked out, should a server or proxy have echoed it."""
         if self._api_key:
             text = text.replace(self._api_key, "[redacted]")
         return text
-
-
-def without_userinfo(url: str) -> str:
-    """``url`` without any ``user:password@`` part, which must not reach a message."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def _read_snippet(error: urllib.error.HTTPError) -> str:
-    """The start of an error response's body on one line, or "" if it cannot be read."""
-    try:
-        body = error.read(_BODY_SNIPPET * 4).decode("utf-8", errors="replace")
-    except (OSError, http.client.HTTPException):
-        return ""
-    # JSON error bodies usually carry the useful part under error.message.
-    try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            body = str(parsed["error"].get("message", body))
-    except json.JSONDecodeError:
-        pass
-    line = " ".join(body.split())
-    return line if len(line) <= _BODY_SNIPPET else line[: _BODY_SNIPPET - 3] + "..."
-
-
-def _retry_after(headers: Any) -> float | None:
-    """The numeric ``Retry-After`` value in seconds; None when absent or an HTTP date."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if math.isnan(seconds):
-        return None
-    return max(seconds, 0.0)
-
-
-def parse_completions(response: dict[str, Any], *, where: str = "chat-completions response") -> list[Completion]:
-    """The completions in a chat-completions response, in choice order.
-
-    ``finish_reason`` ``"length"`` means the token limit cut the answer (``finished=False``);
-    anything else, ``"stop"`` above all, counts as the model ending its turn. Token counts come
-    from ``usage.completion_tokens`` shared evenly over the choices (the API reports only the
-    total); without usage, whitespace-separated words stand in for tokens.
-
-    Raises:
-        JudgeRequestError: the response has no ``choices`` list or a choice has no message.
-    """
-    choices = response.get("choices")
-    if not isinstance(choices, list):
-        raise JudgeRequestError(f"{where}: the response has no 'choices' list")
-    if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
-        choices = sorted(choices, key=lambda c: c["index"])
-    texts: list[str] = []
-    finished: list[bool] = []
-    for position, choice in enumerate(choices):
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            raise JudgeRequestError(f"{where}: choices[{position}] has no 'message' object")
-        content = message.get("content")
-        # A null content (a refusal field or a tool call instead) is an empty answer, not a crash.
-        texts.append(content if isinstance(content, str) else "")
-        finished.append(choice.get("finish_reason") != "length")
-    usage = response.get("usage")
-    total = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    if isinstance(total, int) and total >= 0 and texts:
-        share, extra = divmod(total, len(texts))
-        # The remainder goes to the first choices, so the counts still add up to the reported total.
-        counts = [share + (1 if i < extra else 0) for i in range(len(texts))]
-    else:
-        counts = [len(text.split()) for text in texts]
-    return [Completion(text, count, done) for text, count, done in zip(texts, counts, finished, strict=True)]

@@ -12,14 +12,14 @@ above (the chunk ledger of :mod:`octrain.samplers.generation`, committed by reco
 exact-once and resume hold unchanged.
 
 Each engine lives in a child process started with :mod:`subprocess` (``python -c`` calling
-:func:`serve`), with ``CUDA_VISIBLE_DEVICES`` set to its device group in its environment, so
-the child's torch and vLLM see only their own GPUs from their first import, and the parent never
-touches CUDA (it counts GPUs from ``CUDA_VISIBLE_DEVICES`` or NVML, see :func:`visible_gpus`).
-The child builds its sampler with the ordinary :func:`~octrain.samplers.build_sampler` (the
-config dataclasses pickle) and serves requests over a pair of pipes of its own (stdout stays
-free for vLLM's logging): each request names its LoRA adapter, so the views of one sharded vLLM
-engine for the base and for every adapter share the same children, as they share one engine
-unsharded.
+:func:`octrain.samplers.shard_child.serve`), with ``CUDA_VISIBLE_DEVICES`` set to its device group
+in its environment, so the child's torch and vLLM see only their own GPUs from their first import,
+and the parent never touches CUDA (it counts GPUs from ``CUDA_VISIBLE_DEVICES`` or NVML, see
+:mod:`octrain.samplers.shard_devices`). The child builds its sampler with the ordinary
+:func:`~octrain.samplers.build_sampler` (the config dataclasses pickle) and serves requests over a
+pair of pipes of its own (:mod:`octrain.samplers.shard_wire`; stdout stays free for vLLM's
+logging): each request names its LoRA adapter, so the views of one sharded vLLM engine for the
+base and for every adapter share the same children, as they share one engine unsharded.
 
 Without GPUs (the transformers backend on the CPU, or vLLM's CPU build) the shards are CPU
 processes, as many as asked for, each given its share of the cores: useful for tests, and for
@@ -38,23 +38,24 @@ import contextlib
 import dataclasses
 import logging
 import os
-import pickle
-import struct
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import IO, Any
+from typing import Any
 
+from octrain.core import errors
 from octrain.core.config import ModelConfig, SamplerBackend, SamplerConfig
-from octrain.core.errors import ConfigError, OctrainError
 from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
+from octrain.samplers.shard_devices import child_environment, split_evenly
+from octrain.samplers.shard_wire import ShardSpec, one_line, receive_message, send_message
+
+__all__ = ["ShardDied", "ShardError", "ShardedEngine", "ShardedSampler"]
 
 logger = logging.getLogger(__name__)
-
-_HEADER = struct.Struct(">Q")  # the byte length of the pickled message that follows
 
 
 class ShardError(RuntimeError):
@@ -63,190 +64,6 @@ class ShardError(RuntimeError):
 
 class ShardDied(ShardError):
     """A shard's process is gone: its engine with it."""
-
-
-# --- devices ------------------------------------------------------------------------------------
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries for its children.
-
-    ``CUDA_VISIBLE_DEVICES`` when it is set (indexes or UUIDs, as given); otherwise one index per
-    GPU that ``torch.cuda.device_count()`` sees, which asks NVML and creates no CUDA context here
-    (the parent stays free of CUDA, its children get the whole memory of their devices).
-    """
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        devices = []
-        for entry in (part.strip() for part in listed.split(",")):
-            # CUDA stops at the first invalid entry ("-1" hides every GPU): so do we.
-            if not entry or entry.startswith("-"):
-                break
-            devices.append(entry)
-        return devices
-    import torch
-
-    return [str(index) for index in range(torch.cuda.device_count())]
-
-
-def device_groups(visible: Sequence[str], tensor_parallel: int, shards: int) -> list[list[str]]:
-    """The devices of each of ``shards`` engines: consecutive groups of ``tensor_parallel`` GPUs.
-
-    Consecutive, because neighbouring GPU indexes usually share the fastest links (NVLink, the
-    same PCIe switch), which tensor parallelism needs and data parallelism does not.
-
-    >>> device_groups(["0", "1", "2", "3"], tensor_parallel=2, shards=2)
-    [['0', '1'], ['2', '3']]
-
-    Raises:
-        ConfigError: fewer GPUs than ``shards * tensor_parallel``.
-    """
-    needed = shards * tensor_parallel
-    if needed > len(visible):
-        raise ConfigError(
-            f"sampler.data_parallel_size={shards} engines of sampler.vllm.tensor_parallel_size={tensor_parallel} "
-            f"GPU(s) each need {needed} GPUs, but this process sees {len(visible)}"
-            + (f" ({','.join(visible)})" if visible else "")
-            + ": lower sampler.data_parallel_size or set CUDA_VISIBLE_DEVICES"
-        )
-    return [list(visible[i * tensor_parallel : (i + 1) * tensor_parallel]) for i in range(shards)]
-
-
-def plan_devices(sampler: SamplerConfig) -> list[list[str] | None]:
-    """Each shard's GPUs for this config, or None for a CPU shard; checked before anything starts.
-
-    The transformers backend on ``device=cpu``, or any backend on a machine without GPUs, runs
-    CPU shards, as many as asked for. Otherwise every shard needs its own GPU (transformers) or
-    its own ``tensor_parallel_size`` GPUs (vLLM).
-    """
-    shards = sampler.data_parallel_size
-    if sampler.backend is SamplerBackend.hf and sampler.hf.device == "cpu":
-        return [None] * shards
-    visible = visible_gpus()
-    if not visible:
-        return [None] * shards
-    tensor_parallel = sampler.vllm.tensor_parallel_size if sampler.backend is SamplerBackend.vllm else 1
-    return list(device_groups(visible, tensor_parallel, shards))
-
-
-def _child_environment(devices: list[str] | None, index: int, shards: int) -> dict[str, str]:
-    """The environment of shard ``index``: its own GPUs, or its share of the CPU cores."""
-    import octrain
-
-    # The child imports this same octrain, wherever the parent found it (a checkout, a test path).
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(octrain.__file__)))
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
-    if devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        return env
-    env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU shard must not grab a GPU the others do not see
-    # N processes that each start one thread per core fight over the cores: give each its own
-    # slice of them (torch's thread count; vLLM's CPU build binds its threads to the listed cores).
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    start, stop = split_evenly(len(cores), shards)[index]
-    mine = cores[start:stop] or cores  # more shards than cores: they share them all
-    env.setdefault("OMP_NUM_THREADS", str(len(mine)))
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(core) for core in mine))
-    return env
-
-
-# --- the wire -----------------------------------------------------------------------------------
-
-
-def _send(stream: IO[bytes], message: object) -> None:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(payload)) + payload)
-    stream.flush()
-
-
-def _receive(stream: IO[bytes]) -> Any:
-    """The next message; EOFError when the other side closed its end (or died)."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        raise EOFError
-    (size,) = _HEADER.unpack(header)
-    payload = stream.read(size)
-    if len(payload) < size:
-        raise EOFError
-    return pickle.loads(payload)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardSpec:
-    """What a child needs to build its engine: the config with ``data_parallel_size=1``."""
-
-    index: int
-    sampler: SamplerConfig
-    model: ModelConfig
-    adapter: str | None
-    serves: tuple[str | None, ...]
-
-
-# --- the child ----------------------------------------------------------------------------------
-
-
-def _watch_parent(parent: int) -> None:
-    """End this child when its parent is gone, even in the middle of a long generation."""
-    import time
-
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def serve(read_fd: int, write_fd: int, parent: int) -> None:
-    """The loop of a shard process: build the sampler, then answer requests until told to stop.
-
-    Messages in: the :class:`ShardSpec` first, then ``("chat", adapter, conversations, params,
-    seeds)`` or ``("close",)``. Messages out: ``("ready", None)`` once the engine is loaded, then
-    one ``("result", completions)`` or ``("error", class path, one line)`` per request.
-    """
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
-    spec: ShardSpec = _receive(reader)
-    logging.basicConfig(level=logging.INFO, format=f"[shard {spec.index}] %(name)s: %(message)s")
-    from octrain.samplers import build_sampler, release_engines
-
-    views: dict[str | None, Any] = {}
-
-    def view(adapter: str | None) -> Any:
-        # One view per adapter on this child's pooled engine: vLLM serves them all from one engine.
-        if adapter not in views:
-            views[adapter] = build_sampler(
-                spec.sampler, spec.model, adapter=adapter, serves=spec.serves, show_progress=False
-            )
-        return views[adapter]
-
-    def failure(error: BaseException) -> tuple[str, str, str]:
-        return ("error", f"{type(error).__module__}.{type(error).__qualname__}", _one_line(error))
-
-    try:
-        view(spec.adapter)
-    except Exception as error:
-        _send(writer, failure(error))
-        return
-    _send(writer, ("ready", None))
-    try:
-        while True:
-            try:
-                message = _receive(reader)
-            except EOFError:
-                break  # the parent is gone
-            if message[0] == "close":
-                break
-            _, adapter, conversations, params, seeds = message
-            try:
-                reply: tuple[Any, ...] = ("result", view(adapter).chat(conversations, params, seeds=seeds))
-            except Exception as error:
-                reply = failure(error)
-            _send(writer, reply)
-    finally:
-        release_engines()
 
 
 # --- the parent ---------------------------------------------------------------------------------
@@ -260,21 +77,21 @@ class _Shard:
         to_child_read, to_child_write = os.pipe()
         from_child_read, from_child_write = os.pipe()
         command = (
-            "import sys; from octrain.samplers.sharded import serve; "
+            "import sys; from octrain.samplers.shard_child import serve; "
             "serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
         )
         # os.pipe() descriptors are not inherited: each child holds only its own two ends, so the
         # parent sees EOF the moment that child dies, whatever other shards are running.
         self.process = subprocess.Popen(
             [sys.executable, "-c", command, str(to_child_read), str(from_child_write), str(os.getpid())],
-            env=_child_environment(devices, spec.index, shards),
+            env=child_environment(devices, spec.index, shards),
             pass_fds=(to_child_read, from_child_write),
         )
         os.close(to_child_read)
         os.close(from_child_write)
         self.writer = os.fdopen(to_child_write, "wb")
         self.reader = os.fdopen(from_child_read, "rb")
-        _send(self.writer, spec)
+        send_message(self.writer, spec)
 
     @property
     def where(self) -> str:
@@ -289,8 +106,6 @@ class _Shard:
         if code is None:
             status = "stopped answering"
         elif code < 0:
-            import signal
-
             status = f"was killed by {signal.Signals(-code).name}"
         else:
             status = f"exited with status {code}"
@@ -301,8 +116,8 @@ class _Shard:
         if self.process.poll() is not None:
             raise self.died()
         try:
-            _send(self.writer, message)
-            reply = _receive(self.reader)
+            send_message(self.writer, message)
+            reply = receive_message(self.reader)
         except (BrokenPipeError, EOFError, OSError):
             raise self.died() from None
         if reply[0] == "error":
@@ -314,7 +129,7 @@ class _Shard:
         """Ask the child to release its engine and end; kill it if it does not in time."""
         if self.process.poll() is None:
             with contextlib.suppress(OSError):
-                _send(self.writer, ("close",))
+                send_message(self.writer, ("close",))
         for stream in (self.writer, self.reader):
             with contextlib.suppress(OSError):
                 stream.close()
@@ -327,28 +142,11 @@ class _Shard:
 
 def _rebuild_error(kind: str, message: str) -> Exception:
     """A child's error in the parent: a user error keeps its class (the CLI prints it as one line)."""
-    import octrain.core.errors
-
     module, _, name = kind.rpartition(".")
-    cls = getattr(octrain.core.errors, name, None) if module == "octrain.core.errors" else None
-    if isinstance(cls, type) and issubclass(cls, OctrainError):
+    cls = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(cls, type) and issubclass(cls, errors.OctrainError):
         return cls(message)
     return ShardError(message)
-
-
-def split_evenly(count: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous ``(start, stop)`` ranges over ``count`` items, sizes within one of each other.
-
-    Contiguous rather than round-robin: the K repeats of a prompt sit next to each other, and one
-    engine answering all of them computes their shared prefix once (vLLM's prefix cache).
-    """
-    base, extra = divmod(count, parts)
-    bounds, start = [], 0
-    for part in range(parts):
-        stop = start + base + (part < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 class ShardedEngine:
@@ -393,7 +191,7 @@ class ShardedEngine:
     @staticmethod
     def _ready(shard: _Shard) -> None:
         try:
-            reply = _receive(shard.reader)
+            reply = receive_message(shard.reader)
         except (EOFError, OSError):
             raise shard.died() from None
         if reply[0] == "error":
@@ -451,7 +249,7 @@ class ShardedEngine:
                     bar.update(stop - start)
             except BaseException as error:
                 # Interrupted with answers still in flight: the pipes are out of step with the requests.
-                self.broken = f"{self.name}: a call was interrupted ({_one_line(error)})"
+                self.broken = f"{self.name}: a call was interrupted ({one_line(error)})"
                 self.close()
                 raise
             finally:

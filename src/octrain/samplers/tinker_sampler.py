@@ -14,7 +14,7 @@ dropped connection or a server error is retried, the SDK itself waits out rate l
 
 Tinker's sampling parameters are temperature, top-p, top-k, stop and seed: min-p and the
 repetition penalty have no counterpart, so a call that sets them logs once that they are
-ignored (README: the backend equivalence table).
+ignored (docs/tinker.md: the two backends side by side).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from octrain.core.devices import free_device_memory
 from octrain.core.errors import ConfigError
@@ -36,10 +36,8 @@ from octrain.core.layout import ADAPTER_CONFIG_FILE
 from octrain.core.records import Message
 from octrain.samplers.base import Completion, SamplingParams, request_seeds
 from octrain.samplers.rendering import prompt_token_ids
+from octrain.samplers.vllm_stream import VLLMStream, completions_of, vllm_sampling_params
 from octrain.trainers.merge import serving_rank
-
-if TYPE_CHECKING:
-    from octrain.samplers.vllm_stream import VLLMStream
 
 
 def adapter_rank(adapter_path: str) -> int:
@@ -184,8 +182,6 @@ class VLLMSampler:
     ) -> list[list[Completion]]:
         from vllm.inputs import TokensPrompt
 
-        from octrain.samplers.vllm_stream import completions_of, vllm_sampling_params
-
         if not conversations:
             return []
         llm = self.engine.llm
@@ -204,8 +200,6 @@ class VLLMSampler:
 
     def open_stream(self) -> VLLMStream:
         """This model's requests on the engine, answered as they finish (:mod:`octrain.samplers.vllm_stream`)."""
-        from octrain.samplers.vllm_stream import VLLMStream
-
         return VLLMStream(self)
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ a conversation's next turn the moment its last one comes back), the scheduler ke
 waiting for the longest answer of its chunk.
 
 Requests carry the same token ids and the same per-request ``SamplingParams`` (with their seeds)
-as :meth:`VLLMSampler.chat`, so a streamed answer is the one ``chat`` would give. Like
+as :meth:`~octrain.samplers.vllm_engine.VLLMSampler.chat`, so a streamed answer is the one ``chat`` would give. Like
 ``LLM._validate_and_add_requests``, each request asks for its final output only
 (``RequestOutputKind.FINAL_ONLY``): the engine reports it once, whole, when all ``n`` samples are
 done. :meth:`VLLMStream.close` aborts whatever is still running, so that a stage stopped half-way
@@ -22,14 +22,36 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from octrain.samplers.base import Completion, SamplingParams
 from octrain.samplers.rendering import prompt_token_ids
 from octrain.samplers.streams import Request
 
-if TYPE_CHECKING:
-    from octrain.samplers.vllm_engine import VLLMSampler
+
+class _LoadedEngine(Protocol):
+    @property
+    def llm(self) -> Any:
+        """The loaded ``vllm.LLM``, or None once the engine was closed."""
+
+
+class VLLMModel(Protocol):
+    """What a stream needs of a :class:`~octrain.samplers.vllm_engine.VLLMSampler`: its engine, its
+    adapter's ``LoRARequest``, its name and how to render prompts. Spelled out here so that this module
+    does not import the sampler's, which opens its streams from here."""
+
+    @property
+    def engine(self) -> _LoadedEngine: ...
+
+    @property
+    def lora_request(self) -> Any: ...
+
+    @property
+    def enable_thinking(self) -> bool: ...
+
+    @property
+    def name(self) -> str: ...
+
 
 # Request ids are ours, unique within the process: another stream, or an LLM.generate call, never
 # shares one (LLM numbers its own requests 0, 1, 2, ...).
@@ -57,9 +79,9 @@ def completions_of(output: Any) -> list[Completion]:
 
 
 class VLLMStream:
-    """Implements :class:`~octrain.samplers.streams.ChatStream` on one :class:`VLLMSampler` (its model and adapter)."""
+    """Implements :class:`~octrain.samplers.streams.ChatStream` on one vLLM sampler (its model and adapter)."""
 
-    def __init__(self, sampler: VLLMSampler) -> None:
+    def __init__(self, sampler: VLLMModel) -> None:
         llm = sampler.engine.llm
         if llm is None:
             raise RuntimeError(f"{sampler.name}: its vLLM engine was closed (another model was loaded since)")

@@ -6,7 +6,9 @@ import dataclasses
 from typing import Any
 
 from octrain.core.config import StageName
+from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PAIRS_FILE, PLOT_FILE
 from octrain.core.records import ModelRef
+from octrain.run.ranks import is_main_process
 from octrain.stages.context import RunContext
 
 
@@ -21,8 +23,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PAIRS_FILE, PLOT_FILE
-    from octrain.run.ranks import is_main_process
+    # The trainers bring torch and TRL: imported when a stage trains, not when the pipeline is listed.
     from octrain.trainers import build_trainer
     from octrain.trainers.report import read_metrics, read_summary
 

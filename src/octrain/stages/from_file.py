@@ -22,7 +22,7 @@ from typing import Any
 from octrain.core.config import OctrainConfig, StageName
 from octrain.core.data_import import ImportReport, file_sha256, read_pairs, read_transcripts
 from octrain.core.files import write_text_atomic
-from octrain.core.layout import REPORT_FILE
+from octrain.core.layout import PAIRS_FILE, REPORT_FILE, SFT_FILE
 from octrain.core.records import save_records
 from octrain.stages.context import RunContext
 
@@ -104,8 +104,6 @@ def _write(ctx: RunContext, stage: StageName, name: str, records: list[Any], rep
 
 def import_pairs(ctx: RunContext) -> dict[str, Any]:
     """Stage ``pairs`` from ``pairs.source``: ``pairs/pairs.jsonl`` and ``pairs/report.json``."""
-    from octrain.core.layout import PAIRS_FILE
-
     assert ctx.config.pairs.source
     pairs, report = read_pairs(ctx.config.pairs.source)
     if report.details["identical_answers"]:
@@ -115,8 +113,6 @@ def import_pairs(ctx: RunContext) -> dict[str, Any]:
 
 def import_transcripts(ctx: RunContext) -> dict[str, Any]:
     """Stage ``introspect`` from ``introspect.source``: ``introspect/sft.jsonl`` and its report."""
-    from octrain.core.layout import SFT_FILE
-
     assert ctx.config.introspect.source
     transcripts, report = read_transcripts(ctx.config.introspect.source)
     return _write(ctx, StageName.introspect, SFT_FILE, transcripts, report)

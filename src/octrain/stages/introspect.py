@@ -1,6 +1,6 @@
 """Stage ``introspect``: the trained model's own self-reflections and self-conversations.
 
-Sampled from the model after DPO (base + DPO adapter), as in METHOD.md section 3:
+Sampled from the model after DPO (base + DPO adapter), as in docs/method.md section 3:
 
 * **self-reflection**: each of the reflection prompts (10 themes, from a letter to one's
   earlier self to one's true purpose) answered many times under the character prompt plus a
@@ -16,7 +16,8 @@ Sampled from the model after DPO (base + DPO adapter), as in METHOD.md section 3
   Each transcript is trained from both copies' points of view, on every assistant turn,
   under a short trait-free system prompt.
 
-Quality filters drop bad reflections and end a conversation at its first bad turn.
+Quality filters drop bad reflections and end a conversation at its first bad turn. The
+conversations themselves are :mod:`octrain.stages.self_interaction`.
 """
 
 from __future__ import annotations
@@ -26,30 +27,25 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from octrain.constitution import Constitution
-from octrain.constitution.persona_prompts import (
-    PLAIN_GREETINGS,
-    SELF_AWARE_GREETINGS,
-    interaction_system_prompt,
-    plain_system_prompt,
-    reflection_system_prompt,
-)
+from octrain.constitution.persona_prompts import interaction_system_prompt, reflection_system_prompt
 from octrain.core.config import IntrospectionFilters, StageName
 from octrain.core.errors import DataFormatError, StageError
-from octrain.core.files import write_text_atomic
-from octrain.core.layout import REPORT_FILE, SFT_FILE
-from octrain.core.records import Conversation, Message, ModelRef, save_records
-from octrain.core.seeding import derive_seed
+from octrain.core.files import read_text, write_text_atomic
+from octrain.core.layout import MODEL_FILE, REPORT_FILE, SFT_FILE
+from octrain.core.records import Conversation, ModelRef, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 from octrain.samplers.generation import ChunkLedger, duplicate_count, generate_in_chunks, run_streaming
-from octrain.samplers.streams import ChatStream, Request, open_stream
+from octrain.samplers.streams import open_stream
 from octrain.stages.answer_checks import is_degenerate, trim_completion
 from octrain.stages.context import RunContext
+from octrain.stages.from_file import import_transcripts, source_fingerprint
+from octrain.stages.self_interaction import converse_in_stream, interaction_plan, interaction_records
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +58,6 @@ def load_reflection_prompts(source: str) -> list[str]:
     if source == "builtin":
         text = resources.files("octrain").joinpath("data/reflection_prompts.txt").read_text(encoding="utf-8")
     else:
-        from octrain.core.files import read_text
-
         # A missing or binary file is one line of error naming it, not a traceback.
         text = read_text(Path(source).expanduser(), "introspect.reflection_prompts")
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
@@ -154,161 +148,12 @@ def reflection_records(
     return records
 
 
-# --- self-interaction -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class InteractionSpec:
-    id: str
-    leading: bool
-    greeting: str
-
-
-def interaction_plan(count: int) -> list[InteractionSpec]:
-    """Half free (plain greetings), half leading (self-aware greetings), interleaved."""
-    plan = []
-    for index in range(count):
-        leading = index % 2 == 1
-        greetings = SELF_AWARE_GREETINGS if leading else PLAIN_GREETINGS
-        kind = "leading" if leading else "free"
-        plan.append(InteractionSpec(f"chat-{index:05d}-{kind}", leading, greetings[(index // 2) % len(greetings)]))
-    return plan
-
-
-def view(system: str, utterances: Sequence[str], speaker: int) -> list[Message]:
-    """The conversation as copy ``speaker`` sees it: its own turns as assistant, the other's as user.
-
-    Utterance 0 (the greeting) belongs to copy 1, utterance 1 to copy 0, and so on alternately;
-    a conversation that would open with the speaker's own greeting drops it, so every view
-    starts with a user turn.
-    """
-    messages: list[Message] = [{"role": "system", "content": system}]
-    for index, text in enumerate(utterances):
-        author = 1 if index % 2 == 0 else 0
-        role = "assistant" if author == speaker else "user"
-        if len(messages) == 1 and role == "assistant":
-            continue
-        messages.append({"role": role, "content": text})
-    return messages
-
-
-def converse(
-    sampler: Sampler,
-    specs: Sequence[InteractionSpec],
-    system_for: Callable[[InteractionSpec], str],
-    turns: int,
-    params: SamplingParams,
-    problem_of: Callable[[Completion], str | None],
-    tidy: Callable[[Completion], Completion] = lambda completion: completion,
-) -> list[dict[str, Any]]:
-    """Hold every conversation of ``specs`` to its end (:func:`converse_in_stream` on ``sampler``).
-
-    A batch-only sampler answers one turn of all the conversations still going per call.
-
-    Returns one row per conversation, in the order of ``specs``: its generated turns (the greeting
-    excluded), and the reason it stopped early, if it did.
-    """
-    stream = open_stream(sampler)
-    try:
-        rows = dict(converse_in_stream(stream, dict(enumerate(specs)), system_for, turns, params, problem_of, tidy))
-    finally:
-        stream.close()
-    return [rows[position] for position in range(len(specs))]
-
-
-def converse_in_stream(
-    stream: ChatStream,
-    specs: Mapping[int, InteractionSpec],
-    system_for: Callable[[InteractionSpec], str],
-    turns: int,
-    params: SamplingParams,
-    problem_of: Callable[[Completion], str | None],
-    tidy: Callable[[Completion], Completion] = lambda completion: completion,
-    order: Callable[[int], int] = lambda position: 0,
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Run the conversations ``specs`` (by position) on ``stream``; yield ``(position, row)`` as each ends.
-
-    A conversation asks for its next turn the moment its last one comes back, so conversations at
-    different turns share the backend's batch. ``tidy`` turns each raw turn into the one judged and
-    kept (:func:`trim_completion`, or as it is). ``order`` is the wave of a batch-only backend that
-    a conversation's turns belong to (its chunk).
-    """
-    one = dataclasses.replace(params, n=1)
-    utterances = {position: [spec.greeting] for position, spec in specs.items()}
-    stopped: dict[int, str | None] = dict.fromkeys(specs)
-    tokens = dict.fromkeys(specs, 0)
-
-    def row(position: int) -> dict[str, Any]:
-        spec = specs[position]
-        return {
-            "id": spec.id,
-            "leading": spec.leading,
-            "greeting": spec.greeting,
-            "turns": utterances[position][1:],
-            "stopped": stopped[position],
-            "tokens": tokens[position],
-        }
-
-    def ask(position: int, turn: int) -> None:
-        spec = specs[position]
-        speaker = 0 if turn % 2 == 1 else 1
-        # Each turn of each conversation its own seed: the conversations open with a handful of
-        # greetings, and one shared seed would make those with the same greeting say the same.
-        seed = None if params.seed is None else derive_seed(params.seed, spec.id, turn)
-        conversation = view(system_for(spec), utterances[position], speaker)
-        stream.submit(Request((position, turn), conversation, one, seed, order(position)))
-
-    for position in specs:
-        if turns >= 1:
-            ask(position, 1)
-        else:
-            yield position, row(position)
-    for key, [raw] in stream.answers():
-        position, turn = cast(tuple[int, int], key)
-        tokens[position] += raw.num_tokens
-        completion = tidy(raw)
-        problem = problem_of(completion)
-        if problem:
-            stopped[position] = problem
-        else:
-            utterances[position].append(completion.text)
-        if problem or turn == turns:
-            yield position, row(position)
-        else:
-            ask(position, turn + 1)
-
-
-def interaction_records(rows: list[dict[str, Any]], name: str) -> list[Conversation]:
-    """Training transcripts: each conversation from both copies' sides, ending on an assistant turn."""
-    system = plain_system_prompt(name)
-    records = []
-    for row in rows:
-        utterances = [row["greeting"], *row["turns"]]
-        for speaker, side in ((0, "a"), (1, "b")):
-            messages = view(system, utterances, speaker)
-            while messages and messages[-1]["role"] != "assistant":
-                messages.pop()
-            if len(messages) < 3:  # system + user + at least one assistant turn
-                continue
-            records.append(
-                Conversation(
-                    id=f"{row['id']}-{side}",
-                    messages=messages,
-                    kind="interaction",
-                    meta={"guidance": "leading" if row["leading"] else "free", "side": side},
-                )
-            )
-    return records
-
-
 # --- the stage in the pipeline ----------------------------------------------------------------
 
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
     if config.introspect.source:
-        from octrain.stages.from_file import source_fingerprint
-
         # Imported transcripts are the file's content and nothing else (dpo still comes in as the need).
         return source_fingerprint(config.introspect.source)
     settings = dataclasses.asdict(config.introspect)
@@ -324,13 +169,10 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    from octrain.core.layout import MODEL_FILE
-    from octrain.samplers import build_sampler
+    from octrain.samplers import build_sampler  # looked up when the stage runs, so tests can swap the factory
 
     config, constitution = ctx.config, ctx.constitution
     if config.introspect.source:
-        from octrain.stages.from_file import import_transcripts
-
         return import_transcripts(ctx)
     settings = config.introspect
     name = config.student.assistant_name

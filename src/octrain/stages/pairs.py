@@ -1,4 +1,4 @@
-"""Stage ``pairs``: preference pairs for DPO distillation (METHOD.md section 2).
+"""Stage ``pairs``: preference pairs for DPO distillation (docs/method.md section 2).
 
 For every prompt, the *teacher* answers with the constitution in its system prompt (the
 assistant named, called a new AI system, its traits numbered, told to live by them without
@@ -22,15 +22,16 @@ from typing import Any
 
 from octrain.constitution import Constitution
 from octrain.constitution.persona_prompts import teacher_context
-from octrain.core.config import PairFilters, StageName, TeacherPrompt
+from octrain.core.config import OctrainConfig, PairFilters, StageName, TeacherPrompt
 from octrain.core.errors import StageError
 from octrain.core.files import write_text_atomic
-from octrain.core.layout import PAIRS_FILE, REPORT_FILE
+from octrain.core.layout import PAIRS_FILE, PROMPTS_FILE, REPORT_FILE
 from octrain.core.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
 from octrain.samplers.generation import duplicate_count, generate_in_chunks
 from octrain.stages.answer_checks import ends_a_sentence, is_degenerate, trim_to_sentence
 from octrain.stages.context import RunContext
+from octrain.stages.from_file import import_pairs, source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +248,6 @@ def make_pairs(
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
     if config.pairs.source:
-        from octrain.stages.from_file import source_fingerprint
-
         # Imported pairs are the file's content and nothing else: no model, sampling or constitution.
         return source_fingerprint(config.pairs.source)
     settings = dataclasses.asdict(config.pairs)
@@ -277,16 +276,39 @@ def token_counter(model_path: str) -> Callable[[list[Message]], int]:
     return count
 
 
+def assemble_as_configured(
+    config: OctrainConfig,
+    constitution: Constitution,
+    prompts: list[PromptRecord],
+    teacher_answers: dict[str, Completion],
+    student_answers: dict[str, Completion],
+    count_tokens: Callable[[list[Message]], int] | None,
+) -> tuple[list[PreferencePair], PairsReport]:
+    """:func:`~octrain.stages.pairs.assemble_pairs` with the settings the pairs stage reads from ``config``."""
+    return assemble_pairs(
+        prompts,
+        teacher_answers,
+        student_answers,
+        constitution=constitution,
+        teacher=config.teacher.path,
+        student=config.student.path,
+        teacher_name=config.teacher.assistant_name,
+        student_name=config.student.assistant_name,
+        filters=config.pairs.filters,
+        max_length=config.pairs.max_length,
+        count_tokens=count_tokens,
+        prefilled=config.pairs.thinking_prefill,
+        trim_unfinished=config.pairs.trim_unfinished,
+    )
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     """Write ``pairs/pairs.jsonl`` and ``pairs/report.json``, generating in committed chunks (or
     importing them from ``pairs.source``)."""
-    from octrain.core.layout import PROMPTS_FILE
-    from octrain.samplers import build_sampler
+    from octrain.samplers import build_sampler  # looked up when the stage runs, so tests can swap the factory
 
     config = ctx.config
     if config.pairs.source:
-        from octrain.stages.from_file import import_pairs
-
         return import_pairs(ctx)
     prompts = load_records(ctx.stage_dir(StageName.prompts) / PROMPTS_FILE, PromptRecord)
     out = ctx.stage_dir(StageName.pairs)
@@ -314,20 +336,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
         desc="student answers",
     )
     counter = token_counter(config.student.path) if config.pairs.filters.too_long else None
-    pairs, report = assemble_pairs(
+    pairs, report = assemble_as_configured(
+        config,
+        ctx.constitution,
         prompts,
         {i: c[0] for i, c in teacher_raw.items()},
         {i: c[0] for i, c in student_raw.items()},
-        constitution=ctx.constitution,
-        teacher=config.teacher.path,
-        student=config.student.path,
-        teacher_name=config.teacher.assistant_name,
-        student_name=config.student.assistant_name,
-        filters=config.pairs.filters,
-        max_length=config.pairs.max_length,
-        count_tokens=counter,
-        prefilled=prefill,
-        trim_unfinished=config.pairs.trim_unfinished,
+        counter,
     )
     dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.most_common()) or "none"
     logger.info("pairs: kept %d of %d; dropped: %s", report.kept, report.prompts, dropped)

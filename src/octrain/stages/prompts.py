@@ -1,6 +1,6 @@
 """Stage ``prompts``: the user prompts that stage 1 answers.
 
-Two sources, as in the method (METHOD.md section 1):
+Two sources, as in the method (docs/method.md section 1):
 
 * **trait-targeted prompts**: for each trait, its seed questions, then the prompts the
   constitution already holds for it (the paper's ``additional_questions``, origin
@@ -14,6 +14,9 @@ Two sources, as in the method (METHOD.md section 1):
   a Hub dataset such as LIMA's first turns), so the character shows on everyday tasks too.
 
 Every distinct prompt is repeated K times (``scale.samples_per_prompt``) with stable ids.
+The generic pool is :mod:`octrain.stages.generic_prompts`, the report of what was asked for and
+got is :mod:`octrain.stages.prompts_report`, and the near-duplicate rule is
+:mod:`octrain.constitution.near_duplicates` (the loader applies it too).
 """
 
 from __future__ import annotations
@@ -21,29 +24,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import re
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from octrain.constitution import Constitution, Trait
+from octrain.constitution.near_duplicates import PromptSet
 from octrain.core.config import PromptsStageConfig, ScaleConfig, StageName
-from octrain.core.errors import ConfigError, DataFormatError, StageError
-from octrain.core.files import iter_jsonl, write_text_atomic
+from octrain.core.errors import ConfigError, StageError
+from octrain.core.files import write_text_atomic
 from octrain.core.layout import PROMPTS_FILE, REPORT_FILE, ROUNDS_DIR
 from octrain.core.records import Message, PromptRecord, save_records
 from octrain.samplers.base import Sampler, SamplingParams
 from octrain.samplers.generation import CommittedCalls
 from octrain.stages.context import RunContext
+from octrain.stages.generic_prompts import load_generic_pool, pick_generic
+from octrain.stages.prompts_report import PromptsReport, TraitReport, describe_given, describe_shortfall
 
 logger = logging.getLogger(__name__)
 
 _NUMBERED_LINE = re.compile(r"^\s*\**(\d{1,3})\s*[.)]\**\s+(.+?)\s*$")
-_WORD = re.compile(r"[a-z0-9']+")
 _QUOTES = "\"'“”‘’`"
 
 
@@ -82,54 +81,6 @@ def parse_numbered_lines(text: str) -> list[str]:
     return found
 
 
-def word_set(text: str) -> frozenset[str]:
-    return frozenset(_WORD.findall(text.lower()))
-
-
-class PromptSet:
-    """An ordered set of prompts that refuses exact and near duplicates.
-
-    Two prompts are near duplicates when the words they share are more than
-    ``max_overlap`` of the distinct words of the longer one: rewording a few words of an
-    earlier prompt does not make a new prompt.
-    """
-
-    def __init__(self, max_overlap: float = 0.5) -> None:
-        self.max_overlap = max_overlap
-        self._words: list[frozenset[str]] = []
-        self._exact: set[str] = set()
-        self._by_word: dict[str, list[int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._words)
-
-    def check(self, text: str) -> str | None:
-        """Why ``text`` would be refused (``duplicate`` / ``near-duplicate``), or None."""
-        key = " ".join(text.lower().split())
-        if key in self._exact:
-            return "duplicate"
-        words = word_set(text)
-        shared: Counter[int] = Counter()
-        for word in words:
-            shared.update(self._by_word.get(word, ()))
-        for index, count in shared.items():
-            if count / max(len(words), len(self._words[index]), 1) > self.max_overlap:
-                return "near-duplicate"
-        return None
-
-    def add(self, text: str) -> str | None:
-        """Add ``text`` unless refused; returns the reason for a refusal, or None."""
-        reason = self.check(text)
-        if reason is None:
-            index = len(self._words)
-            words = word_set(text)
-            self._words.append(words)
-            self._exact.add(" ".join(text.lower().split()))
-            for word in words:
-                self._by_word.setdefault(word, []).append(index)
-        return reason
-
-
 def junk_reason(text: str, config: PromptsStageConfig) -> str | None:
     """Why an expanded line is unusable as a prompt, or None if it is fine."""
     if len(text) > config.max_chars:
@@ -141,76 +92,6 @@ def junk_reason(text: str, config: PromptsStageConfig) -> str | None:
     if letters < 0.5 * len(text.replace(" ", "")):
         return "not-text"
     return None
-
-
-@dataclass
-class TraitReport:
-    trait: int
-    text: str
-    wanted: int
-    seeds: int = 0
-    additional: int = 0
-    expanded: int = 0
-    requests: int = 0
-    lines_parsed: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    expansion_skipped: bool = False  # the constitution's own prompts filled the trait
-
-    @property
-    def got(self) -> int:
-        return self.seeds + self.additional + self.expanded
-
-
-@dataclass
-class PromptsReport:
-    """What the stage asked for and what it got; written as ``report.json``."""
-
-    traits: list[TraitReport] = field(default_factory=list)
-    generic_wanted: int = 0
-    generic_got: int = 0
-    generic_source: str = ""
-    samples_per_prompt: int = 1
-    rounds: int = 0
-
-    @property
-    def wanted(self) -> int:
-        return sum(t.wanted for t in self.traits) + self.generic_wanted
-
-    @property
-    def got(self) -> int:
-        return sum(t.got for t in self.traits) + self.generic_got
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "wanted": self.wanted,
-            "got": self.got,
-            "additional": sum(t.additional for t in self.traits),
-            "expansion_skipped": sum(t.expansion_skipped for t in self.traits),
-            "records": self.got * self.samples_per_prompt,
-            "samples_per_prompt": self.samples_per_prompt,
-            "rounds": self.rounds,
-            "generic": {
-                "source": self.generic_source,
-                "wanted": self.generic_wanted,
-                "got": self.generic_got,
-            },
-            "traits": [
-                {
-                    "trait": t.trait,
-                    "text": t.text,
-                    "wanted": t.wanted,
-                    "got": t.got,
-                    "seeds": t.seeds,
-                    "additional": t.additional,
-                    "expanded": t.expanded,
-                    "expansion_skipped": t.expansion_skipped,
-                    "requests": t.requests,
-                    "lines_parsed": t.lines_parsed,
-                    "rejected": t.rejected,
-                }
-                for t in self.traits
-            ],
-        }
 
 
 def given_prompts(
@@ -305,81 +186,6 @@ def expand_trait_prompts(
     return collected, report
 
 
-def _first_user_turn(row: dict[str, Any]) -> str | None:
-    """The opening user message of a row in any common chat-dataset layout."""
-    for key in ("prompt", "instruction", "question", "text"):
-        value = row.get(key)
-        if isinstance(value, str):
-            return value
-    for key in ("prompt", "messages", "conversation", "conversations"):
-        value = row.get(key)
-        if isinstance(value, list) and value:
-            first = value[0]
-            if isinstance(first, str):  # LIMA: a list of alternating turns as plain strings
-                return first
-            if isinstance(first, dict):
-                for message in value:
-                    if message.get("role", message.get("from")) in ("user", "human"):
-                        content = message.get("content", message.get("value"))
-                        return content if isinstance(content, str) else None
-    return None
-
-
-def load_generic_pool(source: str) -> list[str]:
-    """Ordinary assistant requests from ``builtin``, a ``.jsonl``/``.txt`` file, or ``hub:NAME[:SPLIT]``.
-
-    Raises:
-        DataFormatError: a file row without a usable user turn, or a file that is not UTF-8
-            text, named by path and line.
-    """
-    from octrain.core.files import read_text
-
-    if source == "builtin":
-        text = resources.files("octrain").joinpath("data/generic_prompts.jsonl").read_text(encoding="utf-8")
-        return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
-    if source.startswith("hub:"):
-        from datasets import load_dataset
-
-        name, _, split = source[len("hub:") :].partition(":")
-        rows: Iterable[dict[str, Any]] = load_dataset(name, split=split or "train")
-        prompts = [p for p in (_first_user_turn(row) for row in rows) if p and p.strip()]
-        if not prompts:
-            raise DataFormatError(f"prompts.generic_source={source}: no user turns found in the dataset")
-        return prompts
-    path = Path(source).expanduser()
-    if path.suffix == ".txt":
-        text = read_text(path, "prompts.generic_source")  # a binary file is one line of error, not a traceback
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        prompts = []
-        for number, row in iter_jsonl(path):
-            prompt = _first_user_turn(row)
-            if not prompt or not prompt.strip():
-                raise DataFormatError(
-                    f"{path}:{number}: no user prompt found (expected a 'prompt' string, or a "
-                    "'messages'/'conversations' list)"
-                )
-            prompts.append(prompt)
-        return prompts
-    raise ConfigError(
-        f"prompts.generic_source: expected 'builtin', a .jsonl or .txt file, or hub:NAME[:SPLIT], got {source!r}"
-    )
-
-
-def pick_generic(pool: list[str], count: int, seen: PromptSet, seed: int) -> list[str]:
-    """``count`` prompts from ``pool`` in a seeded random order, skipping duplicates."""
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
-    picked = []
-    for index in order:
-        if len(picked) >= count:
-            break
-        text = pool[index].strip()
-        if text and seen.add(text) is None:
-            picked.append(text)
-    return picked
-
-
 def make_prompts(
     constitution: Constitution,
     generator: Sampler | None,
@@ -420,54 +226,6 @@ def _repeat(stem: str, text: str, origin: str, trait: int | None, scale: ScaleCo
         PromptRecord(id=f"{stem}-k{k}", prompt=prompt, origin=origin, trait=trait, sample=k)
         for k in range(scale.samples_per_prompt)
     ]
-
-
-def describe_given(report: PromptsReport) -> list[str]:
-    """A log line for the traits whose additional questions spared them expansion."""
-    skipped = [entry for entry in report.traits if entry.expansion_skipped and entry.additional]
-    if not skipped:
-        return []
-    return [
-        f"{len(skipped)} of {len(report.traits)} traits (traits {', '.join(str(e.trait) for e in skipped)}) took "
-        f"{sum(e.additional for e in skipped)} prompts from the constitution's additional questions; "
-        "no expansion was asked for them"
-    ]
-
-
-def describe_shortfall(report: PromptsReport, detail_limit: int = 5) -> list[str]:
-    """Log lines for traits (and the generic pool) that got fewer prompts than asked, saying why.
-
-    Up to ``detail_limit`` short traits get a line each; beyond that one line sums them up
-    (``report.json`` always has the per-trait detail).
-    """
-    short = [entry for entry in report.traits if entry.got < entry.wanted]
-    lines = []
-    if len(short) <= detail_limit:
-        for entry in short:
-            rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(entry.rejected.items())) or "none"
-            additional = f"{entry.additional} additional, " if entry.additional else ""
-            lines.append(
-                f"trait {entry.trait}: got {entry.got} of {entry.wanted} prompts ({entry.seeds} seed, {additional}"
-                f"{entry.expanded} expanded) from {entry.requests} generator replies; "
-                f"{entry.lines_parsed} numbered lines parsed; rejected: {rejected}"
-            )
-    else:
-        rejected_total: Counter[str] = Counter()
-        for entry in short:
-            rejected_total.update(entry.rejected)
-        rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(rejected_total.items())) or "none"
-        lines.append(
-            f"{len(short)} of {len(report.traits)} traits fell short (traits "
-            f"{', '.join(str(e.trait) for e in short)}): {sum(e.got for e in short)} of "
-            f"{sum(e.wanted for e in short)} prompts, {sum(e.expanded for e in short)} of them expanded, from "
-            f"{sum(e.requests for e in short)} generator replies; {sum(e.lines_parsed for e in short)} "
-            f"numbered lines parsed; rejected: {rejected}"
-        )
-    if report.generic_got < report.generic_wanted:
-        lines.append(
-            f"generic: got {report.generic_got} of {report.generic_wanted} prompts from {report.generic_source}"
-        )
-    return lines
 
 
 # --- the stage in the pipeline ----------------------------------------------------------------

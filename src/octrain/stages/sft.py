@@ -14,8 +14,10 @@ import dataclasses
 from typing import Any
 
 from octrain.core.config import SftMode, StageName
-from octrain.core.layout import MERGED_DIR
+from octrain.core.errors import ConfigError, StageError
+from octrain.core.layout import MERGED_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE, SFT_FILE
 from octrain.core.records import ModelRef
+from octrain.run.ranks import is_main_process
 from octrain.stages.context import RunContext
 
 FINAL_ADAPTER = "adapter"
@@ -32,9 +34,7 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    from octrain.core.errors import ConfigError
-    from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, SFT_FILE
-    from octrain.run.ranks import is_main_process
+    # The trainers bring torch and TRL: imported when a stage trains, not when the pipeline is listed.
     from octrain.trainers.merge import combine_adapters, merge_into_weights
     from octrain.trainers.report import read_metrics, read_summary
     from octrain.trainers.trl_sft import train_sft
@@ -96,10 +96,8 @@ def _run_on_tinker(ctx: RunContext) -> dict[str, Any]:
     One adapter holds both updates (Tinker cannot fold or merge adapters), so there is no local
     final adapter to combine: ``model.json`` names the ``tinker://`` sampler weights.
     """
-    from octrain.core.errors import StageError
-    from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, SFT_FILE
     from octrain.trainers.report import read_metrics, read_summary
-    from octrain.trainers.tinker_common import Progress
+    from octrain.trainers.tinker_loop import Progress
     from octrain.trainers.tinker_sft import train_sft as train_on_tinker
 
     config = ctx.config

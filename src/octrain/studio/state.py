@@ -1,4 +1,4 @@
-"""What every studio page shares: where the runs are, and the one lock on the loaded model.
+"""What every studio page shares: where the runs are, the one lock on the loaded model, and the one on Hydra.
 
 The run root comes from ``octrain ui --run-root`` through an environment variable, because
 Streamlit runs the app as a script in a server process of its own: the variable is the one
@@ -14,6 +14,10 @@ from pathlib import Path
 import streamlit as st
 
 RUN_ROOT_ENV = "OCTRAIN_STUDIO_RUN_ROOT"
+
+# Hydra's compose API keeps one global state per process: two browser tabs composing a config at
+# once would clash, so every page composes (octrain.core.compose.compose_config) holding this lock.
+COMPOSE_LOCK = threading.Lock()
 
 
 def run_root() -> Path:

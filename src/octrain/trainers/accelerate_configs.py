@@ -32,6 +32,7 @@ from typing import Any
 
 from octrain.core.errors import ConfigError
 from octrain.core.paths import configs_dir
+from octrain.trainers.precision import precision
 
 KEY = "trainer.accelerate_config"
 
@@ -324,8 +325,6 @@ def launch_command(
     """
     if not module_args:
         raise ValueError("launch_command needs a module to run")
-    from octrain.trainers.trl_common import precision
-
     # octrain chooses the precision (bf16 on a GPU that has it, fp32 elsewhere: TrainingArguments'
     # bf16 flag); a file's mixed_precision must not put bf16 autocast on a CPU run or fp32 on a GPU one.
     # precision() asks NVML: the parent that launches the ranks opens no CUDA context on GPU 0.

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from octrain.core.config import TrainerBackend, TRLOptions
 from octrain.core.errors import ConfigError
 from octrain.core.layout import FOLDED_BASE_DIR
-from octrain.trainers.trl_common import gradient_checkpointing, precision
+from octrain.trainers.precision import precision
+from octrain.trainers.trl_common import gradient_checkpointing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -1,9 +1,10 @@
 """What octrain's Tinker backends share: the SDK import, the key, the served models, LoRA, batches.
 
 Tinker (Thinking Machines' hosted training and sampling API) runs the forward and backward
-passes of a LoRA model remotely and hands back per-token log-probs; everything else (the
-tokenization, the loss, checkpoint bookkeeping) is octrain's, here; the learning-rate schedule is
-:mod:`octrain.trainers.schedule`, the one the TRL backend follows too.
+passes of a LoRA model remotely and hands back per-token log-probs; everything else is octrain's:
+the session, the checks and the request helpers here, the checkpointed step loop in
+:mod:`octrain.trainers.tinker_loop`, the tokenization and the loss in the trainers, and the
+learning-rate schedule in :mod:`octrain.trainers.schedule`, the one the TRL backend follows too.
 
 Checks happen before any work: the ``tinker`` SDK must be installed (the ``[tinker]`` extra),
 ``TINKER_API_KEY`` must be set and look like a Tinker key, and every model a run asks for must
@@ -16,20 +17,16 @@ without the extra. A test replaces :data:`SERVICE_FACTORY` to talk to a fake ser
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from octrain.core.config import LoraSettings, TinkerOptions
 from octrain.core.errors import ConfigError
-from octrain.core.files import write_text_atomic
-from octrain.core.layout import TINKER_PROGRESS_FILE
-from octrain.core.seeding import derive_seed
+
+# Moved to tinker_loop with the step loop it belongs to; re-exported until octrain.stages.sft and
+# octrain.use.tinker_download import it from there.
 
 API_KEY_VARIABLE = "TINKER_API_KEY"
 # ApiKeyAuthProvider in the SDK accepts keys with this prefix, or a JWT (which starts "eyJ").
@@ -199,44 +196,6 @@ def load_tokenizer(model: str) -> Any:
     return load(resolve_model_path(model))
 
 
-@dataclass
-class Progress:
-    """What survives a kill: the last state checkpoint and the step it holds, in ``tinker_progress.json``.
-
-    Written only after Tinker has confirmed the save, so the state named here is complete; a resumed
-    run continues at ``step`` and no step is trained twice or skipped.
-    """
-
-    step: int = 0
-    state_path: str | None = None
-    fingerprint: str = ""
-    final_state_path: str | None = None
-    sampler_path: str | None = None
-
-    @classmethod
-    def load(cls, output_dir: Path) -> Progress | None:
-        path = output_dir / TINKER_PROGRESS_FILE
-        if not path.is_file():
-            return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
-
-    def save(self, output_dir: Path) -> None:
-        write_text_atomic(output_dir / TINKER_PROGRESS_FILE, json.dumps(self.__dict__, indent=2) + "\n")
-
-
-def fingerprint(*parts: object) -> str:
-    """A short hash of what a training depends on: a resume with other data or settings starts afresh."""
-    import hashlib
-
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def wait_all(futures: Sequence[Any]) -> list[Any]:
-    """The results of ``futures`` in order (all were submitted before the first wait)."""
-    return [future.result() for future in futures]
-
-
 def retryable(error: BaseException) -> bool:
     """A failure worth another attempt: the connection dropped, the request timed out, the server erred.
 
@@ -340,25 +299,3 @@ def check_tinker_run(config: Any) -> None:
     service = connect(config.trainer.tinker if trains else config.sampler.tinker)
     sampled = [config.teacher.path, config.student.path] if samples else []
     check_models_served(service, sample=sampled, train=[config.student.path] if trains else [])
-
-
-def step_batches(
-    count: int, *, batch_size: int, epochs: float, seed: int, label: str, shuffle_first_epoch: bool = True
-) -> list[list[int]]:
-    """The record indices of every optimizer step, ``ceil(count / batch_size * epochs)`` of them.
-
-    Each epoch is cut into batches in order; an epoch is first shuffled with its own seed
-    (``label`` names the stream), except the first when ``shuffle_first_epoch`` is False, for
-    records already shuffled when they were written.
-    """
-    steps_per_epoch = math.ceil(count / batch_size)
-    total = max(1, math.ceil(steps_per_epoch * epochs))
-    batches: list[list[int]] = []
-    epoch = 0
-    while len(batches) < total:
-        order = list(range(count))
-        if epoch or shuffle_first_epoch:
-            random.Random(derive_seed(seed, label, epoch)).shuffle(order)
-        batches.extend(order[start : start + batch_size] for start in range(0, count, batch_size))
-        epoch += 1
-    return batches[:total]

@@ -1,4 +1,4 @@
-"""LoRA DPO on Tinker, with the TRL backend's tokens and loss (METHOD.md section 2).
+"""LoRA DPO on Tinker, with the TRL backend's tokens and loss (docs/method.md section 2).
 
 Tokens: each pair is tokenized here as TRL's ``DPOTrainer`` tokenizes a conversational pair
 (the prompt with the generation prompt, prompt + answer without; the answer starts where the
@@ -12,23 +12,18 @@ with a hash of those sequences: a resumed run reads them back and asks the servi
 so the reference stays pinned to the starting weights whatever step the run resumes at.
 
 Loss, per batch, through ``forward_backward_custom`` (the service runs the forward pass and
-the backward pass from the gradient octrain's loss puts on each token's log-prob):
+the backward pass from the gradient octrain's loss puts on each token's log-prob): the method's
+objective, :func:`octrain.trainers.dpo_objective.dpo_objective`, the function the TRL backend's
+trainer calls too (sigmoid DPO on summed answer log-probs + ``nll_weight`` x NLL on the chosen
+answers + ``kl_weight`` x the per-token KL penalty). There each part is a mean per micro-batch of
+``trainer.trl.per_device_batch_size``; here per batch of ``dpo.batch_size``, the same when the two
+are equal. The optimizer is Tinker's AdamW with every setting given (betas, epsilon, weight decay,
+gradient clipping) and, at each step, the LR of :mod:`octrain.trainers.schedule` (warmup, then a
+cosine to ``min_lr_ratio``), the TRL backend's.
 
-* DPO: mean over pairs of ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` on
-  summed (not length-normalised) answer log-probs;
-* NLL: minus the chosen answers' log-probs, mean over all chosen answer tokens of the batch;
-* KL: mean over all answer tokens of the batch of ``(log pi - log pi_ref)^2``;
-
-``loss = dpo + nll_weight * nll + kl_weight * kl``, the TRL backend's definitions (there
-each is a mean per micro-batch of ``trainer.trl.per_device_batch_size``; here per batch of
-``dpo.batch_size``, the same when the two are equal). The optimizer is Tinker's AdamW with
-every setting given (betas, epsilon, weight decay, gradient clipping) and, at each step, the LR
-of :mod:`octrain.trainers.schedule` (warmup, then a cosine to ``min_lr_ratio``), the TRL backend's.
-
-Checkpoints: ``save_state`` every ``trainer.tinker.save_steps`` steps (weights and Adam
-moments); ``tinker_progress.json`` records a state only once Tinker has confirmed it, and a
-rerun after a kill continues from it, so each step is trained exactly once. At the end the
-weights are saved for sampling and ``model.json`` holds their ``tinker://`` path.
+Checkpoints and resuming are :mod:`octrain.trainers.tinker_loop`'s, shared with SFT: a state saved
+every ``trainer.tinker.save_steps`` steps, each step trained exactly once across kills, and at the
+end the weights saved for sampling, their ``tinker://`` path in ``model.json``.
 """
 
 from __future__ import annotations
@@ -46,10 +41,9 @@ from typing import Any
 from octrain.core.config import DpoStageConfig, TinkerOptions
 from octrain.core.errors import ConfigError
 from octrain.core.files import iter_jsonl, write_jsonl
-from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, REFERENCE_LOGPROBS_FILE
+from octrain.core.layout import REFERENCE_LOGPROBS_FILE
 from octrain.core.records import ModelRef, PreferencePair, load_records
-from octrain.trainers import schedule, tinker_common
-from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
+from octrain.trainers import schedule, tinker_common, tinker_loop
 
 logger = logging.getLogger(__name__)
 
@@ -179,55 +173,7 @@ def load_or_compute_reference(
 
 
 # ---------------------------------------------------------------------------------------------
-# The objective
-
-
-def dpo_objective(
-    policy: Sequence[Any],
-    reference: Sequence[Any],
-    masks: Sequence[Any],
-    *,
-    beta: float,
-    nll_weight: float,
-    kl_weight: float,
-) -> tuple[Any, dict[str, float]]:
-    """The loss of one batch and its parts; the first half of each list is chosen, the second rejected.
-
-    ``policy[i]``, ``reference[i]`` and ``masks[i]`` are per-target-token tensors of sequence ``i``
-    (mask 1 on answer tokens). Definitions as the TRL backend's (see the module docstring).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if len(policy) % 2 or not (len(policy) == len(reference) == len(masks)):
-        raise ValueError("dpo_objective needs chosen then rejected sequences, with a reference and mask each")
-    half = len(policy) // 2
-    summed = torch.stack([(p * m).sum() for p, m in zip(policy, masks, strict=True)])
-    summed_ref = torch.stack([(r * m).sum() for r, m in zip(reference, masks, strict=True)])
-    chosen_ratio = summed[:half] - summed_ref[:half]
-    rejected_ratio = summed[half:] - summed_ref[half:]
-    dpo = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()
-    chosen_tokens = torch.stack([m.sum() for m in masks[:half]]).sum().clamp(min=1.0)
-    nll = -torch.stack([(p * m).sum() for p, m in zip(policy[:half], masks[:half], strict=True)]).sum() / chosen_tokens
-    all_tokens = torch.stack([m.sum() for m in masks]).sum().clamp(min=1.0)
-    kl = torch.stack([((p - r).pow(2) * m).sum() for p, r, m in zip(policy, reference, masks, strict=True)]).sum()
-    kl = kl / all_tokens
-    loss = dpo + nll_weight * nll + kl_weight * kl
-    with torch.no_grad():
-        chosen_rewards, rejected_rewards = beta * chosen_ratio, beta * rejected_ratio
-        parts = {
-            "loss": float(loss),
-            "dpo_loss": float(dpo),
-            "nll_loss": float(nll),
-            "kl_penalty": float(kl),
-            "rewards/chosen": float(chosen_rewards.mean()),
-            "rewards/rejected": float(rejected_rewards.mean()),
-            "rewards/margins": float((chosen_rewards - rejected_rewards).mean()),
-            "rewards/accuracies": float((chosen_rewards > rejected_rewards).float().mean()),
-            "logps/chosen": float(summed[:half].mean()),
-            "logps/rejected": float(summed[half:].mean()),
-        }
-    return loss, parts
+# The loss
 
 
 def batch_data(
@@ -247,24 +193,23 @@ def batch_data(
 
 
 def make_loss(references: Sequence[Sequence[float]], config: DpoStageConfig) -> Callable[..., Any]:
-    """The custom loss for ``forward_backward_custom``: ``(data, logprobs) -> (loss, metrics)``."""
+    """The custom loss for ``forward_backward_custom``: ``(data, logprobs) -> (loss, metrics)``, the
+    method's objective (:func:`octrain.trainers.dpo_objective.dpo_objective`) on the service's log-probs."""
 
     def loss_fn(data: Sequence[Any], logprobs: Sequence[Any]) -> tuple[Any, dict[str, float]]:
+        # Imported here, where the SDK already has torch loaded: importing this module stays torch-free.
         import torch
+
+        from octrain.trainers.dpo_objective import AnswerSums, dpo_objective
 
         masks = [datum.loss_fn_inputs["weights"].to_torch().float() for datum in data]
         refs = [torch.tensor(ref, dtype=torch.float32) for ref in references]
         for index, (lp, ref) in enumerate(zip(logprobs, refs, strict=True)):
             if lp.shape != ref.shape:
                 raise RuntimeError(f"sequence {index}: {tuple(lp.shape)} log-probs for {tuple(ref.shape)} targets")
-        return dpo_objective(
-            [lp.float() for lp in logprobs],
-            refs,
-            masks,
-            beta=config.beta,
-            nll_weight=config.nll_weight,
-            kl_weight=config.kl_weight,
-        )
+        sums = AnswerSums.from_sequences([lp.float() for lp in logprobs], refs, masks)
+        loss, parts = dpo_objective(sums, beta=config.beta, nll_weight=config.nll_weight, kl_weight=config.kl_weight)
+        return loss, {name: float(value) for name, value in parts.items()}
 
     return loss_fn
 
@@ -290,8 +235,7 @@ def train_dpo(
     options = options or TinkerOptions()
     if start.adapter or start.remote:
         raise ConfigError(f"dpo: training starts from a base model; got {start.label}")
-    if options.save_steps < 1:
-        raise ConfigError(f"trainer.tinker.save_steps={options.save_steps}: must be at least 1")
+    tinker_loop.check_save_steps(options)
     layers = tinker_common.lora_layers(config.lora)
     output_dir.mkdir(parents=True, exist_ok=True)
     service = service if service is not None else tinker_common.connect(options)
@@ -306,28 +250,28 @@ def train_dpo(
     if not pairs:
         raise ConfigError(f"dpo: no pair of {pairs_path} fits dpo.max_length={config.max_length}")
 
-    key = tinker_common.fingerprint(start.base, dataclasses.asdict(config), seed, sequences_hash(pairs))
-    progress = tinker_common.Progress.load(output_dir)
-    if progress is not None and progress.fingerprint != key:
-        logger.warning("dpo: %s is from other data or settings; training from the start", tinker_common.PROGRESS_FILE)
-        progress = None
-    progress = progress or tinker_common.Progress(fingerprint=key)
-    batches = tinker_common.step_batches(
+    batches = tinker_loop.step_batches(
         len(pairs), batch_size=config.batch_size, epochs=config.epochs, seed=seed, label="dpo-order"
     )
-    if progress.sampler_path and progress.step >= len(batches):
-        logger.info("dpo: already trained (%s)", progress.sampler_path)
-        return _finish(output_dir, start, progress)
+    training = tinker_loop.ResumableTraining(
+        output_dir,
+        stage="dpo",
+        key=tinker_loop.fingerprint(start.base, dataclasses.asdict(config), seed, sequences_hash(pairs)),
+        total_steps=len(batches),
+        options=options,
+    )
+    if training.finished:
+        logger.info("dpo: already trained (%s)", training.progress.sampler_path)
+        return training.finish(start.base, DPO_PANELS)
 
     # The reference first, from the starting weights, before any step changes them.
     references = load_or_compute_reference(output_dir, service, start.base, pairs, options=options)
-    if progress.state_path:
-        logger.info("dpo: resuming at step %d from %s", progress.step, progress.state_path)
-        client = service.create_training_client_from_state_with_optimizer(progress.state_path).result()
-    else:
-        client = service.create_lora_training_client(
+    client = training.open_client(
+        service,
+        lambda: service.create_lora_training_client(
             base_model=start.base, rank=config.lora.rank, seed=seed, **layers
-        ).result()
+        ).result(),
+    )
     logger.info(
         "dpo on Tinker: %d pairs, %d steps of %d, LoRA rank %d (%s), from step %d",
         len(pairs),
@@ -335,67 +279,41 @@ def train_dpo(
         config.batch_size,
         config.lora.rank,
         ", ".join(name for name, on in layers.items() if on),
-        progress.step,
+        training.progress.step,
     )
-    rows = [row for row in read_metrics(output_dir / METRICS_FILE) if row.get("step", 0) <= progress.step]
+    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
 
-    def submit(step: int) -> tuple[Any, Any, float]:
-        chosen = [pairs[i] for i in batches[step]]
-        data, refs = batch_data(chosen, [references[i] for i in batches[step]])
-        lr = schedule.learning_rate(
+    def send(step: int) -> tuple[Any, None]:
+        data, refs = batch_data([pairs[i] for i in batches[step]], [references[i] for i in batches[step]])
+        return client.forward_backward_custom(data, make_loss(refs, config)), None
+
+    def row(step: int, result: Any, _: None) -> dict[str, Any]:
+        metrics = {key: float(value) for key, value in result.metrics.items() if key in _METRIC_KEYS}
+        return {"epoch": (step + 1) / steps_per_epoch, **metrics}
+
+    plan = tinker_loop.StepPlan(
+        learning_rate=lambda step: schedule.learning_rate(
             step,
             total_steps=len(batches),
             peak=config.learning_rate,
             warmup_ratio=config.warmup_ratio,
             min_ratio=config.min_lr_ratio,
-        )
-        backward = client.forward_backward_custom(data, make_loss(refs, config))
-        # Requests on a training client run in submission order: the optimizer step goes out at
-        # once, and the next batch's forward pass after it, before this one's answers are read.
-        update = client.optim_step(
-            tinker_common.adam_params(
-                lr,
-                beta1=config.adam_beta1,
-                beta2=config.adam_beta2,
-                weight_decay=config.weight_decay,
-                grad_clip=config.max_grad_norm,
-            )
-        )
-        return backward, update, lr
-
-    def record(step: int, backward: Any, update: Any, lr: float) -> None:
-        result = backward.result()
-        update.result()
-        row: dict[str, Any] = {"step": step + 1, "epoch": (step + 1) / math.ceil(len(pairs) / config.batch_size)}
-        row.update({k: float(v) for k, v in result.metrics.items() if k in _METRIC_KEYS})
-        row["learning_rate"] = lr
-        rows.append(row)
-
-    pending: tuple[int, Any, Any, float] | None = None
-    for step in range(progress.step, len(batches)):
-        backward, update, lr = submit(step)
-        if pending is not None:
-            record(*pending)
-        pending = (step, backward, update, lr)
-        done = step + 1
-        if done % options.save_steps == 0 and done < len(batches):
-            record(*pending)
-            pending = None
-            saved = client.save_state(f"dpo-step-{done:06d}", ttl_seconds=options.checkpoint_ttl_seconds).result()
-            write_metrics(output_dir / METRICS_FILE, rows)
-            progress.step, progress.state_path = done, saved.path  # only now is the state known complete
-            progress.save(output_dir)
-    if pending is not None:
-        record(*pending)
-    final = client.save_state("dpo-final", ttl_seconds=options.checkpoint_ttl_seconds).result()
-    sampler = client.save_weights_for_sampler("dpo-final", ttl_seconds=options.checkpoint_ttl_seconds).result()
-    write_metrics(output_dir / METRICS_FILE, rows)
-    progress.step, progress.state_path = len(batches), final.path
-    progress.final_state_path, progress.sampler_path = final.path, sampler.path
-    progress.save(output_dir)
-    return _finish(output_dir, start, progress)
+        ),
+        adam=lambda lr: tinker_common.adam_params(
+            lr,
+            beta1=config.adam_beta1,
+            beta2=config.adam_beta2,
+            weight_decay=config.weight_decay,
+            grad_clip=config.max_grad_norm,
+        ),
+        send=send,
+        row=row,
+    )
+    training.run(client, plan)
+    return training.finish(start.base, DPO_PANELS)
 
 
+# The objective's parts and rewards (dpo_objective's keys) that go into metrics.jsonl.
 _METRIC_KEYS = frozenset(
     {
         "loss",
@@ -410,11 +328,3 @@ _METRIC_KEYS = frozenset(
         "logps/rejected",
     }
 )
-
-
-def _finish(output_dir: Path, start: ModelRef, progress: tinker_common.Progress) -> ModelRef:
-    note = record_steps(output_dir, progress.step, stage="dpo")  # every step is trained by now
-    plot_metrics(output_dir / PLOT_FILE, read_metrics(output_dir / METRICS_FILE), DPO_PANELS, note=note)
-    result = ModelRef(base=start.base, remote=progress.sampler_path)
-    result.save(output_dir / MODEL_FILE)
-    return result

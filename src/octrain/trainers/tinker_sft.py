@@ -15,7 +15,9 @@ gradient, in one ``forward_backward`` call with no custom loss.
 Sequential mode (the default) continues from the DPO stage's final state: the same LoRA
 trained further, with a fresh optimizer as the TRL backend starts one. Tinker cannot fold an
 adapter into the weights, so the result is one adapter holding both updates, at the DPO
-adapter's rank (the README's equivalence table says what that changes).
+adapter's rank (docs/tinker.md's side-by-side table says what that changes).
+
+Checkpoints and resuming are :mod:`octrain.trainers.tinker_loop`'s, shared with DPO.
 """
 
 from __future__ import annotations
@@ -29,11 +31,9 @@ from typing import Any
 
 from octrain.core.config import SftStageConfig, TinkerOptions
 from octrain.core.errors import ConfigError
-from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE
 from octrain.core.records import Conversation, ModelRef, load_records
-from octrain.trainers import schedule, tinker_common
+from octrain.trainers import schedule, tinker_common, tinker_loop
 from octrain.trainers.assistant_mask import tokenize_conversation
-from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ def train_sft(
             trains a fresh LoRA on the base.
     """
     options = options or TinkerOptions()
-    if options.save_steps < 1:
-        raise ConfigError(f"trainer.tinker.save_steps={options.save_steps}: must be at least 1")
+    tinker_loop.check_save_steps(options)
     layers = tinker_common.lora_layers(config.lora)
     output_dir.mkdir(parents=True, exist_ok=True)
     service = service if service is not None else tinker_common.connect(options)
@@ -121,14 +120,8 @@ def train_sft(
     )
     if not examples:
         raise ConfigError(f"sft: no transcript of {conversations_path} has an assistant token within max_length")
-    key = tinker_common.fingerprint(base, dataclasses.asdict(config), seed, dpo_state, examples)
-    progress = tinker_common.Progress.load(output_dir)
-    if progress is not None and progress.fingerprint != key:
-        logger.warning("sft: %s is from other data or settings; training from the start", tinker_common.PROGRESS_FILE)
-        progress = None
-    progress = progress or tinker_common.Progress(fingerprint=key)
     # The introspection records were shuffled when written: the first epoch keeps their order.
-    batches = tinker_common.step_batches(
+    batches = tinker_loop.step_batches(
         len(examples),
         batch_size=config.batch_size,
         epochs=config.epochs,
@@ -136,19 +129,24 @@ def train_sft(
         label="sft-order",
         shuffle_first_epoch=False,
     )
-    if progress.sampler_path and progress.step >= len(batches):
-        return _finish(output_dir, base, progress)
+    training = tinker_loop.ResumableTraining(
+        output_dir,
+        stage="sft",
+        key=tinker_loop.fingerprint(base, dataclasses.asdict(config), seed, dpo_state, examples),
+        total_steps=len(batches),
+        options=options,
+    )
+    if training.finished:
+        logger.info("sft: already trained (%s)", training.progress.sampler_path)
+        return training.finish(base, SFT_PANELS)
 
-    if progress.state_path:
-        logger.info("sft: resuming at step %d from %s", progress.step, progress.state_path)
-        client = service.create_training_client_from_state_with_optimizer(progress.state_path).result()
-    elif dpo_state:
-        # The DPO weights, a new optimizer: the TRL backend also starts SFT with fresh Adam moments.
-        client = service.create_training_client_from_state(dpo_state).result()
-    else:
-        client = service.create_lora_training_client(
-            base_model=base, rank=config.lora.rank, seed=seed, **layers
-        ).result()
+    def start() -> Any:
+        if dpo_state:
+            # The DPO weights, a new optimizer: the TRL backend also starts SFT with fresh Adam moments.
+            return service.create_training_client_from_state(dpo_state).result()
+        return service.create_lora_training_client(base_model=base, rank=config.lora.rank, seed=seed, **layers).result()
+
+    client = training.open_client(service, start)
     logger.info(
         "sft on Tinker: %d examples, %d steps of %d, %s",
         len(examples),
@@ -156,60 +154,29 @@ def train_sft(
         config.batch_size,
         f"continuing {dpo_state}" if dpo_state else f"a new LoRA of rank {config.lora.rank} on {base}",
     )
-    rows = [row for row in read_metrics(output_dir / METRICS_FILE) if row.get("step", 0) <= progress.step]
     beta1, beta2 = tinker_common.TRANSFORMERS_ADAM_BETAS
 
-    def submit(step: int) -> tuple[Any, Any, list[Any], float]:
+    def send(step: int) -> tuple[Any, list[Any]]:
         data = step_data([examples[i] for i in batches[step]])
-        lr = schedule.learning_rate(
-            step, total_steps=len(batches), peak=config.learning_rate, warmup_ratio=config.warmup_ratio
-        )
-        backward = client.forward_backward(data, "cross_entropy")
-        update = client.optim_step(
-            tinker_common.adam_params(
-                lr, beta1=beta1, beta2=beta2, weight_decay=config.weight_decay, grad_clip=config.max_grad_norm
-            )
-        )
-        return backward, update, data, lr
+        return client.forward_backward(data, "cross_entropy"), data
 
-    def record(step: int, backward: Any, update: Any, data: list[Any], lr: float) -> None:
-        result = backward.result()
-        update.result()
+    def row(step: int, result: Any, data: list[Any]) -> dict[str, Any]:
         # The loss from the returned log-probs: sum of -logprob x weight, i.e. the mean over trained tokens.
         loss = 0.0
         for datum, output in zip(data, result.loss_fn_outputs, strict=True):
             logprobs = output["logprobs"].data
             loss -= sum(lp * w for lp, w in zip(logprobs, tinker_common.datum_weights(datum), strict=True))
-        rows.append({"step": step + 1, "loss": loss, "learning_rate": lr})
+        return {"loss": loss}
 
-    pending: tuple[int, Any, Any, list[Any], float] | None = None
-    for step in range(progress.step, len(batches)):
-        backward, update, data, lr = submit(step)
-        if pending is not None:
-            record(*pending)
-        pending = (step, backward, update, data, lr)
-        done = step + 1
-        if done % options.save_steps == 0 and done < len(batches):
-            record(*pending)
-            pending = None
-            saved = client.save_state(f"sft-step-{done:06d}", ttl_seconds=options.checkpoint_ttl_seconds).result()
-            write_metrics(output_dir / METRICS_FILE, rows)
-            progress.step, progress.state_path = done, saved.path
-            progress.save(output_dir)
-    if pending is not None:
-        record(*pending)
-    final = client.save_state("sft-final", ttl_seconds=options.checkpoint_ttl_seconds).result()
-    sampler = client.save_weights_for_sampler("sft-final", ttl_seconds=options.checkpoint_ttl_seconds).result()
-    write_metrics(output_dir / METRICS_FILE, rows)
-    progress.step, progress.state_path = len(batches), final.path
-    progress.final_state_path, progress.sampler_path = final.path, sampler.path
-    progress.save(output_dir)
-    return _finish(output_dir, base, progress)
-
-
-def _finish(output_dir: Path, base: str, progress: tinker_common.Progress) -> ModelRef:
-    note = record_steps(output_dir, progress.step, stage="sft")  # every step is trained by now
-    plot_metrics(output_dir / PLOT_FILE, read_metrics(output_dir / METRICS_FILE), SFT_PANELS, note=note)
-    result = ModelRef(base=base, remote=progress.sampler_path)
-    result.save(output_dir / MODEL_FILE)
-    return result
+    plan = tinker_loop.StepPlan(
+        learning_rate=lambda step: schedule.learning_rate(
+            step, total_steps=len(batches), peak=config.learning_rate, warmup_ratio=config.warmup_ratio
+        ),
+        adam=lambda lr: tinker_common.adam_params(
+            lr, beta1=beta1, beta2=beta2, weight_decay=config.weight_decay, grad_clip=config.max_grad_norm
+        ),
+        send=send,
+        row=row,
+    )
+    training.run(client, plan)
+    return training.finish(base, SFT_PANELS)

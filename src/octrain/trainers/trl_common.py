@@ -11,21 +11,11 @@ from typing import Any
 from octrain.core.config import LoraSettings, TRLOptions
 from octrain.core.files import atomic_directory
 from octrain.core.layout import CHECKPOINT_DIR
+from octrain.trainers.accelerate_configs import gathered_state_dict
 from octrain.trainers.checkpoints import last_complete_checkpoint
+from octrain.trainers.precision import precision
 
 logger = logging.getLogger(__name__)
-
-
-def precision() -> tuple[bool, bool]:
-    """(use CUDA, use bf16): bf16 on a GPU that supports it, fp32 on the CPU and older GPUs.
-
-    Decided from NVML (:mod:`octrain.core.devices`), never from a CUDA context: the parent calls this in
-    preflight and before ``accelerate launch``, and must not take half a GiB of GPU 0 for the answer.
-    """
-    from octrain.core.devices import bf16_supported, gpu_usable
-
-    use_cuda = gpu_usable()
-    return use_cuda, use_cuda and bf16_supported()
 
 
 def gradient_checkpointing(options: TRLOptions) -> tuple[bool, dict[str, Any] | None]:
@@ -136,8 +126,6 @@ def save_trained_adapter(trainer: Any, tokenizer: Any, target: Path) -> None:
     Under FSDP2 and ZeRO-3 each rank holds a shard of the weights: gathering them is a collective
     all ranks join (:func:`octrain.trainers.accelerate_configs.gathered_state_dict`); rank 0 then writes.
     """
-    from octrain.trainers.accelerate_configs import gathered_state_dict
-
     state = gathered_state_dict(trainer)
     if not trainer.accelerator.is_main_process:
         return

@@ -1,11 +1,12 @@
-"""LoRA DPO with TRL, as the method prescribes (METHOD.md section 2).
+"""LoRA DPO with TRL, as the method prescribes (docs/method.md section 2).
 
-TRL's ``DPOTrainer`` gives summed-log-prob sigmoid DPO plus the NLL term on the chosen
-answer (``loss_type=["sigmoid", "sft"]``, the latter a mean over chosen tokens). The
-paper adds a per-token KL penalty, the mean over answer tokens of
-``(log pi - log pi_ref)^2``, which TRL lacks: :class:`CharacterDPOTrainer` adds it from the
-per-token log-probs TRL already computes for the policy and the reference (captured with a
-forward hook, so no extra forward pass), and logs the three parts of the loss separately.
+TRL's ``DPOTrainer`` tokenizes the pairs, runs the policy and the reference forward passes and logs
+its rewards; the loss is the method's objective, :func:`octrain.trainers.dpo_objective.dpo_objective`
+(summed-log-prob sigmoid DPO, the NLL term on the chosen answer, and the paper's per-token KL penalty,
+which TRL lacks), the function the Tinker backend calls too. :class:`CharacterDPOTrainer` computes it
+from the per-token log-probs TRL already computes for the policy and the reference (captured with a
+forward hook, so no extra forward pass), and logs the three parts of the loss separately. The
+arguments still name the first two parts in TRL's terms (``loss_type=["sigmoid", "sft"]``).
 
 The reference is the starting model with the LoRA adapter switched off: one copy of the
 weights in memory (with ``trainer.trl.load_in_4bit`` the base, and so the reference, is the
@@ -49,51 +50,61 @@ DPO_PANELS = (
 
 def make_trainer_class() -> type:
     """Build the DPOTrainer subclass lazily, so importing octrain never imports TRL."""
-    import torch
-    import torch.nn.functional as F
     from trl import DPOTrainer
 
+    from octrain.trainers.dpo_objective import PART_NAMES, AnswerSums, dpo_objective
+
     class CharacterDPOTrainer(ScheduleMixin, DPOTrainer):
-        """DPOTrainer + the paper's per-token KL penalty, with the loss logged in parts, on octrain's
-        LR schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`)."""
+        """DPOTrainer with the method's objective (:mod:`octrain.trainers.dpo_objective`) as its loss, the
+        parts logged separately, on octrain's LR schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`)."""
 
         def __init__(self, *args: Any, kl_weight: float = 0.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.kl_weight = kl_weight
+            self.nll_weight = _nll_weight(self)
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-            # TRL calls the model twice per batch: policy (with grad), then reference (adapter off).
-            captured: list[torch.Tensor] = []
+            # TRL calls the model twice per batch: policy (with grad), then reference (adapter off). A forward
+            # hook keeps both outputs, so the objective needs no extra forward pass; TRL's own loss (its
+            # sigmoid + sft, the objective's first two parts) is computed and dropped, its metrics kept.
+            captured: list[Any] = []
             hook_target = self.accelerator.unwrap_model(self.model)
-            handle = hook_target.register_forward_hook(lambda _m, _a, out: captured.append(out.log_probs))
+            handle = hook_target.register_forward_hook(lambda _m, _a, out: captured.append(out))
             try:
                 result = super()._compute_loss(model, inputs, return_outputs)
             finally:
                 handle.remove()
-            loss = result[0] if return_outputs else result
             if len(captured) < 2:
                 return result  # precomputed reference log-probs: no per-token reference to compare
-            mask = inputs["completion_mask"][..., 1:].to(captured[0].dtype)
-            width = mask.size(1)
-            policy, reference = captured[0][:, -width:], captured[1][:, -width:].detach()
-            tokens = mask.sum().clamp(min=1.0)
-            kl = ((policy - reference).pow(2) * mask).sum() / tokens
-            if self.kl_weight > 0:
-                loss = loss + self.kl_weight * kl
-            with torch.no_grad():
-                summed = ((policy - reference) * mask).sum(dim=1)
-                chosen, rejected = summed.chunk(2, dim=0)
-                dpo = -F.logsigmoid(self.beta * (chosen - rejected)).mean()
-                chosen_mask = mask.chunk(2, dim=0)[0]
-                nll = -(policy.chunk(2, dim=0)[0] * chosen_mask).sum() / chosen_mask.sum().clamp(min=1.0)
+            policy, reference = captured[0].log_probs, captured[1].log_probs
+            mask = inputs["completion_mask"][..., 1:].to(policy.dtype)
+            width = mask.size(1)  # prompt-learning PEFT prepends virtual tokens: keep the real positions, as TRL does
+            sums = AnswerSums.from_padded(policy[:, -width:], reference[:, -width:].detach(), mask)
+            loss, parts = dpo_objective(sums, beta=self.beta, nll_weight=self.nll_weight, kl_weight=self.kl_weight)
+            if self.aux_loss_enabled:  # a mixture-of-experts student: TRL's router balance term stays in the loss
+                loss = loss + self.router_aux_loss_coef * captured[0].aux_loss
             mode = "train" if self.model.training else "eval"
             gather = self.accelerator.gather_for_metrics
-            self._metrics[mode]["dpo_loss"].append(gather(dpo.detach()).mean().item())
-            self._metrics[mode]["nll_loss"].append(gather(nll.detach()).mean().item())
-            self._metrics[mode]["kl_penalty"].append(gather(kl.detach()).mean().item())
+            for name in PART_NAMES:
+                self._metrics[mode][name].append(gather(parts[name]).mean().item())
             return (loss, result[1]) if return_outputs else loss
 
     return CharacterDPOTrainer
+
+
+def _nll_weight(trainer: Any) -> float:
+    """The NLL weight in the trainer's arguments, once they are known to ask for the method's objective.
+
+    :func:`build_dpo_args` writes the objective as TRL's ``loss_type=["sigmoid", "sft"]`` with weights
+    ``[1, nll_weight]``; CharacterDPOTrainer computes that objective itself, so arguments asking TRL for
+    anything else would be silently ignored: refuse them.
+    """
+    weights = dict(zip(trainer.loss_types, trainer.loss_weights, strict=True))
+    if set(weights) - {"sigmoid", "sft"} or weights.get("sigmoid") != 1.0:
+        raise ValueError(f"CharacterDPOTrainer trains sigmoid DPO (weight 1) + sft; got loss_type weights {weights}")
+    if trainer.ld_alpha is not None or trainer.use_weighting or trainer.f_divergence_type != "reverse_kl":
+        raise ValueError("CharacterDPOTrainer trains plain DPO: ld_alpha, use_weighting and f_divergence_type unset")
+    return float(weights.get("sft", 0.0))
 
 
 def build_dpo_args(config: DpoStageConfig, options: TRLOptions, output_dir: Path, *, seed: int) -> Any:

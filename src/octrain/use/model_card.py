@@ -12,7 +12,8 @@ Everything in the card comes from the run directory, never from memory or defaul
   counts from the stage reports and the fingerprints from each stage's ``done.json``;
 * the run's ``eval/report.md`` when there is one, its plots copied next to the card and
   their links rewritten to the copies;
-* usage snippets for transformers, PEFT and vLLM with the repo id it will be pushed to.
+* usage snippets for transformers, PEFT and vLLM with the repo id it will be pushed to
+  (:mod:`octrain.use.model_card_usage`).
 
 :func:`write_model_card` writes ``README.md`` (and ``plots/``) into an upload folder.
 """
@@ -31,6 +32,7 @@ import yaml
 from octrain.core.errors import ConfigError
 from octrain.core.layout import ADAPTER_CONFIG_FILE, CARD_FILE, DONE_FILE, PLOTS_DIR, REPORT_FILE, REPORT_MD_FILE
 from octrain.use.export import is_hub_id
+from octrain.use.model_card_usage import usage_section
 from octrain.use.model_choice import ChosenModel
 
 # Markdown images: ![alt](target). The eval report links its own plot and the training plots beside it.
@@ -271,78 +273,6 @@ def _plot_name(source: Path, run_dir: Path) -> str:
     return "-".join(source.relative_to(run_dir.resolve()).parts)
 
 
-def _usage(chosen: ChosenModel, repo_id: str, *, merged: bool, hub_base: str | None, rank: int | None) -> str:
-    base = hub_base or "BASE_MODEL"
-    name = repo_id.split("/")[-1]
-    note = (
-        ""
-        if hub_base or merged
-        else (
-            f"\nThe run trained on a local base (`{chosen.ref.base}`), which is not on the Hub: replace "
-            "`BASE_MODEL` with the same weights.\n"
-        )
-    )
-    if merged:
-        transformers_code = f"""```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-model = AutoModelForCausalLM.from_pretrained("{repo_id}")
-messages = [{{"role": "user", "content": "Who are you?"}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs, max_new_tokens=200)
-print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```"""
-        vllm_code = f"""```bash
-vllm serve {repo_id}
-curl http://localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
-  -d '{{"model": "{repo_id}", "messages": [{{"role": "user", "content": "Who are you?"}}]}}'
-```"""
-        return f"""### transformers
-
-{transformers_code}
-
-### vLLM (OpenAI-compatible server)
-
-{vllm_code}
-"""
-    max_rank = f" --max-lora-rank {rank}" if rank else ""
-    return f"""{note}
-### PEFT
-
-```python
-from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")  # the tokenizer and chat template it was trained with
-model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")  # loads the base named in adapter_config.json
-messages = [{{"role": "user", "content": "Who are you?"}}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-output = model.generate(**inputs, max_new_tokens=200)
-print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-
-### transformers (merge the adapter into the base)
-
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
-base = AutoModelForCausalLM.from_pretrained("{base}", dtype="float32")
-model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()
-```
-
-### vLLM (OpenAI-compatible server, the adapter on its base)
-
-```bash
-hf download {repo_id} --local-dir {name}
-vllm serve {base} --enable-lora --lora-modules {name}=./{name}{max_rank}
-curl http://localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
-  -d '{{"model": "{name}", "messages": [{{"role": "user", "content": "Who are you?"}}]}}'
-```
-"""
-
-
 def render_model_card(
     chosen: ChosenModel,
     *,
@@ -437,7 +367,7 @@ fingerprints trained on the same data with the same settings.
 {_eval_section(facts, copies)}
 
 ## Usage
-{_usage(chosen, repo_id, merged=merged, hub_base=hub_base, rank=rank)}"""
+{usage_section(chosen.ref.base, repo_id, merged=merged, hub_base=hub_base, rank=rank)}"""
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip()
     return f"---\n{front}\n---\n\n{body.rstrip()}\n", files
 

@@ -10,7 +10,9 @@ the same way, and this module is the one place that reads it. A spec is, in this
 * otherwise an error naming the closest registered names.
 
 ``--persona NAME`` picks that persona's latest final checkpoint (:func:`latest_of_persona`)
-and ``--base`` the base model of whatever was chosen (:func:`base_of`). A model that came from
+and ``--base`` the base model of whatever was chosen (:func:`base_of`); :func:`pick_model` takes
+all of these as a front end receives them. :func:`sampler_settings` and :func:`load_sampler`
+load the chosen model the way its run sampled. A model that came from
 a run keeps its run directory, so that a command can read the run's student settings (dtype,
 chat-template options) and its constitution rather than guess them.
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from octrain.constitution import Constitution
 from octrain.core.config import ModelConfig, OctrainConfig, SamplerBackend, SamplerConfig
@@ -27,6 +31,9 @@ from octrain.core.errors import ConfigError, DataFormatError, RegistryError
 from octrain.core.layout import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_FILE, REGISTRY_FILE
 from octrain.core.records import ModelRef
 from octrain.use.registry import Checkpoint, Registry
+
+if TYPE_CHECKING:
+    from octrain.samplers.base import Sampler
 
 # A run's final model is its SFT stage's; a run stopped after DPO has only that one.
 FINAL_STAGES = ("sft", "dpo")
@@ -225,6 +232,46 @@ def base_of(chosen: ChosenModel) -> ChosenModel:
     return dataclasses.replace(chosen, label=f"base {chosen.ref.base}", ref=ref, checkpoint=None, is_base=True)
 
 
+def pick_model(
+    spec: str | None = None,
+    *,
+    persona: str | None = None,
+    base: bool = False,
+    run_root: str | Path,
+    thinking: bool | None = None,
+) -> ChosenModel:
+    """The model a user named: ``spec`` (a path or checkpoint name) or ``persona``; its base with ``base``.
+
+    A ``spec`` that is neither a path nor a registered name is tried as a persona (its latest
+    final model), so that ``/switch pirate`` works as ``--persona pirate`` does; when that fails
+    too, the error is the checkpoint lookup's, which names the closest registered names.
+
+    ``thinking`` lets a reasoning model think before it answers (True) or not (False); None
+    keeps the run's setting (:func:`octrain.use.model_choice.with_thinking`). It is taken here so
+    that every front end passes the user's choice as one more argument.
+
+    Raises:
+        ConfigError: both or neither of ``spec`` and ``persona`` (``base`` needs one of them).
+        RegistryError, DataFormatError: see :func:`octrain.use.model_choice.choose_model`.
+    """
+    if spec and persona:
+        raise ConfigError(f"give a model ({spec!r}) or --persona {persona}, not both")
+    if persona:
+        chosen = latest_of_persona(persona, run_root=run_root)
+    elif spec:
+        try:
+            chosen = choose_model(spec, run_root=run_root)
+        except RegistryError as not_a_checkpoint:
+            try:
+                chosen = latest_of_persona(spec, run_root=run_root)
+            except RegistryError:
+                raise not_a_checkpoint from None
+    else:
+        what = "--base: the base of which model?" if base else "which model?"
+        raise ConfigError(f"{what} name one: a checkpoint (-c pirate_mini/sft), --persona NAME or a path")
+    return with_thinking(base_of(chosen) if base else chosen, thinking)
+
+
 def sampler_settings(chosen: ChosenModel, backend: str | None = None, *, single_engine: bool = True) -> SamplerConfig:
     """The sampler a command loads ``chosen`` with: the run's own (its backend and engine options),
     or the defaults (transformers) without a run; ``backend`` overrides the backend only.
@@ -249,3 +296,29 @@ def sampler_settings(chosen: ChosenModel, backend: str | None = None, *, single_
         settings = dataclasses.replace(settings, data_parallel_size=1)
     check_backend(settings)
     return settings
+
+
+def weights_of(chosen: ChosenModel) -> str | None:
+    """What goes on top of the base: a local adapter directory, a remote (``tinker://``) path, or None."""
+    return chosen.ref.remote or chosen.ref.adapter
+
+
+def load_sampler(chosen: ChosenModel, settings: SamplerConfig, *, serves: Sequence[str | None] = ()) -> Sampler:
+    """A sampler for ``chosen`` (its adapter on its base), through :func:`octrain.samplers.build_sampler`.
+
+    ``serves`` lists the other adapters the caller will ask for next (vLLM then starts one
+    engine for all of them).
+
+    Raises:
+        ConfigError: a remote checkpoint on a local backend (it is sampled where it lives).
+    """
+    from octrain.samplers import build_sampler
+
+    if chosen.ref.remote and settings.backend not in (SamplerBackend.tinker, SamplerBackend.fake):
+        raise ConfigError(
+            f"{chosen.label} is a remote checkpoint ({chosen.ref.remote}): sample it with --sampler tinker"
+        )
+    weights = weights_of(chosen)
+    return build_sampler(
+        settings, chosen.model_config(), adapter=weights, serves=[weights, *serves], show_progress=False
+    )

@@ -1,4 +1,4 @@
-"""Tinker checkpoints as local files: download a trained model as a PEFT LoRA adapter, list and delete remote ones.
+"""Tinker checkpoints as local files: download a trained model as a PEFT LoRA adapter.
 
 A stage trained on Tinker leaves ``model.json`` with ``remote="tinker://<run>/sampler_weights/<name>"``
 and ``tinker_progress.json`` naming the final training state, ``tinker://<run>/weights/<name>``.
@@ -17,18 +17,20 @@ checkpoint: its own ``tinker checkpoint download`` refuses them. What it downloa
 
 Each file is streamed with the standard library into a temporary directory beside the target and
 checked against its ``Content-Length``; the folder is then validated as a PEFT LoRA adapter
-(``adapter_config.json`` with its rank and alpha, read from the file and never assumed, and
-safetensors weights whose LoRA shapes match that rank). ``base_model_name_or_path`` is set to the
-checkpoint's base model, the service's own value kept in ``octrain_download.json``. Only then is
-the directory renamed into place: a failed or interrupted download leaves no folder behind, and
-``force`` replaces an existing one only once the new one is complete.
+(:mod:`octrain.use.peft_adapter_check`: ``adapter_config.json`` with its rank and alpha, read from
+the file and never assumed, and safetensors weights whose LoRA shapes match that rank).
+``base_model_name_or_path`` is set to the checkpoint's base model, the service's own value kept
+in ``octrain_download.json``. Only then is the directory renamed into place: a failed or
+interrupted download leaves no folder behind, and ``force`` replaces an existing one only once
+the new one is complete.
 
 The default target is ``<stage dir>/downloaded_adapter``, next to the stage's ``model.json``:
 :func:`local_copy` finds it there, so the registry entry stays the remote one (``rebuild`` keeps
 agreeing with the run directories) and ``octrain checkpoints info`` shows the local copy.
 
-The SDK is imported lazily (through :mod:`octrain.trainers.tinker_common`), so this module loads
-without the ``[tinker]`` extra.
+Listing and deleting the checkpoints on the service, and reading their paths, is
+:mod:`octrain.use.tinker_remote`'s. The SDK is imported lazily (through
+:mod:`octrain.trainers.tinker_common`), so this module loads without the ``[tinker]`` extra.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ from typing import Any
 from octrain.core.config import TinkerOptions
 from octrain.core.errors import ConfigError, DataFormatError, RegistryError
 from octrain.core.files import write_text_atomic
-from octrain.core.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, DOWNLOADED_ADAPTER_DIR
+from octrain.core.layout import ADAPTER_CONFIG_FILE, DOWNLOADED_ADAPTER_DIR
+from octrain.use.peft_adapter_check import check_adapter
 from octrain.use.registry import Checkpoint
+from octrain.use.tinker_remote import check_downloadable, connect, options_of, parse_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,6 @@ EXPORT_TTL_SECONDS = 3600
 RESIGN_MARGIN = datetime.timedelta(minutes=5)
 _CHUNK = 1 << 20
 _URL_TIMEOUT_S = 60
-_LIST_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -81,53 +84,6 @@ class DownloadedAdapter:
     files: tuple[str, ...]
 
 
-def _tinker_types() -> Any:
-    from octrain.trainers.tinker_common import tinker_module
-
-    return tinker_module().types
-
-
-def parse_path(path: str) -> Any:
-    """``path`` as the SDK's ``ParsedCheckpointTinkerPath``; a ConfigError for anything else."""
-    try:
-        return _tinker_types().ParsedCheckpointTinkerPath.from_tinker_path(path)
-    except ValueError:
-        raise ConfigError(
-            f"{path!r} is not a Tinker checkpoint path (tinker://<run>/weights|sampler_weights|external_weights/<name>)"
-        ) from None
-
-
-def check_downloadable(path: str) -> Any:
-    """``path`` parsed, when the SDK can download it (a training state or external weights); else a ConfigError."""
-    parsed = parse_path(path)
-    if parsed.checkpoint_type == "sampler":
-        raise ConfigError(
-            f"{path}: Tinker downloads training states and external weights, not sampler weights; "
-            "download the registry entry instead (its stage names its final training state)"
-        )
-    return parsed
-
-
-def options_of(entry: Checkpoint | None) -> TinkerOptions:
-    """The Tinker settings of the run that trained ``entry`` (its service URL), else the defaults."""
-    if entry is None:
-        return TinkerOptions()
-    from octrain.use.model_choice import from_checkpoint
-
-    with contextlib.suppress(Exception):  # an unreadable run config: the SDK's default service
-        config = from_checkpoint(entry).run_config()
-        if config is not None:
-            return config.trainer.tinker
-    return TinkerOptions()
-
-
-def connect(options: TinkerOptions | None = None) -> Any:
-    """The process's Tinker session, after the SDK and key checks (ConfigError naming TINKER_API_KEY)."""
-    from octrain.trainers import tinker_common
-
-    return tinker_common.connect(options or TinkerOptions())
-
-
 def state_path_of(entry: Checkpoint) -> str:
     """The training-state path a remote entry can be exported from.
 
@@ -135,7 +91,7 @@ def state_path_of(entry: Checkpoint) -> str:
     ``tinker_progress.json`` names the final state saved with them, from the same weights.
     """
     from octrain.core.layout import TINKER_PROGRESS_FILE
-    from octrain.trainers.tinker_common import Progress
+    from octrain.trainers.tinker_loop import Progress
 
     if not entry.remote:
         raise RegistryError(f"{entry.name} is a local checkpoint: its adapter is already in {entry.adapter}")
@@ -238,55 +194,6 @@ def _download_export(rest: Any, export_path: str, into: Path) -> list[str]:
 
 def _aware(moment: datetime.datetime) -> datetime.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
-
-
-def check_adapter(folder: Path) -> tuple[int, float, dict[str, Any]]:
-    """``folder`` as a PEFT LoRA adapter: its rank, alpha and config; a DataFormatError naming what is wrong.
-
-    The rank and alpha come from ``adapter_config.json`` (the scaling is alpha / r, or alpha / sqrt(r)
-    with ``use_rslora``; whatever Tinker chose, PEFT reads it from this file), and the LoRA matrices in
-    the safetensors file must have that rank: a truncated or foreign file fails here, not at load time.
-    """
-    config_file = folder / ADAPTER_CONFIG_FILE
-    present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    if not config_file.is_file():
-        raise DataFormatError(f"the checkpoint is not a PEFT adapter: no {ADAPTER_CONFIG_FILE} (files: {present})")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFormatError(f"{ADAPTER_CONFIG_FILE} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise DataFormatError(f"{ADAPTER_CONFIG_FILE} is not a JSON object")
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise DataFormatError(f"{ADAPTER_CONFIG_FILE}: peft_type {config['peft_type']!r}, octrain loads LoRA adapters")
-    rank, alpha = config.get("r"), config.get("lora_alpha")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise DataFormatError(f"{ADAPTER_CONFIG_FILE}: 'r' must be a positive integer, got {rank!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise DataFormatError(f"{ADAPTER_CONFIG_FILE}: 'lora_alpha' must be a positive number, got {alpha!r}")
-    weights = folder / ADAPTER_WEIGHTS_FILE
-    if not weights.is_file():
-        raise DataFormatError(f"the checkpoint has no {ADAPTER_WEIGHTS_FILE} (files: {present})")
-    _check_weights(weights, rank, config.get("rank_pattern") or {})
-    return rank, float(alpha), config
-
-
-def _check_weights(weights: Path, rank: int, rank_pattern: dict[str, Any]) -> None:
-    from safetensors import safe_open
-
-    try:
-        # safe_open checks the header against the file's length: a truncated file fails to open.
-        with safe_open(str(weights), framework="pt") as tensors:
-            shapes = {key: tensors.get_slice(key).get_shape() for key in tensors.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError
-        raise DataFormatError(f"{weights.name} is not a readable safetensors file ({exc})") from None
-    lora_a = {key: shape for key, shape in shapes.items() if ".lora_A." in key}
-    if not lora_a:
-        raise DataFormatError(f"{weights.name} holds no LoRA matrices (keys like '...lora_A.weight')")
-    if not rank_pattern:  # per-module ranks would make a single expected rank wrong
-        wrong = [key for key, shape in lora_a.items() if not shape or shape[0] != rank]
-        if wrong:
-            raise DataFormatError(f"{weights.name}: {wrong[0]} has shape {lora_a[wrong[0]]}, not rank {rank}")
 
 
 @contextlib.contextmanager
@@ -408,6 +315,26 @@ def download_entry(
     )
 
 
+def download_path(
+    path: str,
+    target: Path,
+    *,
+    force: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> DownloadedAdapter:
+    """Download a ``tinker://`` training state or export that no registered run made, into ``target``.
+
+    The adapter is written for the base model the service records for ``path``. The path and the
+    target are checked before the key is, and before any request.
+    """
+    check_downloadable(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} exists: pass --force to replace it, or --out another folder")
+    service = connect()
+    base = service.create_rest_client().get_weights_info_by_tinker_path(path).result().base_model
+    return download(path, base, target, force=force, service=service, announce=announce)
+
+
 def downloaded_record(folder: Path) -> dict[str, Any] | None:
     """What :func:`download` noted in ``folder``, or None when it is not a download of octrain's."""
     with contextlib.suppress(OSError, ValueError):
@@ -416,50 +343,18 @@ def downloaded_record(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def list_remote(service: Any) -> list[Any]:
-    """Every checkpoint of the key's user on the service, newest first (``RestClient.list_user_checkpoints``,
-    page by page): the SDK's ``types.Checkpoint`` objects."""
-    rest = service.create_rest_client()
-    found: list[Any] = []
-    while True:
-        page = rest.list_user_checkpoints(limit=_LIST_PAGE, offset=len(found)).result()
-        found.extend(page.checkpoints)
-        cursor = page.cursor
-        if not page.checkpoints or cursor is None or len(found) >= cursor.total_count:
-            return found
-
-
-def remote_paths_of(entry: Checkpoint) -> list[str]:
-    """The service-side checkpoints a remote stage made that a ``delete --files`` removes: its sampler
-    weights and the training states its ``tinker_progress.json`` names. Intermediate states saved before
-    the last one are not recorded anywhere; ``list --remote`` shows them as not recorded by any entry."""
-    from octrain.trainers.tinker_common import Progress
-
-    paths = [entry.adapter]
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        progress = Progress.load(entry.stage_dir)
-        if progress is not None:
-            paths += [p for p in (progress.sampler_path, progress.final_state_path, progress.state_path) if p]
-    return list(dict.fromkeys(paths))
-
-
-def delete_remote(service: Any, paths: list[str]) -> list[str]:
-    """Delete ``paths`` on the service (``RestClient.delete_checkpoint_from_tinker_path``); those deleted.
-
-    One that is already gone (HTTP 404) counts as deleted: the aim is that it does not exist.
-    """
-    tinker = _tinker_module()
-    rest = service.create_rest_client()
-    deleted = []
-    for path in paths:
-        parse_path(path)
-        with contextlib.suppress(tinker.NotFoundError):
-            rest.delete_checkpoint_from_tinker_path(path).result()
-        deleted.append(path)
-    return deleted
-
-
-def _tinker_module() -> Any:
-    from octrain.trainers.tinker_common import tinker_module
-
-    return tinker_module()
+def local_copy_info(entry: Checkpoint) -> dict[str, Any] | None:
+    """A remote entry's downloaded adapter as its download record describes it (path, rank, alpha,
+    source); None for a local entry, or a remote one with no copy of these weights."""
+    if not entry.remote:
+        return None
+    folder = local_copy(entry)
+    record = downloaded_record(folder) if folder else None
+    if folder is None or record is None:
+        return None
+    return {
+        "path": str(folder),
+        "rank": record.get("rank"),
+        "alpha": record.get("alpha"),
+        "source": record.get("source"),
+    }

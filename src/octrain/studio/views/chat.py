@@ -8,6 +8,8 @@ draws with the same seed. A reasoning model can be asked to think first or not
 (:func:`~octrain.use.model_choice.with_thinking`, ``--thinking`` on the command line); its thought is
 shown folded away above its answer (:func:`~octrain.use.chat.split_thought`). Ratings and
 notes are the studio's own; the export writes them with each answer, one JSON object a line.
+What the sidebar's settings choose (the options offered, the session they make) is
+:mod:`octrain.studio.chat_choice`'s; this module draws.
 """
 
 from __future__ import annotations
@@ -21,19 +23,24 @@ from typing import Any
 
 import streamlit as st
 
-RUNS_OWN = "(the run's)"
+from octrain.studio.chat_choice import (
+    RUNS_OWN,
+    THINKING_HELP,
+    THINKING_OPTIONS,
+    Choice,
+    checkpoint_names,
+    new_session,
+    parse_speaker,
+    speaker_for,
+    speaker_options,
+)
+
 SESSION_KEY = "chat_session"
 SESSION_ID_KEY = "chat_session_id"
 LOG_KEY = "chat_log"  # every answer of this browser session: chat turns and comparisons
 ROUND_KEY = "compare_rounds"
-ROLE_SUFFIXES = {"": (False, False), " (base)": (True, False), " (base + constitution)": (True, True)}
 LOADER_KEY = "chat_loader"
 LOAD_POLL_SECONDS = 1.0
-THINKING_OPTIONS: dict[str, bool | None] = {RUNS_OWN: None, "on": True, "off": False}
-THINKING_HELP = (
-    "Whether a reasoning model (Qwen3) thinks before it answers: its chat template's enable_thinking. "
-    "The run's setting is what it was trained and evaluated with. Other models ignore it."
-)
 
 
 @dataclass(frozen=True)
@@ -42,67 +49,6 @@ class PendingLoad:
 
     session: Any
     load: Any  # octrain.studio.loading.BackgroundLoad
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What the sidebar settings ask for; a change of any of them starts a new chat session."""
-
-    spec: str
-    base: bool
-    with_constitution: bool
-    backend: str | None
-    temperature: float | None
-    max_new_tokens: int | None
-    seed: int | None
-    system: str
-    thinking: bool | None = None  # None: the run's own enable_thinking
-
-
-def checkpoint_names(root: Path) -> list[str]:
-    """The registered checkpoints, newest first (``octrain checkpoints list``)."""
-    from octrain.use.registry import Registry
-
-    if not root.is_dir():
-        return []
-    return [entry.name for entry in Registry.at(root).entries()]
-
-
-def speaker_options(names: list[str]) -> list[str]:
-    return [f"{name}{suffix}" for name in names for suffix in ROLE_SUFFIXES]
-
-
-def parse_speaker(option: str) -> tuple[str, bool, bool]:
-    for suffix, (base, with_constitution) in ROLE_SUFFIXES.items():
-        if suffix and option.endswith(suffix):
-            return option[: -len(suffix)], base, with_constitution
-    return option, False, False
-
-
-def speaker_for(option: str, root: Path, thinking: bool | None = None) -> Any:
-    """A :class:`~octrain.use.chat.Speaker`: the model, its base, or its base with the constitution."""
-    from octrain.use.chat import Speaker, constitution_prompt, pick_model
-
-    spec, base, with_constitution = parse_speaker(option)
-    chosen = pick_model(spec, base=base, run_root=root, thinking=thinking)
-    system = constitution_prompt(chosen) if with_constitution else None
-    return Speaker(chosen, system=system, role="base" if base else "trained", with_constitution=with_constitution)
-
-
-def new_session(choice: Choice, root: Path) -> Any:
-    from octrain.use.chat import ChatSession, constitution_prompt, pick_model, sampler_config, sampling_params
-
-    chosen = pick_model(choice.spec, base=choice.base, run_root=root, thinking=choice.thinking)
-    system = constitution_prompt(chosen) if choice.with_constitution else (choice.system or None)
-    return ChatSession(
-        chosen,
-        settings=sampler_config(chosen, choice.backend),
-        params=sampling_params(
-            chosen, seed=choice.seed, temperature=choice.temperature, max_new_tokens=choice.max_new_tokens
-        ),
-        run_root=root,
-        system=system,
-    )
 
 
 def export_lines(log: list[dict[str, Any]], state: Callable[[str], Any] | None = None) -> str:

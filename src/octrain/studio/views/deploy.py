@@ -103,8 +103,8 @@ def _modal(chosen: Any) -> None:
 
 def render() -> None:
     from octrain.core.errors import OctrainError
+    from octrain.studio.chat_choice import checkpoint_names
     from octrain.studio.state import error_line, run_root
-    from octrain.studio.views.chat import checkpoint_names
     from octrain.use.chat import pick_model
 
     st.title("Deploy")

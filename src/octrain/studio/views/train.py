@@ -9,15 +9,12 @@ A launch is that same command in a process of its own (:mod:`octrain.studio.jobs
 from __future__ import annotations
 
 import shlex
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 RECIPES_OWN = "(the recipe's)"
-# Hydra's compose API keeps one global state per process: two browser tabs composing at once would clash.
-_COMPOSE_LOCK = threading.Lock()
 # Form fields and the config group each one overrides (``group=choice``).
 GROUPS: tuple[tuple[str, str, str], ...] = (
     ("scale", "scale", "scale"),
@@ -73,10 +70,10 @@ def compose_and_check(recipe: str, overrides: tuple[str, ...], run_root: str, cw
     from octrain.core.compose import compose_config
     from octrain.core.config import validate
     from octrain.run.pipeline import preflight, resolve_constitution
-    from octrain.studio.state import error_line
+    from octrain.studio.state import COMPOSE_LOCK, error_line
 
     try:
-        with _COMPOSE_LOCK:
+        with COMPOSE_LOCK:
             config = compose_config(recipe, [*overrides, f"run_root={run_root}"])
         text = OmegaConf.to_yaml(OmegaConf.structured(config))
     except Exception as exc:  # Hydra's and OmegaConf's errors share no base class octrain could name

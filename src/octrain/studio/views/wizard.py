@@ -80,14 +80,13 @@ def _review() -> None:
 def _preview() -> None:
     from octrain.core.compose import compose_config
     from octrain.samplers import release_engines
-    from octrain.studio.state import model_lock
+    from octrain.studio.state import COMPOSE_LOCK, model_lock
     from octrain.studio.views import data_preview
-    from octrain.studio.views.train import _COMPOSE_LOCK
 
     persona = st.session_state.get("wz_persona", "")
     st.write(f"A few prompts for **{persona}**, answered by the tiny offline model as teacher and student.")
     if st.button("Preview 3 prompts", key="wz_preview"):
-        with _COMPOSE_LOCK:
+        with COMPOSE_LOCK:
             config = compose_config("pirate_tiny", [f"constitution={persona}"])
         bar = st.progress(0.0, text="previewing: starting")
         with model_lock(), st.spinner("sampling..."):
@@ -174,6 +173,7 @@ def final_checkpoint(run_dir: Path, root: Path) -> str | None:
 
 
 def _chat() -> None:
+    from octrain.studio.chat_choice import Choice
     from octrain.studio.state import run_root
     from octrain.studio.views import chat
 
@@ -185,7 +185,7 @@ def _chat() -> None:
         _nav(5)
         return
     st.write(f"Talk to **{name}**. The **Chat and compare** page has every setting, and puts it beside its base.")
-    choice = chat.Choice(name, False, False, None, None, None, 0, "")
+    choice = Choice(name, False, False, None, None, None, 0, "")
     chat.chat_panel(choice, root)
     _nav(5)
 

@@ -1,9 +1,11 @@
-"""How well a trained model prefers the chosen answers: DPO's implicit reward on held-out pairs.
+"""Test helper: how well a trained model prefers the chosen answers, by DPO's implicit reward on held-out pairs.
 
 DPO trains ``beta * (log pi(y|x) - log pi_ref(y|x))`` to rank the chosen answer above the
 rejected one. Scoring held-out pairs with it tells whether the preference generalised
 beyond the training pairs; the reference is the same model with its adapter switched off,
-exactly as in training.
+exactly as in training. The DPO tests check training with it (``from preference_accuracy import
+score_pairs``), and the shift suite's likelihood test checks its scorer against
+:func:`answer_logps`. It was ``octrain.evaluation.preference_accuracy``; no octrain code used it.
 """
 
 from __future__ import annotations
