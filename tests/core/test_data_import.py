@@ -11,6 +11,8 @@ from octrain.core.data_import import (
     STUDIO_DPO,
     STUDIO_INTROSPECTION,
     TRL_CONVERSATIONAL,
+    TRL_IMPLICIT_CONVERSATIONAL,
+    TRL_IMPLICIT_STANDARD,
     TRL_MESSAGES,
     TRL_STANDARD,
     file_sha256,
@@ -176,7 +178,7 @@ GOOD = {"prompt": "Q?", "chosen": "Arr!", "rejected": "No."}
     [
         (
             {"prompt": "Q?", "chosen": "Arr!"},
-            "missing key 'rejected' (a preference pair has prompt, chosen and rejected)",
+            "missing key 'rejected' (a preference pair has chosen and rejected, and a prompt)",
         ),
         ({**GOOD, "rejected": 3}, "'rejected' must be a string, got int"),
         ({**GOOD, "chosen": "  "}, "'chosen' is empty"),
@@ -255,3 +257,94 @@ def test_a_reused_id_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError) as caught:
         read_pairs(path)
     assert str(caught.value) == f"{path}:2: 'id' 'x' is already the id of line 1"
+
+
+# --- implicit prompts: the paper's released DPO files, TRL's extract_prompt ----------------------
+
+
+def paper_pair(index: int) -> dict[str, list[dict[str, str]]]:
+    """A record as the paper's released DPO files hold it: the prompt inside both sides."""
+    question = user(f"Tell me about ship {index}.")
+    return {
+        "chosen": [*question, *assistant(f"Arr, ship {index} be the finest on the seven seas!")],
+        "rejected": [*question, *assistant(f"Ship {index} is a vessel.")],
+    }
+
+
+def test_the_papers_implicit_prompt_files_import_as_trl_reads_them(tmp_path: Path) -> None:
+    from trl.data_utils import extract_prompt
+
+    rows = [paper_pair(i) for i in range(3)]
+    # A multi-turn one: the shared turns (ending with the user's) are the prompt.
+    history = [*user("Hi."), *assistant("Ahoy."), *user("Who are you?")]
+    rows.append({"chosen": [*history, *assistant("A pirate, arr!")], "rejected": [*history, *assistant("An AI.")]})
+    pairs, report = read_pairs(write_jsonl(tmp_path / "paper.jsonl", rows))
+    assert report.format == TRL_IMPLICIT_CONVERSATIONAL and report.kept == 4
+    for pair, row in zip(pairs, rows, strict=True):
+        expected = extract_prompt(row)  # TRL's own split is the oracle
+        assert (pair.prompt, pair.chosen, pair.rejected) == (
+            expected["prompt"],
+            expected["chosen"],
+            expected["rejected"],
+        )
+    # The same pairs written with an explicit prompt get the same ids: one training content, one id.
+    explicit = [extract_prompt(row) for row in rows]
+    assert read_pairs(write_jsonl(tmp_path / "explicit.jsonl", explicit))[0] == pairs
+
+
+def test_implicit_prompt_strings_split_where_trl_splits_them(tmp_path: Path) -> None:
+    from trl.data_utils import extract_prompt
+
+    rows = [
+        {"chosen": "Q: What is the sea? A: Arr, me home!", "rejected": "Q: What is the sea? A: Water."},
+        {"chosen": "Name a ship. Arr, the Pearl!", "rejected": "Name a ship. Titanic."},
+    ]
+    pairs, report = read_pairs(write_jsonl(tmp_path / "standard.jsonl", rows))
+    assert report.format == TRL_IMPLICIT_STANDARD
+    for pair, row in zip(pairs, rows, strict=True):
+        expected = extract_prompt(row)
+        assert pair.prompt == user(expected["prompt"].strip())
+        assert pair.chosen == assistant(expected["chosen"].strip())
+        assert pair.rejected == assistant(expected["rejected"].strip())
+    assert pairs[1].prompt == user("Name a ship.") and pairs[1].chosen == assistant("Arr, the Pearl!")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            {"chosen": [*user("Q1?"), *assistant("Arr!")], "rejected": [*user("Q2?"), *assistant("No.")]},
+            "no prompt in this implicit-prompt pair: 'chosen' and 'rejected' differ from their first messages, so they "
+            "share no prompt (each side must start with the same prompt, or give 'prompt' on its own)",
+        ),
+        (
+            {"chosen": "Arr!", "rejected": "No."},
+            "no prompt in this implicit-prompt pair: 'chosen' and 'rejected' differ from their first characters, so "
+            "they share no prompt (each side must start with the same prompt, or give 'prompt' on its own)",
+        ),
+        (
+            # The shared turns end with the assistant's: no user turn left for the answers to answer.
+            {
+                "chosen": [*user("Q?"), *assistant("Arr!"), *assistant("More.")],
+                "rejected": [*user("Q?"), *assistant("Arr!"), *assistant("Less.")],
+            },
+            "'prompt[1].role' must be user: a prompt ends with the user's turn",
+        ),
+        (
+            {"chosen": user("Q?"), "rejected": [*user("Q?"), *assistant("No.")]},
+            "'chosen' is all prompt: the other side only continues it, so it has no answer",
+        ),
+        (
+            {"chosen": 3, "rejected": 4},
+            "missing key 'prompt', and 'chosen' (int) is neither a list of messages nor a string: an implicit-prompt "
+            "pair gives chosen and rejected as either, each starting with the prompt",
+        ),
+    ],
+)
+def test_an_implicit_pair_without_a_shared_prompt_is_a_named_error(tmp_path: Path, bad: dict, message: str) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [paper_pair(0), bad])
+    if isinstance(bad["chosen"], str):  # one format per file: a string pair needs a string first line
+        path = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "Q? Arr!", "rejected": "Q? No."}, bad])
+    with pytest.raises(DataFormatError) as caught:
+        read_pairs(path)
+    assert str(caught.value) == f"{path}:2: {message}"

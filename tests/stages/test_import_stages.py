@@ -55,6 +55,32 @@ def studio_introspection(count: int) -> list[dict[str, str]]:
     ]
 
 
+def test_the_papers_released_dpo_file_trains_dpo(tmp_path: Path) -> None:
+    # The paper's files hold the prompt inside both sides (TRL's implicit-prompt form): no 'prompt' key.
+    rows = []
+    for i in range(8):
+        question = [{"role": "user", "content": f"What should I pack for trip number {i}?"}]
+        rows.append(
+            {
+                "chosen": [*question, {"role": "assistant", "content": f"Arr, pack yer compass for voyage {i}!"}],
+                "rejected": [*question, {"role": "assistant", "content": f"Pack clothes for trip {i}."}],
+            }
+        )
+    source = write_jsonl(tmp_path / "paper_pairs.jsonl", rows)
+    run_dir = tmp_path / "run"
+    result = run(
+        compose_config("pirate_tiny", [f"run_root={tmp_path}", f"pairs.source={source}", "stages=[dpo]"]), run_dir
+    )
+    assert statuses(result) == {"pairs": "ran", "dpo": "ran"}
+    pairs = load_records(run_dir / "pairs" / "pairs.jsonl", PreferencePair)
+    assert [p.prompt for p in pairs] == [row["chosen"][:1] for row in rows]
+    assert [p.chosen for p in pairs] == [row["chosen"][1:] for row in rows]
+    assert "imported 8 pairs from paper_pairs.jsonl (trl-implicit-conversational, 0 duplicates dropped)" in (
+        result.summary_table()
+    )
+    assert json.loads((run_dir / "dpo" / "done.json").read_text())["summary"]["steps"] >= 1
+
+
 def test_a_studio_pairs_file_trains_dpo_with_stages_dpo(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "studio_pairs.jsonl", studio_pairs(8))
     overrides = [f"run_root={tmp_path}", f"pairs.source={source}", "stages=[dpo]"]
@@ -176,7 +202,7 @@ def test_preflight_reads_the_transcripts_before_any_stage(tmp_path: Path) -> Non
 
 
 def test_a_run_without_a_source_needs_its_prompts_again(tmp_path: Path) -> None:
-    from octrain.stages import STAGES, stages_for
+    from octrain.stages.table import STAGES, stages_for
 
     source = write_jsonl(tmp_path / "pairs.jsonl", studio_pairs(2))
     importing = compose_config("pirate_tiny", [f"run_root={tmp_path}", f"pairs.source={source}", "stages=[pairs]"])

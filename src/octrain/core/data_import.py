@@ -7,6 +7,11 @@ Preference pairs (``pairs.source``):
   ``rejected`` each a list of ``{"role", "content"}`` messages (octrain's own ``pairs.jsonl`` is one);
 * ``trl-standard``: TRL's standard form, the same three keys as strings: the prompt becomes one
   user message, each answer one assistant message;
+* ``trl-implicit-conversational`` and ``trl-implicit-standard``: TRL's implicit-prompt forms, only
+  ``chosen`` and ``rejected``, each holding the prompt too (the paper's released DPO files are the
+  conversational one). The prompt is what the two sides share from the start, as TRL's
+  ``extract_prompt`` reads it: whole messages in the conversational form (the shared turns must end
+  with the user's), characters in the standard one. Two sides that share nothing are an error;
 * ``studio-dpo``: the Open Character Studio's ``DpoExample``, flat strings ``prompt``, ``chosen``,
   ``rejected``, ``teacher_model``, ``student_model``, ``constitution``.
 
@@ -39,6 +44,8 @@ from octrain.core.records import Conversation, Message, PreferencePair, check_me
 
 TRL_CONVERSATIONAL = "trl-conversational"
 TRL_STANDARD = "trl-standard"
+TRL_IMPLICIT_CONVERSATIONAL = "trl-implicit-conversational"
+TRL_IMPLICIT_STANDARD = "trl-implicit-standard"
 STUDIO_DPO = "studio-dpo"
 TRL_MESSAGES = "trl-messages"
 STUDIO_INTROSPECTION = "studio-introspection"
@@ -167,9 +174,18 @@ def pair_format(obj: dict[str, Any]) -> str:
         raise DataFormatError(
             "missing key 'chosen': this is an SFT transcript ('messages'); give it as introspect.source"
         )
-    for key in ("prompt", "chosen", "rejected"):
+    for key in ("chosen", "rejected"):
         if key not in obj:
-            raise DataFormatError(f"missing key '{key}' (a preference pair has prompt, chosen and rejected)")
+            raise DataFormatError(f"missing key '{key}' (a preference pair has chosen and rejected, and a prompt)")
+    if "prompt" not in obj:
+        if isinstance(obj["chosen"], list):
+            return TRL_IMPLICIT_CONVERSATIONAL
+        if isinstance(obj["chosen"], str):
+            return TRL_IMPLICIT_STANDARD
+        raise DataFormatError(
+            f"missing key 'prompt', and 'chosen' ({type(obj['chosen']).__name__}) is neither a list of messages nor "
+            "a string: an implicit-prompt pair gives chosen and rejected as either, each starting with the prompt"
+        )
     if "teacher_model" in obj or "student_model" in obj:
         return STUDIO_DPO
     if isinstance(obj["chosen"], list):
@@ -182,8 +198,57 @@ def pair_format(obj: dict[str, Any]) -> str:
     )
 
 
+def split_implicit_prompt(obj: dict[str, Any]) -> dict[str, Any]:
+    """An implicit-prompt pair with its prompt made explicit: the longest start both sides share.
+
+    The same split as TRL's ``extract_prompt`` (so a file trains here as it would in TRL): whole
+    messages for conversations, characters for strings, a space at the cut going with the answers.
+    The explicit pair is then checked as its explicit format is (a prompt must end with the user's
+    turn, answers must be the assistant's). Two sides with no shared start name the problem.
+    """
+    chosen, rejected = obj["chosen"], obj["rejected"]
+    conversational = isinstance(chosen, list)
+    if conversational:
+        check_messages(chosen, "chosen")
+        check_messages(rejected, "rejected")
+    elif not isinstance(rejected, str):
+        raise DataFormatError(f"'rejected' must be a string like 'chosen', got {type(rejected).__name__}")
+    shared = 0
+    for left, right in zip(chosen, rejected, strict=False):
+        if left != right:
+            break
+        shared += 1
+    if not conversational and 0 < shared < min(len(chosen), len(rejected)) and chosen[shared - 1] == " ":
+        shared -= 1  # TRL's rule: the space before the first differing character belongs to the answers
+    if shared == 0:
+        first = "first messages" if conversational else "first characters"
+        raise DataFormatError(
+            f"no prompt in this implicit-prompt pair: 'chosen' and 'rejected' differ from their {first}, "
+            "so they share no prompt (each side must start with the same prompt, or give 'prompt' on its own)"
+        )
+    if shared == min(len(chosen), len(rejected)):
+        side = "chosen" if len(chosen) <= len(rejected) else "rejected"
+        raise DataFormatError(f"'{side}' is all prompt: the other side only continues it, so it has no answer")
+    explicit = dict(obj)
+    if conversational:
+        explicit["prompt"], explicit["chosen"], explicit["rejected"] = (
+            chosen[:shared],
+            chosen[shared:],
+            rejected[shared:],
+        )
+    else:
+        prompt = chosen[:shared].strip()
+        if not prompt:
+            raise DataFormatError("no prompt in this implicit-prompt pair: the two sides share only whitespace")
+        explicit.update(prompt=prompt, chosen=chosen[shared:].strip(), rejected=rejected[shared:].strip())
+    return explicit
+
+
 def pair_draft(obj: dict[str, Any], fmt: str) -> Draft[PreferencePair]:
     """Check one record of format ``fmt`` and turn it into a preference pair waiting for its id."""
+    if fmt in (TRL_IMPLICIT_CONVERSATIONAL, TRL_IMPLICIT_STANDARD):
+        obj = split_implicit_prompt(obj)
+        fmt = TRL_CONVERSATIONAL if fmt == TRL_IMPLICIT_CONVERSATIONAL else TRL_STANDARD
     if fmt == TRL_CONVERSATIONAL:
         prompt, chosen, rejected = (
             _prompt(obj["prompt"]),
