@@ -194,3 +194,12 @@ def test_a_malformed_run_config_is_a_config_error_naming_the_file(tmp_path: Path
 def test_cards_are_named_in_gb_and_judged_in_gib() -> None:
     assert [card_gib(card) for card in CARDS] == [22.0, 44.5, 79.2, 139.7]
     assert card_gib(40.5) == 40.5 and card_gib(12) == 12.0  # any other size is taken as GiB
+
+
+def test_a_teacher_served_over_http_takes_no_memory_here() -> None:
+    local = compose_config("pirate_mini", [])
+    served = compose_config("pirate_mini", ["teacher.endpoint.base_url=http://gpu-node:8000/v1"])
+    local_rows = [row.need.label for row in plan(local)]
+    served_rows = [row.need.label for row in plan(served)]
+    assert any("teacher" in label for label in local_rows)
+    assert served_rows == [label for label in local_rows if "teacher" not in label]

@@ -57,6 +57,21 @@ def check_model(key: str, model: ModelConfig) -> None:
     share = model.gpu_memory_utilization
     if share is not None and not 0 < share <= 1:
         raise ConfigError(f"{key}.gpu_memory_utilization: expected a share in (0, 1] or null, got {share}")
+    endpoint = model.endpoint
+    if endpoint.base_url is not None:
+        if not endpoint.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{key}.endpoint.base_url: expected an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
+                f"got {endpoint.base_url!r}"
+            )
+        if endpoint.model is not None and not endpoint.model.strip():
+            raise ConfigError(f"{key}.endpoint.model: expected the served model's name, or null for {key}.path")
+        _positive(f"{key}.endpoint.max_concurrency", endpoint.max_concurrency)
+        _positive(f"{key}.endpoint.timeout", endpoint.timeout)
+        if endpoint.max_retries < 0:
+            raise ConfigError(f"{key}.endpoint.max_retries: expected 0 or more, got {endpoint.max_retries}")
+        if endpoint.backoff < 0:
+            raise ConfigError(f"{key}.endpoint.backoff: expected 0 or more seconds, got {endpoint.backoff}")
 
 
 def check_scale(scale: ScaleConfig) -> None:

@@ -58,6 +58,27 @@ class DType(str, Enum):
 
 
 @dataclass
+class EndpointConfig:
+    """A model served over HTTP (OpenAI's chat-completions API) instead of loaded here.
+
+    ``vllm serve`` on another node, ``octrain serve``, llama.cpp's server, OpenRouter, Together: with
+    ``base_url`` set, every stage samples this model from that server, whatever ``sampler.backend``
+    the run's other models use. The key is read from the environment variable ``api_key_env`` when
+    the sampler starts and is never written anywhere (not the config, the log or a report).
+    """
+
+    base_url: str | None = None  # e.g. http://gpu-node:8000/v1; None: the model loads in octrain
+    model: str | None = None  # the name the server knows the model by; None: the model's path
+    api_key_env: str = ""  # "" for a server that takes no key (a local vllm serve or octrain serve)
+    max_concurrency: int = 8  # requests in flight at once
+    timeout: float = 300.0  # seconds for one request before it counts as failed (and is retried)
+    max_retries: int = 5  # for timeouts, dropped connections, HTTP 429 and 5xx, with doubling waits
+    backoff: float = 1.0  # seconds before the first retry; each later one waits twice as long (or Retry-After)
+    # Also send min_p and repetition_penalty: vLLM's server takes them, OpenAI's API refuses them.
+    extra_params: bool = False
+
+
+@dataclass
 class ModelConfig:
     """A chat model: where its weights are and how to talk to it.
 
@@ -81,6 +102,8 @@ class ModelConfig:
     quantization: str | None = None
     # Share of the GPU this model's vLLM engine may take; None: sampler.vllm.gpu_memory_utilization.
     gpu_memory_utilization: float | None = None
+    # Sampled from a server over HTTP instead (teacher, or a student's plain answers); see EndpointConfig.
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 @dataclass

@@ -11,7 +11,8 @@ model being trained), so a stage needs as much as its largest model, never the s
 * ``sft``: the student being trained (sequential mode folds the DPO adapter in first, on the CPU);
 * ``eval``: the student's engine serving the base and each adapter, then the teacher's engine.
 
-Stages that import their data (``pairs.source``, ``introspect.source``) load no model.
+Stages that import their data (``pairs.source``, ``introspect.source``) load no model, and a model
+served over HTTP (``teacher.endpoint.base_url``) takes no memory here.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class _Item:
     stage: str
     needs: Callable[[OctrainConfig, float], Need]
     changes: Callable[[OctrainConfig], list[list[Change]]]
+    role: str | None = None  # the model an engine item samples; None for training
 
 
 def _engine_item(
@@ -57,7 +59,7 @@ def _engine_item(
             config, role, stage=stage, max_new_tokens=new_tokens(config), adapter_rank=rank(config), card=card
         )
 
-    return _Item(stage.split("-")[0], needs, lambda config: engine_changes(config, role))
+    return _Item(stage.split("-")[0], needs, lambda config: engine_changes(config, role), role.value)
 
 
 def _training_item(stage: StageName) -> _Item:
@@ -94,7 +96,9 @@ def _items(config: OctrainConfig) -> list[_Item]:
         both = lambda c: c.dpo.lora.rank + c.sft.lora.rank  # noqa: E731
         items.append(_engine_item("eval", ModelRole.student, lambda c: c.eval.sampling.max_new_tokens, both))
         items.append(_engine_item("eval", ModelRole.teacher, lambda c: c.eval.judge_sampling.max_new_tokens))
-    return items
+    # A model sampled from a server over HTTP loads nowhere here (its memory is the server's).
+    served = {role.value for role in ModelRole if config.model(role).endpoint.base_url is not None}
+    return [item for item in items if not (item.role and item.role in served)]
 
 
 def plan(config: OctrainConfig, cards: Sequence[float] = CARDS) -> list[Row]:

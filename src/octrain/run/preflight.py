@@ -22,6 +22,7 @@ from octrain.evaluation.traits import load_traits
 from octrain.models.builtin import require_fetched, resolve_model_path
 from octrain.run.training_launch import checked_accelerate_setup
 from octrain.samplers import check_backend
+from octrain.samplers.endpoint import check_endpoints
 from octrain.samplers.shard_devices import plan_devices
 from octrain.stages.from_file import prepare_imports
 from octrain.stages.generic_prompts import load_generic_pool
@@ -44,6 +45,7 @@ def preflight(config: OctrainConfig) -> None:
     for role in ModelRole:  # a built-in that is not fetched stops here, naming the command that fetches it
         require_fetched(config.model(role).path)
     check_backend(config.sampler)
+    check_endpoints(config)  # models served over HTTP: usable by these stages, key set, server up
     _check_gpu(config)
     if config.sampler.data_parallel_size > 1:
         plan_devices(config.sampler)  # enough GPUs for every shard, said before any stage starts

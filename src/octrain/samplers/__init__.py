@@ -87,6 +87,10 @@ def build_sampler(
     """
     from octrain.samplers.engine_pool import ENGINES
 
+    if model.endpoint.base_url is not None:  # served elsewhere, whatever backend loads the other models
+        from octrain.samplers.endpoint import endpoint_sampler
+
+        return endpoint_sampler(model, adapter=adapter)
     if sampler.backend is SamplerBackend.fake:
         return FakeSampler(name=f"fake:{model.path}")
     if sampler.data_parallel_size > 1 and sampler.backend in (SamplerBackend.hf, SamplerBackend.vllm):

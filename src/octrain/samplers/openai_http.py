@@ -121,6 +121,10 @@ class OpenAIChatSampler:
         self.max_concurrency = max_concurrency
         self.extra_params = extra_params
         self.name = name or f"openai:{model}"
+        # What this sampler has asked the server for, from the responses' own usage: requests
+        # answered, prompt and completion tokens (a server that reports no usage leaves those at 0).
+        self.usage: dict[str, int] = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._usage_lock = threading.Lock()
         # Messages name the endpoint by this, never by a URL that might carry a key in it.
         self._display_url = self._scrub(without_userinfo(self.url))
         self._where = f"{self._display_url} (model {model})"
@@ -253,11 +257,22 @@ class OpenAIChatSampler:
             seed = None if params.seed is None else params.seed + len(completions)
             top_up = dataclasses.replace(params, seed=seed)
             response = self._post(self.payload(conversation, top_up, n=missing), stop)
+            self._count(response)
             got = parse_completions(response, where=self._where)
             if not got:
                 raise JudgeRequestError(f"{self._where}: the response holds no choices")
             completions.extend(got[:missing])
         return completions
+
+    def _count(self, response: dict[str, Any]) -> None:
+        usage = response.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        with self._usage_lock:
+            self.usage["requests"] += 1
+            for key in ("prompt_tokens", "completion_tokens"):
+                value = usage.get(key)
+                if isinstance(value, int) and value >= 0:
+                    self.usage[key] += value
 
     def _post(self, body: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
         """POST ``body`` with retries; the decoded JSON response."""

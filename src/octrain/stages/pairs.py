@@ -28,6 +28,7 @@ from octrain.core.files import write_text_atomic
 from octrain.core.layout import PAIRS_FILE, PROMPTS_FILE, REPORT_FILE
 from octrain.core.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
+from octrain.samplers.endpoint import usage_since, usage_snapshot
 from octrain.samplers.generation import duplicate_count, generate_in_chunks
 from octrain.stages.answer_checks import ends_a_sentence, is_degenerate, trim_to_sentence
 from octrain.stages.context import RunContext
@@ -315,6 +316,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     params = SamplingParams.from_config(config.pairs.sampling, n=1, seed=config.seed)
     ids = [record.id for record in prompts]
     prefill = config.pairs.thinking_prefill
+    asked_before = usage_snapshot()
     teacher_raw = generate_in_chunks(
         lambda: build_sampler(config.sampler, config.teacher),
         teacher_conversations(
@@ -357,8 +359,22 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "for the raw answers, and pairs.filters / pairs.sampling.max_new_tokens"
         )
     save_records(out / PAIRS_FILE, pairs)
-    write_text_atomic(out / REPORT_FILE, json.dumps(report.to_json(), indent=2) + "\n")
-    return {**report.to_json(), "files": [str(out / PAIRS_FILE), str(out / REPORT_FILE)]}
+    summary = report.to_json()
+    # Models served over HTTP: what this process asked them for (a resumed run counts only the chunks it
+    # still had to ask for; the committed ones are not asked, or paid for, again).
+    asked = usage_since(asked_before)
+    if asked:
+        summary["endpoints"] = asked
+        for name, usage in asked.items():
+            logger.info(
+                "pairs: %s answered %d requests (%d prompt + %d completion tokens)",
+                name,
+                usage["requests"],
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+            )
+    write_text_atomic(out / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
+    return {**summary, "files": [str(out / PAIRS_FILE), str(out / REPORT_FILE)]}
 
 
 def describe(summary: dict[str, Any]) -> str:
