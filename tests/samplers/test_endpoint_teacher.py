@@ -137,7 +137,8 @@ def test_the_teacher_answers_over_http_and_the_report_counts_what_it_was_asked(
     teacher: TeacherServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OCTRAIN_TEST_TEACHER_KEY", "sk-test-4242-secret")
-    done = run_cli(*ARGS, *teacher.endpoint(api_key_env="OCTRAIN_TEST_TEACHER_KEY"), f"run_root={tmp_path}")
+    prices = {"price_per_million_prompt_tokens": 0.5, "price_per_million_completion_tokens": 2.0}
+    done = run_cli(*ARGS, *teacher.endpoint(api_key_env="OCTRAIN_TEST_TEACHER_KEY", **prices), f"run_root={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "pirate_tiny"
     pairs = pairs_of(run_dir)
@@ -148,8 +149,10 @@ def test_the_teacher_answers_over_http_and_the_report_counts_what_it_was_asked(
         assert pair["teacher"] == SERVED
     report = json.loads((run_dir / "pairs" / "report.json").read_text())
     name = f"{SERVED}@{teacher.base_url}"
+    n = len(prompts)
+    cost = round((10 * n * 0.5 + 3 * n * 2.0) / 1e6, 6)  # the server reports 10 prompt and 3 completion tokens
     assert report["endpoints"] == {
-        name: {"requests": len(prompts), "prompt_tokens": 10 * len(prompts), "completion_tokens": 3 * len(prompts)}
+        name: {"requests": n, "prompt_tokens": 10 * n, "completion_tokens": 3 * n, "cost": cost}
     }
     # The key went to the server, and nowhere else: no file of the run, no line of its output holds it.
     assert teacher.authorization == {"Bearer sk-test-4242-secret"}

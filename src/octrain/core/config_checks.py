@@ -72,6 +72,10 @@ def check_model(key: str, model: ModelConfig) -> None:
             raise ConfigError(f"{key}.endpoint.max_retries: expected 0 or more, got {endpoint.max_retries}")
         if endpoint.backoff < 0:
             raise ConfigError(f"{key}.endpoint.backoff: expected 0 or more seconds, got {endpoint.backoff}")
+        for name in ("price_per_million_prompt_tokens", "price_per_million_completion_tokens"):
+            price = getattr(endpoint, name)
+            if price is not None and price < 0:
+                raise ConfigError(f"{key}.endpoint.{name}: expected a price of 0 or more, or null, got {price}")
 
 
 def check_scale(scale: ScaleConfig) -> None:

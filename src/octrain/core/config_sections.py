@@ -76,6 +76,9 @@ class EndpointConfig:
     backoff: float = 1.0  # seconds before the first retry; each later one waits twice as long (or Retry-After)
     # Also send min_p and repetition_penalty: vLLM's server takes them, OpenAI's API refuses them.
     extra_params: bool = False
+    # The provider's prices, per million tokens, for the cost in the stage reports; null: not counted.
+    price_per_million_prompt_tokens: float | None = None
+    price_per_million_completion_tokens: float | None = None
 
 
 @dataclass

@@ -49,6 +49,7 @@ def endpoint_sampler(model: ModelConfig, *, adapter: str | None = None) -> OpenA
         extra_params=endpoint.extra_params,
         name=f"{served_name(model)}@{endpoint.base_url}",
     )
+    sampler.prices = (endpoint.price_per_million_prompt_tokens, endpoint.price_per_million_completion_tokens)
     with _LOCK:
         _CREATED.append(sampler)
     return sampler
@@ -65,14 +66,25 @@ def usage_snapshot() -> dict[str, dict[str, int]]:
     return totals
 
 
-def usage_since(before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """What each endpoint was asked since ``before`` (a :func:`usage_snapshot`); endpoints not asked are left out."""
-    spent = {}
+def usage_since(before: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    """What each endpoint was asked since ``before`` (a :func:`usage_snapshot`); endpoints not asked are left out.
+
+    With both of the endpoint's prices set, each row also holds ``cost``: prompt and completion tokens at
+    those prices (the provider's bill can differ: cached prompts, minimum charges).
+    """
+    with _LOCK:
+        prices = {sampler.name: sampler.prices for sampler in _CREATED}
+    spent: dict[str, dict[str, float]] = {}
     for name, row in usage_snapshot().items():
         earlier = before.get(name, {})
-        delta = {key: value - earlier.get(key, 0) for key, value in row.items()}
-        if delta["requests"]:
-            spent[name] = delta
+        delta: dict[str, float] = {key: value - earlier.get(key, 0) for key, value in row.items()}
+        if not delta["requests"]:
+            continue
+        prompt_price, completion_price = prices.get(name, (None, None))
+        if prompt_price is not None and completion_price is not None:
+            cost = delta["prompt_tokens"] * prompt_price + delta["completion_tokens"] * completion_price
+            delta["cost"] = round(cost / 1e6, 6)
+        spent[name] = delta
     return spent
 
 

@@ -124,6 +124,8 @@ class OpenAIChatSampler:
         # What this sampler has asked the server for, from the responses' own usage: requests
         # answered, prompt and completion tokens (a server that reports no usage leaves those at 0).
         self.usage: dict[str, int] = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        # Per million prompt and completion tokens, for a cost next to the usage (None: unknown).
+        self.prices: tuple[float | None, float | None] = (None, None)
         self._usage_lock = threading.Lock()
         # Messages name the endpoint by this, never by a URL that might carry a key in it.
         self._display_url = self._scrub(without_userinfo(self.url))

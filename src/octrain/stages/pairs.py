@@ -366,12 +366,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if asked:
         summary["endpoints"] = asked
         for name, usage in asked.items():
+            cost = f", cost {usage['cost']:.4f}" if "cost" in usage else ""
             logger.info(
-                "pairs: %s answered %d requests (%d prompt + %d completion tokens)",
+                "pairs: %s answered %d requests (%d prompt + %d completion tokens%s)",
                 name,
                 usage["requests"],
                 usage["prompt_tokens"],
                 usage["completion_tokens"],
+                cost,
             )
     write_text_atomic(out / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
     return {**summary, "files": [str(out / PAIRS_FILE), str(out / REPORT_FILE)]}
