@@ -391,7 +391,7 @@ def stage_workers(out_dir: Path, smoke: bool) -> dict[str, Any]:
         seconds = time.perf_counter() - began
         log = (Path(scratch) / "pirate_tiny" / LOG_FILE).read_text()
     (out_dir / "stage_workers.log").write_text(log)
-    workers = dict(re.findall(r"INFO octrain\.stage_worker: (\w+): running in a worker process \(pid (\d+)\)", log))
+    workers = dict(re.findall(r"INFO octrain\.run\.workers: (\w+): running in a worker process \(pid (\d+)\)", log))
     precision = dict(re.findall(r"INFO octrain\.trainers\.trl_\w+: (dpo|sft): .*?, (bf16|fp32)", log))
     expected = "fp32" if smoke else "bf16"
     parent_driver = driver_initialised()
