@@ -36,6 +36,7 @@ def test_parameter_count_from_shapes_is_the_tiny_models_real_count(tiny_model_pa
         ("Qwen/Qwen3-32B", 32.8e9),
         ("Qwen/Qwen3-8B", 8.2e9),
         ("meta-llama/Llama-3.1-8B-Instruct", 8.03e9),
+        ("Qwen/Qwen2.5-7B-Instruct", 7.62e9),
     ],
 )
 def test_parameter_count_of_each_shipped_shape_matches_a_model_built_on_meta(name: str, published: float) -> None:
@@ -56,7 +57,14 @@ def test_parameter_count_of_each_shipped_shape_matches_a_model_built_on_meta(nam
         "tie_word_embeddings": arch.tied_embeddings,
     }
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(Qwen3Config(**shape)) if arch.qk_norm else LlamaForCausalLM(LlamaConfig(**shape))
+        if arch.qk_norm:
+            model = Qwen3ForCausalLM(Qwen3Config(**shape))
+        elif arch.qkv_bias:  # Qwen2: Llama's layout with biases on q, k and v
+            from transformers import Qwen2Config, Qwen2ForCausalLM
+
+            model = Qwen2ForCausalLM(Qwen2Config(**shape))
+        else:
+            model = LlamaForCausalLM(LlamaConfig(**shape))
     assert sum(p.numel() for p in model.parameters()) == arch.parameters
     assert abs(arch.parameters - published) / published < 0.01  # the model card's rounded total
 

@@ -159,6 +159,8 @@ KNOWN_ARCHITECTURES: dict[str, Architecture] = {
         Architecture("Qwen/Qwen3-4B-Instruct-2507", 2560, 9728, 36, 32, 8, 128, 151936, True, qk_norm=True),
         Architecture("Qwen/Qwen3-8B", 4096, 12288, 36, 32, 8, 128, 151936, False, qk_norm=True),
         Architecture("meta-llama/Llama-3.1-8B-Instruct", 4096, 14336, 32, 32, 8, 128, 128256, False),
+        # The paper's Qwen student: biases on the q, k and v projections.
+        Architecture("Qwen/Qwen2.5-7B-Instruct", 3584, 18944, 28, 28, 4, 128, 152064, False, qkv_bias=True),
     )
 }
 
