@@ -21,15 +21,18 @@ import os
 from octrain.core.config import EvalStageConfig, JudgeKind, OctrainConfig, StageName
 from octrain.core.errors import ConfigError
 from octrain.samplers.base import Sampler
-from octrain.samplers.openai_http import JudgeRequestError, OpenAIChatSampler, without_userinfo
+from octrain.samplers.openai_http import (
+    CHECK_TIMEOUT,
+    JudgeRequestError,
+    OpenAIChatSampler,
+    shown_models,
+    without_userinfo,
+)
 
 logger = logging.getLogger(__name__)
 
-# The check waits no longer than this for the model list, even with a longer eval.judge_timeout:
-# an endpoint that needs more than this to list its models is one to hear about now.
-CHECK_TIMEOUT = 10.0
-# How many of the listed models an error message names.
-_SHOWN_MODELS = 8
+# The check waits no longer than CHECK_TIMEOUT for the model list, even with a longer
+# eval.judge_timeout: an endpoint that needs more than that to list its models is one to hear about now.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +103,6 @@ def check_judge(config: OctrainConfig) -> None:
         )
         return
     if model not in listed:
-        shown = ", ".join(listed[:_SHOWN_MODELS]) + (
-            f" and {len(listed) - _SHOWN_MODELS} more" if len(listed) > _SHOWN_MODELS else ""
-        )
         raise ConfigError(
-            f"eval.judge_model: {model!r} is not among the models the judge endpoint lists ({shown or 'none'})"
+            f"eval.judge_model: {model!r} is not among the models the judge endpoint lists ({shown_models(listed)})"
         )

@@ -14,7 +14,7 @@ import threading
 
 from octrain.core.config import ModelConfig, ModelRole, OctrainConfig
 from octrain.core.errors import ConfigError
-from octrain.samplers.openai_http import JudgeRequestError, OpenAIChatSampler
+from octrain.samplers.openai_http import CHECK_TIMEOUT, JudgeRequestError, OpenAIChatSampler, shown_models
 
 _CREATED: list[OpenAIChatSampler] = []
 _LOCK = threading.Lock()
@@ -38,6 +38,16 @@ def endpoint_sampler(model: ModelConfig, *, adapter: str | None = None) -> OpenA
             "sample the trained model locally (leave endpoint.base_url unset for the student), or serve the "
             "adapter there and name it in endpoint.model"
         )
+    sampler = _client(model)
+    with _LOCK:
+        _CREATED.append(sampler)
+    return sampler
+
+
+def _client(model: ModelConfig) -> OpenAIChatSampler:
+    """The HTTP client for ``model.endpoint`` (set), outside the usage tally."""
+    endpoint = model.endpoint
+    assert endpoint.base_url is not None
     sampler = OpenAIChatSampler(
         endpoint.base_url,
         served_name(model),
@@ -50,8 +60,6 @@ def endpoint_sampler(model: ModelConfig, *, adapter: str | None = None) -> OpenA
         name=f"{served_name(model)}@{endpoint.base_url}",
     )
     sampler.prices = (endpoint.price_per_million_prompt_tokens, endpoint.price_per_million_completion_tokens)
-    with _LOCK:
-        _CREATED.append(sampler)
     return sampler
 
 
@@ -88,8 +96,6 @@ def usage_since(before: dict[str, dict[str, int]]) -> dict[str, dict[str, float]
     return spent
 
 
-# One quick attempt: a check that the server answers before a run spends hours elsewhere.
-CHECK_TIMEOUT = 10.0
 # Stages that sample the trained student (its adapter), which a server of the base model cannot.
 _TRAINED_STUDENT_STAGES = ("introspect", "eval")
 
@@ -119,19 +125,15 @@ def check_endpoints(config: OctrainConfig) -> None:
                 f"pairs.thinking_prefill: the teacher is sampled from {model.endpoint.base_url}, and a chat API "
                 "cannot continue an assistant turn opened for it; set pairs.thinking_prefill=false"
             )
-        sampler = endpoint_sampler(model)  # reads the key: an unset variable stops here, named
+        sampler = _client(model)  # reads the key: an unset variable stops here, named; a check stays out of the tally
         try:
             listed = sampler.list_models(timeout=min(CHECK_TIMEOUT, model.endpoint.timeout))
         except JudgeRequestError as error:
             raise ConfigError(f"{key}.base_url: the server does not answer: {error}") from None
-        finally:
-            with _LOCK:
-                _CREATED.remove(sampler)  # a check, not sampling: it stays out of the usage tally
         name = served_name(model)
         if listed is not None and name not in listed:
-            shown = ", ".join(listed[:8]) + (f" and {len(listed) - 8} more" if len(listed) > 8 else "")
             where = "endpoint.model" if model.endpoint.model else "path"
             raise ConfigError(
                 f"{role.value}.{where}: {name!r} is not among the models {sampler.display_base_url} serves "
-                f"({shown or 'none'})"
+                f"({shown_models(listed)})"
             )

@@ -39,15 +39,33 @@ from octrain.samplers.openai_protocol import (
 
 # JudgeRequestError and without_userinfo live in openai_protocol; evaluation and drafting import
 # them from here, with the sampler they go with.
-__all__ = ["MAX_RETRY_AFTER", "JudgeRequestError", "OpenAIChatSampler", "parse_completions", "without_userinfo"]
+__all__ = [
+    "CHECK_TIMEOUT",
+    "MAX_RETRY_AFTER",
+    "JudgeRequestError",
+    "OpenAIChatSampler",
+    "parse_completions",
+    "shown_models",
+    "without_userinfo",
+]
 
 logger = logging.getLogger(__name__)
 
 # A server may ask for a long pause in Retry-After; past this many seconds we wait no longer, so one
 # unfriendly header cannot stall a whole run.
 MAX_RETRY_AFTER = 60.0
+# One quick attempt at GET /models before a run: a check that the server answers, not sampling.
+CHECK_TIMEOUT = 10.0
+# How many of a server's models an error line names before "and N more".
+SHOWN_MODELS = 8
 # Statuses with which a server says it keeps no model list (GET /models is optional in practice).
 _NO_MODEL_LIST = (404, 405, 501)
+
+
+def shown_models(listed: Sequence[str]) -> str:
+    """A server's model list for an error line: the first :data:`SHOWN_MODELS` names, then how many more."""
+    more = f" and {len(listed) - SHOWN_MODELS} more" if len(listed) > SHOWN_MODELS else ""
+    return (", ".join(listed[:SHOWN_MODELS]) + more) or "none"
 
 
 class OpenAIChatSampler:
