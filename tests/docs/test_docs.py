@@ -206,19 +206,24 @@ def octrain_commands(words: list[str]) -> list[tuple[str, list[str]]]:
     return found
 
 
+def command_places(page: Page, prefix: str) -> list[tuple[str, list[str]]]:
+    """Every command line of a page, as (where, words): each shell-block line, and each inline code span
+    of the prose that starts with ``prefix``."""
+    places = [(where, words_of(line)) for where, line in shell_lines(page)]
+    places += [
+        (page.where(number), span.split())
+        for number, line in page.prose
+        for span in _INLINE_CODE.findall(line)
+        if span.startswith(prefix)
+    ]
+    return places
+
+
 def test_every_octrain_verb_and_subverb_in_the_docs_exists() -> None:
     known = verbs()
     unknown = []
     for path in PAGES:
-        page = read_page(path)
-        places = [(where, words_of(line)) for where, line in shell_lines(page)]
-        places += [
-            (page.where(number), span.split())
-            for number, line in page.prose
-            for span in _INLINE_CODE.findall(line)
-            if span.startswith("octrain ")
-        ]
-        for where, words in places:
+        for where, words in command_places(read_page(path), "octrain "):
             for verb, rest in octrain_commands(words):
                 if not _WORD.match(verb):
                     continue  # +recipe=..., -m, --help, -sc: a recipe run or Hydra's own flags
@@ -258,15 +263,7 @@ def test_every_make_target_named_exists() -> None:
     targets = makefile_targets()
     missing = []
     for path in PAGES:
-        page = read_page(path)
-        places = [(where, words_of(line)) for where, line in shell_lines(page)]
-        places += [
-            (page.where(number), span.split())
-            for number, line in page.prose
-            for span in _INLINE_CODE.findall(line)
-            if span.startswith("make ")
-        ]
-        for where, words in places:
+        for where, words in command_places(read_page(path), "make "):
             for index, word in enumerate(words[:-1]):
                 target = words[index + 1]
                 if word == "make" and "=" not in target and not target.startswith("-") and target not in targets:
