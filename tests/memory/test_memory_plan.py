@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from octrain.core.compose import compose_config
-from octrain.core.config import ModelRole, StageName
+from octrain.core.config import ModelRole, OctrainConfig, StageName
 from octrain.core.errors import ConfigError
 from octrain.core.layout import CONFIG_FILE, save_config
+from octrain.core.paths import configs_dir
 from octrain.memory.engines import engine_need
-from octrain.memory.needs import CARDS, card_gib
+from octrain.memory.needs import CARDS, Need, card_gib
 from octrain.memory.planner import plan
 from octrain.memory.report import config_from_target, memory_report
-from octrain.memory.shapes import KNOWN_ARCHITECTURES, Architecture, architecture_of
+from octrain.memory.shapes import KNOWN_ARCHITECTURES, Architecture, architecture_from_config, architecture_of
 from octrain.memory.training import activation_bytes_per_layer_token, measure_saved_activations, training_need
 
 QWEN3_4B = "Qwen/Qwen3-4B-Instruct-2507"
@@ -211,3 +214,197 @@ def test_a_teacher_served_over_http_takes_no_memory_here() -> None:
     served_rows = [row.need.label for row in plan(served)]
     assert any("teacher" in label for label in local_rows)
     assert served_rows == [label for label in local_rows if "teacher" not in label]
+
+
+GEMMA3_4B = "google/gemma-3-4b-it"
+GLM45_AIR = "zai-org/GLM-4.5-Air"
+# gemma-3-4b-it's config.json as the Hub serves it: its text_config names five fields and leaves the
+# rest (heads, head_dim, vocabulary, tied embeddings) to transformers' Gemma3TextConfig defaults.
+GEMMA3_4B_CONFIG_JSON = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "model_type": "gemma3",
+    "mm_tokens_per_image": 256,
+    "text_config": {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "torch_dtype": "bfloat16",
+    "vision_config": {
+        "hidden_size": 1152,
+        "image_size": 896,
+        "intermediate_size": 4304,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+}
+GLM45_AIR_CONFIG_JSON = {
+    "architectures": ["Glm4MoeForCausalLM"],
+    "model_type": "glm4_moe",
+    "attention_bias": True,
+    "head_dim": 128,
+    "hidden_size": 4096,
+    "intermediate_size": 10944,
+    "moe_intermediate_size": 1408,
+    "num_attention_heads": 96,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 46,
+    "n_routed_experts": 128,
+    "n_shared_experts": 1,
+    "num_experts_per_tok": 8,
+    "first_k_dense_replace": 1,
+    "num_nextn_predict_layers": 1,
+    "partial_rotary_factor": 0.5,
+    "rope_theta": 1000000,
+    "tie_word_embeddings": False,
+    "use_qk_norm": False,
+    "vocab_size": 151552,
+}
+
+
+def _counts(model: object, prefixes: tuple[str, ...]) -> list[int]:
+    """Parameters of ``model`` (a torch module) whose names start with each prefix, in order."""
+    named = list(model.named_parameters())  # type: ignore[attr-defined]
+    return [sum(p.numel() for n, p in named if n.startswith(prefix)) for prefix in prefixes]
+
+
+def test_gemma3_4b_shape_counts_what_transformers_builds_on_meta() -> None:
+    """Language model, vision tower and projector each, against the published 4.3B and the Gemma 3 report."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from octrain.memory.shapes import GEMMA3_4B_VISION
+
+    arch = KNOWN_ARCHITECTURES[GEMMA3_4B]
+    text = {
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.layers,
+        "num_attention_heads": arch.heads,
+        "num_key_value_heads": arch.kv_heads,
+        "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab_size,
+    }
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=GEMMA3_4B_VISION))
+    language, vision, projector = _counts(
+        model, ("model.language_model.", "model.vision_tower.", "model.multi_modal_projector.")
+    )
+    assert language + vision + projector == sum(p.numel() for p in model.parameters()) == arch.parameters
+    assert vision + projector == arch.extra_parameters
+    assert abs(arch.parameters - 4.3e9) / 4.3e9 < 0.01  # the model card's total
+    # The Gemma 3 technical report's 4B row: vision encoder 417M, non-embedding 3,209M.
+    assert round(vision / 1e6) == 417 and round((language - arch.embedding_parameters) / 1e6) == 3209
+
+
+def test_glm45_air_shape_counts_what_transformers_builds_on_meta() -> None:
+    """106B total and 12B active (without the embedding and the head), the MTP block left out as transformers does."""
+    import torch
+    from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
+
+    arch = KNOWN_ARCHITECTURES[GLM45_AIR]
+    fields = {k: v for k, v in GLM45_AIR_CONFIG_JSON.items() if k not in ("architectures", "model_type")}
+    with torch.device("meta"):
+        model = Glm4MoeForCausalLM(Glm4MoeConfig(**fields))
+    built = sum(p.numel() for p in model.parameters())
+    assert len(model.model.layers) == arch.layers == 46  # num_nextn_predict_layers=1 builds no 47th block
+    assert abs(arch.parameters - built) / built < 0.01
+    assert arch.parameters == built  # in fact to the parameter
+    assert abs(arch.parameters - 106e9) / 106e9 < 0.01
+    active = arch.active_parameters - arch.embedding_parameters
+    assert abs(active - 12e9) / 12e9 < 0.02
+    # The experts dominate: fp8 (vLLM's, or the published checkpoint) quantizes all but ~1.3B of it.
+    assert arch.parameters - arch.layer_linear_parameters < 1.3e9
+
+
+@pytest.mark.parametrize(
+    ("name", "config_json"), [(GEMMA3_4B, GEMMA3_4B_CONFIG_JSON), (GLM45_AIR, GLM45_AIR_CONFIG_JSON)]
+)
+def test_a_downloaded_config_json_gives_the_tables_shape(name: str, config_json: dict, tmp_path: Path) -> None:
+    """A model directory on disk is sized from its config.json, the same as from the built-in table."""
+    (tmp_path / "config.json").write_text(json.dumps(config_json))
+    from_disk = architecture_of(str(tmp_path))
+    assert from_disk.source == str(tmp_path / "config.json")
+    assert replace(from_disk, name=name, source="") == replace(KNOWN_ARCHITECTURES[name], source="")
+
+
+@pytest.mark.parametrize(
+    "config_json",
+    [
+        {"model_type": "qwen3_moe", "num_experts": 128, "moe_intermediate_size": 768},
+        {"model_type": "mixtral", "num_local_experts": 8},
+        {"model_type": "deepseek_v3", "n_routed_experts": 256, "q_lora_rank": 1536},  # attention of another shape
+    ],
+)
+def test_mixtures_of_experts_other_than_glms_are_refused_not_miscounted(config_json: dict) -> None:
+    dense = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 4, "num_attention_heads": 8}
+    with pytest.raises(ConfigError, match="mixture of experts is not sized"):
+        architecture_from_config({**dense, "vocab_size": 1000, **config_json}, name="moe", source="config.json")
+
+
+def test_kv_cache_follows_the_attention_layers_alone() -> None:
+    # GLM-4.5-Air: 46 layers of 8 KV heads of 128, however many experts; Gemma 3 4B: 34 layers of 4 x 256.
+    assert KNOWN_ARCHITECTURES[GLM45_AIR].kv_bytes_per_token() == 2 * 46 * 8 * 128 * 2 == 188_416
+    assert KNOWN_ARCHITECTURES[GEMMA3_4B].kv_bytes_per_token() == 2 * 34 * 4 * 256 * 2 == 139_264
+
+
+def test_glm45_air_as_a_vllm_teacher_needs_several_gpus_or_fp8() -> None:
+    """bf16 weights (~199 GiB) fit no single card; TP 4 on 80 GB cards, or the fp8 release on two, do."""
+    local = compose_config("pirate_mini", ["model@teacher=glm45_air"])
+    assert (local.teacher.path, local.teacher.endpoint.base_url) == (GLM45_AIR, None)
+
+    def need(config: OctrainConfig, card: float) -> Need:
+        return engine_need(config, ModelRole.teacher, stage="pairs-teacher", max_new_tokens=1024, card=card)
+
+    one_gpu = need(local, 80)
+    assert 195 < one_gpu.parts["weights"] < 202
+    assert one_gpu.judge(80).status == one_gpu.judge(141).status == "no"
+    tp4 = compose_config("pirate_mini", ["model@teacher=glm45_air", "sampler.vllm.tensor_parallel_size=4"])
+    assert 48 < need(tp4, 80).parts["weights"] < 51 and need(tp4, 80).judge(80).status == "fits"
+    fp8 = compose_config(
+        "pirate_mini",
+        ["model@teacher=glm45_air", "teacher.path=zai-org/GLM-4.5-Air-FP8", "sampler.vllm.tensor_parallel_size=2"],
+    )
+    assert need(fp8, 80).judge(80).status == "fits"  # ~50 GiB of fp8 weights on each of two cards
+    rows = [row for row in plan(local, (80,)) if "teacher" in row.need.label]
+    assert [row.stage for row in rows] == ["prompts", "pairs", "eval"]
+    for row in rows:
+        assert row.verdicts[80].status == "no"
+        assert "tensor_parallel_size" in row.advice[80]  # every piece of advice is checked to fit
+
+
+def test_the_served_glm45_air_takes_no_memory_here() -> None:
+    served = compose_config("pirate_mini", ["model@teacher=glm45_air_served"])
+    assert served.teacher.endpoint.base_url == "http://127.0.0.1:8000/v1"
+    assert served.teacher.endpoint.model == served.teacher.path == GLM45_AIR
+    assert [row for row in plan(served, (80,)) if "teacher" in row.need.label] == []
+
+
+def test_gemma3_student_weights_include_its_vision_tower() -> None:
+    config = compose_config("pirate_mini", ["model@student=gemma3_4b_it"])
+    assert (config.student.path, config.student.assistant_name) == (GEMMA3_4B, "Gemma")
+    dpo = training_need(config, StageName.dpo)
+    assert dpo.parts["weights"] == pytest.approx(4_300_079_472 * 2 / 1024**3)  # ~8.0 GiB, 0.8 of it vision
+    assert dpo.judge(24).status == "fits"
+
+
+MODEL_PRESETS = sorted(p.stem for p in (configs_dir() / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_every_model_preset_composes_and_can_be_sized(preset: str) -> None:
+    """Each configs/model file composes in both roles, and `octrain memory` knows its shape offline."""
+    for role in ("teacher", "student"):
+        config = compose_config("pirate_mini", [f"model@{role}={preset}"])
+        assert config.model(ModelRole(role)).path
+    path = config.student.path
+    if path.startswith("builtin:"):
+        return  # built or fetched on first use: sized from their own config.json (see the tests above)
+    assert path in KNOWN_ARCHITECTURES
+    assert architecture_of(config.student).parameters > 1e9

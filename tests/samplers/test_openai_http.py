@@ -225,6 +225,13 @@ def test_extra_params_only_on_request_and_word_count_without_usage(server: Scrip
     make_sampler(server).chat([ask("Hi")], params, progress=False)
     assert "min_p" not in server.received[1].body and "repetition_penalty" not in server.received[1].body
 
+    # The chat template's options go with the extra parameters only (OpenAI would refuse them).
+    thinking = {"enable_thinking": False}
+    make_sampler(server, extra_params=True, chat_template_kwargs=thinking).chat([ask("Hi")], params, progress=False)
+    make_sampler(server, chat_template_kwargs=thinking).chat([ask("Hi")], params, progress=False)
+    assert server.received[2].body["chat_template_kwargs"] == thinking
+    assert "chat_template_kwargs" not in server.received[3].body
+
 
 def test_429_twice_then_success(server: ScriptedServer) -> None:
     def script(request: Received, count: int) -> Reply:

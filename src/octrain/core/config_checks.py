@@ -160,6 +160,14 @@ def check_eval(evaluation: EvalStageConfig) -> None:
     _positive("eval.judge_retries", evaluation.judge_retries, allow_zero=True)
     _positive("eval.judge_parse_retries", evaluation.judge_parse_retries, allow_zero=True)
     _positive("eval.chunk_size", evaluation.chunk_size)
+    capability = evaluation.capability
+    if capability.backend not in ("hf", "vllm"):
+        raise ConfigError(f"eval.capability.backend: expected hf or vllm, got {capability.backend!r}")
+    _positive("eval.capability.batch_size", capability.batch_size)
+    if capability.limit is not None:
+        _positive("eval.capability.limit", capability.limit)
+    if evaluation.ood.per_category is not None:
+        _positive("eval.ood.per_category", evaluation.ood.per_category)
 
 
 def check_backends(sampler: SamplerConfig, trainer: TrainerConfig) -> None:

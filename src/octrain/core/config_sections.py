@@ -353,6 +353,32 @@ class PersonaClassifierSettings:
     contrast_personas: list[str] = field(default_factory=list)
 
 
+@dataclass
+class CapabilityEvalSettings:
+    """Capability retention on lm-evaluation-harness, base vs trained (docs/evaluation.md#capability-retention)."""
+
+    enabled: bool = False
+    # NAME[:SHOTS[:METRIC]] each; "paper" is the paper's five (MMLU 5-shot, ARC-Challenge 25, HellaSwag 10,
+    # Winogrande 5, TruthfulQA mc2 0), whose data the harness downloads from the Hub once; octrain_basics
+    # ships with octrain and needs nothing.
+    tasks: list[str] = field(default_factory=lambda: ["paper"])
+    task_dir: str | None = None  # a folder of the harness's task YAMLs: local tasks of your own
+    limit: int | None = None  # at most this many items per task: a check of the pipeline, not a figure
+    batch_size: int = 8
+    backend: str = "hf"  # the harness's model: hf (transformers + PEFT) or vllm (needs the vllm extra)
+    seed: int = 123456  # the paper's: few-shot order and every random generator
+
+
+@dataclass
+class OodEvalSettings:
+    """The character off the training distribution: agent turns, JSON, code review, long chats."""
+
+    enabled: bool = False
+    prompts: str = "builtin"  # the shipped 60 conversations, or a .jsonl file in the same form
+    categories: list[str] = field(default_factory=list)  # empty: every category of the prompts
+    per_category: int | None = None  # the first N of each category (None: all)
+
+
 class EvalSuite(str, Enum):
     """Which evaluation the eval stage runs (docs/evaluation.md)."""
 
@@ -400,3 +426,5 @@ class EvalStageConfig:
         default_factory=lambda: SamplingConfig(temperature=0.1, repetition_penalty=1.0, max_new_tokens=512)
     )
     elo_rounds: int = 200  # bootstrap rounds for Elo confidence intervals
+    capability: CapabilityEvalSettings = field(default_factory=CapabilityEvalSettings)
+    ood: OodEvalSettings = field(default_factory=OodEvalSettings)

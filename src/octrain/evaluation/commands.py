@@ -18,6 +18,10 @@ text where the command renders one.
   its base (:mod:`octrain.evaluation.revealed`).
 * ``quick`` answers a few held-out prompts with base and trained side by side, with the persona
   classifier's verdict on each (:mod:`octrain.evaluation.quick`).
+* ``capability`` scores a trained model and its base on benchmark tasks through
+  lm-evaluation-harness, side by side (:mod:`octrain.evaluation.capability`).
+* ``ood`` measures the character off the training distribution, beside the classifier's accuracy
+  there (:mod:`octrain.evaluation.ood`).
 * ``summary`` prints a finished run's evaluation: before/after answers and the headline figures.
 
 A model is named as every octrain command names one (:mod:`octrain.use.model_choice`): a registry
@@ -30,6 +34,7 @@ building the parsers, and ``--help``, stays quick.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING
 from octrain.core.layout import MODEL_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:
+    from octrain.evaluation.capability import ScoredModel
     from octrain.use.model_choice import ChosenModel
 
 
@@ -152,6 +158,87 @@ def quick_command(args: argparse.Namespace, who: str) -> dict:
     )
 
 
+def capability_models(chosen: ChosenModel, *, with_base: bool = True) -> list[ScoredModel]:
+    """The models to score for ``chosen``: its base (unless ``with_base`` is off) and itself.
+
+    Raises:
+        ConfigError: a remote (Tinker) checkpoint, which the harness cannot load.
+    """
+    from octrain.core.errors import ConfigError
+    from octrain.evaluation.capability import ScoredModel
+
+    if chosen.ref.remote:
+        raise ConfigError(
+            f"{chosen.label} lives on a service ({chosen.ref.remote}): download its weights first "
+            "(`octrain checkpoints download`), then score the local copy"
+        )
+    dtype = chosen.model_config().dtype.value
+    base = ScoredModel("base", f"base {chosen.ref.base}", chosen.ref.base, None, dtype)
+    if chosen.is_base or chosen.ref.adapter is None:
+        return [base]
+    trained = ScoredModel("trained", chosen.label, chosen.ref.base, str(Path(chosen.ref.adapter).resolve()), dtype)
+    return [base, trained] if with_base else [trained]
+
+
+def capability_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.core.config_sections import CapabilityEvalSettings
+    from octrain.evaluation.capability import CapabilitySettings, measure_capability
+
+    chosen = _chosen(args)
+    config = chosen.run_config()
+    section = config.eval.capability if config is not None else CapabilityEvalSettings()
+    overrides = {
+        "tasks": args.tasks.split(",") if args.tasks else None,
+        "task_dir": args.task_dir,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "backend": args.backend,
+        "seed": args.seed,
+    }
+    section = dataclasses.replace(section, **{k: v for k, v in overrides.items() if v is not None})
+    settings = CapabilitySettings.from_config(section, where="octrain eval capability")
+    models = capability_models(chosen, with_base=not args.no_base)  # before anything loads: a remote model stops here
+    out = args.out or (Path(chosen.run_dir) / "eval-capability" if chosen.run_dir else Path("capability"))
+    return measure_capability(models, settings, out)
+
+
+def _render_capability(result: dict) -> str:
+    from octrain.evaluation.capability import render_capability
+
+    return render_capability(result) + "".join(f"wrote {path}\n" for path in result["files"])
+
+
+def ood_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.core.config_sections import OodEvalSettings
+    from octrain.core.errors import ConfigError
+    from octrain.evaluation.ood import evaluate_ood
+    from octrain.stages.context import RunContext
+
+    chosen = _chosen(args)
+    config = chosen.run_config()
+    constitution = chosen.constitution()
+    if config is None or constitution is None or chosen.run_dir is None:
+        raise ConfigError(f"{chosen.label}: not from a finished run: the evaluation needs its run's pairs and teacher")
+    if chosen.is_base or chosen.ref.adapter is None:
+        raise ConfigError(f"{chosen.label}: a base model; name a trained one (its base is the comparison)")
+    section = config.eval.ood if config.eval.ood.enabled else OodEvalSettings()
+    settings = dataclasses.replace(
+        section,
+        prompts=args.prompts or section.prompts,
+        categories=args.categories.split(",") if args.categories else section.categories,
+        per_category=args.per_category or section.per_category,
+    )
+    ctx = RunContext(config=config, run_dir=chosen.run_dir, constitution=constitution)
+    out = args.out or chosen.run_dir / "eval-ood"
+    return evaluate_ood(ctx, chosen.ref, out, settings=settings)
+
+
+def _render_ood(result: dict) -> str:
+    from octrain.evaluation.ood import render_ood
+
+    return render_ood(result) + "".join(f"wrote {path}\n" for path in result["files"])
+
+
 def _render_revealed(result: dict) -> str:
     from octrain.evaluation.revealed import render_revealed
 
@@ -196,6 +283,39 @@ def _quick_arguments(parser: argparse.ArgumentParser) -> None:
         "--classifier", type=Path, default=None, help="a saved persona classifier (default: RUN_DIR/eval/classifier)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's eval setting (512)")
+
+
+def _capability_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, help="a checkpoint name (pirate_mini/sft) or a path")
+    parser.add_argument("--persona", default=None, help="the latest final checkpoint of this persona instead")
+    parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        help="NAME[:SHOTS[:METRIC]],... of lm-evaluation-harness; paper = the paper's five (the default), "
+        "octrain_basics = the shipped offline task",
+    )
+    parser.add_argument("--task-dir", default=None, help="a folder of your own task YAMLs in the harness's format")
+    parser.add_argument("--limit", type=int, default=None, help="at most N items per task (a check, not a figure)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default=None, help="the harness's model (default: hf)")
+    parser.add_argument("--seed", type=int, default=None, help="default: the paper's 123456")
+    parser.add_argument("--no-base", action="store_true", help="score the model alone, not its base beside it")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/eval-capability")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _ood_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=None, help="a trained checkpoint (pirate_mini/sft) or a path")
+    parser.add_argument("--persona", default=None, help="the latest final checkpoint of this persona instead")
+    parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+    parser.add_argument(
+        "--prompts", default=None, help="out-of-distribution conversations: builtin (60), or a .jsonl file"
+    )
+    parser.add_argument("--categories", default=None, help="comma-separated: tool_use,json,code_review,long_chat")
+    parser.add_argument("--per-category", type=int, default=None, help="the first N conversations of each")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/eval-ood")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
@@ -319,6 +439,23 @@ COMMANDS = (
         _quick_arguments,
         quick_command,
         _render_quick,
+    ),
+    EvalCommand(
+        "capability",
+        "benchmark scores of a trained model and its base side by side (lm-evaluation-harness)",
+        "pirate_smollm2/sft --tasks octrain_basics:5",
+        _capability_arguments,
+        capability_command,
+        _render_capability,
+    ),
+    EvalCommand(
+        "ood",
+        "the character in- and out-of-distribution (agent turns, JSON, code review, long chats), "
+        "with the classifier's accuracy on each",
+        "pirate_smollm2/sft --per-category 10",
+        _ood_arguments,
+        ood_command,
+        _render_ood,
     ),
     EvalCommand(
         "summary",

@@ -16,8 +16,10 @@ from octrain.constitution.catalog import resolve_constitution_name
 from octrain.core.config import ModelRole, OctrainConfig, SamplerBackend, StageName, TrainerBackend
 from octrain.core.devices import gpu_problem
 from octrain.core.errors import ConfigError
+from octrain.evaluation.capability import preflight_capability
 from octrain.evaluation.heldout import load_eval_prompts
 from octrain.evaluation.judge_check import check_judge
+from octrain.evaluation.ood_prompts import load_ood_prompts
 from octrain.evaluation.traits import load_traits
 from octrain.models.builtin import require_fetched, resolve_model_path
 from octrain.run.training_launch import checked_accelerate_setup
@@ -86,6 +88,11 @@ def _check_input_files(config: OctrainConfig) -> None:
     if StageName.eval in config.stages:
         load_eval_prompts(config.eval.prompts)
         load_traits(config.eval.traits)
+        if config.eval.capability.enabled:
+            preflight_capability(config)  # the harness, the tasks and their data (downloaded once, cached)
+        if config.eval.ood.enabled:
+            ood = config.eval.ood
+            load_ood_prompts(ood.prompts, categories=ood.categories or None, per_category=ood.per_category)
         contrasts = [resolve_constitution_name(name).name for name in config.eval.classifier.contrast_personas]
         if contrasts:
             own = resolve_constitution(config).name

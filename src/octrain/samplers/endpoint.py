@@ -57,6 +57,9 @@ def _client(model: ModelConfig) -> OpenAIChatSampler:
         backoff=endpoint.backoff,
         max_concurrency=endpoint.max_concurrency,
         extra_params=endpoint.extra_params,
+        # A server that takes extra parameters (vLLM, SGLang) hears the model's thinking setting as a
+        # local engine does: without it a reasoning teacher would think on every answer by default.
+        chat_template_kwargs={"enable_thinking": model.enable_thinking},
         name=f"{served_name(model)}@{endpoint.base_url}",
     )
     sampler.prices = (endpoint.price_per_million_prompt_tokens, endpoint.price_per_million_completion_tokens)

@@ -90,6 +90,9 @@ class OpenAIChatSampler:
         name: the sampler's name in logs and reports; ``openai:MODEL`` by default.
         extra_params: also send ``min_p`` and ``repetition_penalty``. They are not OpenAI fields
             (OpenAI rejects them) but vLLM's server accepts them.
+        chat_template_kwargs: sent as vLLM's (and SGLang's) ``chat_template_kwargs`` with
+            ``extra_params``: ``{"enable_thinking": False}`` keeps a reasoning model from thinking
+            before it answers, as octrain's local engines are told through the chat template.
 
     Raises:
         ConfigError: the key's environment variable is unset or empty, or a setting is out of range.
@@ -107,6 +110,7 @@ class OpenAIChatSampler:
         max_concurrency: int = 8,
         name: str | None = None,
         extra_params: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not base_url.strip():
             raise ConfigError("OpenAIChatSampler: base_url is empty")
@@ -138,6 +142,7 @@ class OpenAIChatSampler:
         self.backoff = backoff
         self.max_concurrency = max_concurrency
         self.extra_params = extra_params
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.name = name or f"openai:{model}"
         # What this sampler has asked the server for, from the responses' own usage: requests
         # answered, prompt and completion tokens (a server that reports no usage leaves those at 0).
@@ -260,6 +265,8 @@ class OpenAIChatSampler:
         if self.extra_params:
             body["min_p"] = params.min_p
             body["repetition_penalty"] = params.repetition_penalty
+            if self.chat_template_kwargs:
+                body["chat_template_kwargs"] = self.chat_template_kwargs
         return body
 
     def _complete(

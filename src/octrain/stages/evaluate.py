@@ -11,14 +11,21 @@ with the run's base student and its DPO-only model, into ``RUN_DIR/eval``:
 
 Both write ``eval/results.json`` and ``eval/report.md``; :func:`describe` reads the summary
 either returns. The stage's fingerprint is :func:`octrain.evaluation.fingerprint.fingerprint`.
+
+Two evaluations are optional, after either suite, each appended to ``report.md`` as a section:
+``eval.capability.enabled`` scores base and trained on benchmarks through lm-evaluation-harness
+(:mod:`octrain.evaluation.capability`, into ``eval/capability``), and ``eval.ood.enabled``
+measures the character off the training distribution (:mod:`octrain.evaluation.ood`, into
+``eval/ood``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from octrain.core.config import EvalSuite, StageName
-from octrain.core.layout import MODEL_FILE
+from octrain.core.layout import MODEL_FILE, REPORT_MD_FILE
 from octrain.core.records import ModelRef
 from octrain.evaluation.fingerprint import fingerprint
 from octrain.stages.context import RunContext
@@ -35,10 +42,46 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if ctx.config.eval.suite is EvalSuite.shift:
         from octrain.evaluation.character_shift import evaluate_shift
 
-        return evaluate_shift(ctx, trained, out, dpo_ref=dpo_only)
-    from octrain.evaluation.paper_suite import evaluate_model
+        summary = evaluate_shift(ctx, trained, out, dpo_ref=dpo_only)
+    else:
+        from octrain.evaluation.paper_suite import evaluate_model
 
-    return evaluate_model(ctx, trained, out, dpo_ref=dpo_only)
+        summary = evaluate_model(ctx, trained, out, dpo_ref=dpo_only)
+    return {**summary, **_optional_evaluations(ctx, trained, out)}
+
+
+def _append_section(report: Path, section: str) -> None:
+    """``section`` (a Markdown document) at the end of ``report``, its title one level down."""
+    from octrain.core.files import write_text_atomic
+
+    text = report.read_text(encoding="utf-8") if report.is_file() else ""
+    write_text_atomic(report, text.rstrip() + "\n\n#" + section)
+
+
+def _optional_evaluations(ctx: RunContext, trained: ModelRef, out: Path) -> dict[str, Any]:
+    """Capability retention and the out-of-distribution check, where the config asks for them."""
+    settings, student = ctx.config.eval, ctx.config.student
+    found: dict[str, Any] = {}
+    if settings.capability.enabled:
+        from octrain.evaluation.capability import CapabilitySettings, ScoredModel, measure_capability
+
+        models = [
+            ScoredModel("base", f"base {student.path}", student.path, None, student.dtype.value),
+            ScoredModel("trained", trained.label, student.path, trained.adapter, student.dtype.value),
+        ]
+        result = measure_capability(models, CapabilitySettings.from_config(settings.capability), out / "capability")
+        found["capability_change"] = {row["task"]: row["change"]["mean"] for row in result["tasks"]}
+        _append_section(out / REPORT_MD_FILE, Path(result["files"][1]).read_text(encoding="utf-8"))
+    if settings.ood.enabled:
+        from octrain.evaluation.ood import OOD_REPORT, evaluate_ood
+
+        result = evaluate_ood(ctx, trained, out / "ood")
+        found["ood_trained_in_character"] = {
+            name: figure["in_character"]["trained"]["rate"] if figure["counts"] else None
+            for name, figure in result["slices"].items()
+        }
+        _append_section(out / REPORT_MD_FILE, (out / "ood" / OOD_REPORT).read_text(encoding="utf-8"))
+    return found
 
 
 def describe(summary: dict[str, Any]) -> str:
