@@ -116,7 +116,8 @@ def test_no_recipe_or_unknown_recipe_lists_recipes() -> None:
     assert none.returncode == 2
     assert (
         "no recipe given" in none.stderr
-        and "available recipes: pirate_mini, pirate_served_teacher, pirate_smollm2, pirate_tinker, pirate_tiny"
+        and "available recipes: paper_llama, pirate_mini, pirate_served_teacher, pirate_smollm2, pirate_tinker, "
+        "pirate_tiny"
         in none.stderr
     )
     unknown = run_cli("+recipe=pirate_huge")

@@ -124,7 +124,7 @@ def test_python_compose_matches_the_cli_composition() -> None:
     assert api_compose("pirate_tiny", ["seed=3"]) == compose_config("+recipe=pirate_tiny", "seed=3")
     with pytest.raises(
         ConfigError,
-        match="unknown recipe 'nope'; available recipes: pirate_mini, pirate_served_teacher, pirate_smollm2, "
-        "pirate_tinker, pirate_tiny",
+        match="unknown recipe 'nope'; available recipes: paper_llama, pirate_mini, pirate_served_teacher, "
+        "pirate_smollm2, pirate_tinker, pirate_tiny",
     ):
         api_compose("nope")

@@ -88,7 +88,9 @@ def test_the_verb_measures_each_slice_and_a_rerun_reads_the_answers_back(
 
 
 @pytest.mark.slow
-def test_the_eval_stage_appends_capability_and_ood_when_asked(trained_tiny_root: Path, tmp_path: Path) -> None:
+def test_the_eval_stage_appends_capability_ood_and_the_paper_comparison_when_asked(
+    trained_tiny_root: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "runs"
     shutil.copytree(trained_tiny_root / "pirate_tiny", root / "pirate_tiny")
     stages = [arg for arg in TINY_TRAINED_RUN if not arg.startswith("stages=")]
@@ -101,6 +103,7 @@ def test_the_eval_stage_appends_capability_and_ood_when_asked(trained_tiny_root:
         "eval.capability.limit=6",
         "eval.ood.enabled=true",
         "eval.ood.per_category=1",
+        "eval.paper_reference=llama",
         f"run_root={root}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,4 +113,12 @@ def test_the_eval_stage_appends_capability_and_ood_when_asked(trained_tiny_root:
     assert "## pirate: in- vs out-of-distribution" in report and "| code_review | 1 |" in report
     capability = json.loads((eval_dir / "capability" / "capability.json").read_text())
     assert capability["tasks"][0]["change"]["n"] == 6
-    assert json.loads((eval_dir / "ood" / "ood.json").read_text())["prompts"]["out_of_distribution"] == 4
+    ood = json.loads((eval_dir / "ood" / "ood.json").read_text())
+    assert ood["prompts"]["out_of_distribution"] == 4
+    # Beside the paper: what this run measured (the classifier's F1 out of distribution) and what it did not.
+    comparison = (eval_dir / "paper_comparison.md").read_text()
+    f1 = ood["slices"]["out-of-distribution (all)"]["classifier"]["macro_f1"]
+    assert f"| released classifier F1 on out-of-distribution text | llama | released personas | 0.39 | {f1:.3g} |" in (
+        comparison
+    )
+    assert "| MMLU (5-shot) accuracy | llama | before training | 0.674 | not measured here |" in comparison

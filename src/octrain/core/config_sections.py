@@ -428,3 +428,6 @@ class EvalStageConfig:
     elo_rounds: int = 200  # bootstrap rounds for Elo confidence intervals
     capability: CapabilityEvalSettings = field(default_factory=CapabilityEvalSettings)
     ood: OodEvalSettings = field(default_factory=OodEvalSettings)
+    # llama, qwen or gemma: also write eval/paper_comparison.md, this run's figures beside the paper's
+    # for that student (octrain.evaluation.reproduction).
+    paper_reference: str | None = None

@@ -22,6 +22,8 @@ text where the command renders one.
   lm-evaluation-harness, side by side (:mod:`octrain.evaluation.capability`).
 * ``ood`` measures the character off the training distribution, beside the classifier's accuracy
   there (:mod:`octrain.evaluation.ood`).
+* ``reproduce`` scores the paper's released adapter of a persona and its base on the paper's
+  benchmarks and sets the figures beside the paper's (:mod:`octrain.evaluation.reproduction`).
 * ``summary`` prints a finished run's evaluation: before/after answers and the headline figures.
 
 A model is named as every octrain command names one (:mod:`octrain.use.model_choice`): a registry
@@ -202,6 +204,32 @@ def capability_command(args: argparse.Namespace, who: str) -> dict:
     return measure_capability(models, settings, out)
 
 
+def reproduce_command(args: argparse.Namespace, who: str) -> dict:
+    from octrain.core.config_sections import CapabilityEvalSettings
+    from octrain.evaluation.capability import CapabilitySettings
+    from octrain.evaluation.reproduction import released_models, reproduce_released
+
+    released_models(args.base, args.persona)  # an unknown base or persona stops here, before anything else
+    section = CapabilityEvalSettings(
+        tasks=args.tasks.split(",") if args.tasks else ["paper"],
+        task_dir=args.task_dir,
+        limit=args.limit,
+        batch_size=args.batch_size or 8,
+        backend=args.backend or "hf",
+    )
+    settings = CapabilitySettings.from_config(section, where="octrain eval reproduce")
+    out = args.out or Path("reproduction") / f"{args.base}-{args.persona}"
+    return reproduce_released(args.base, args.persona, settings, out)
+
+
+def _render_reproduce(result: dict) -> str:
+    from octrain.evaluation.capability import render_capability
+
+    files = [*result["capability"]["files"], *result["comparison"]["files"]]
+    comparison = Path(result["comparison"]["files"][0]).read_text(encoding="utf-8")
+    return render_capability(result["capability"]) + "\n" + comparison + "".join(f"wrote {f}\n" for f in files)
+
+
 def _render_capability(result: dict) -> str:
     from octrain.evaluation.capability import render_capability
 
@@ -302,6 +330,18 @@ def _capability_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: the paper's 123456")
     parser.add_argument("--no-base", action="store_true", help="score the model alone, not its base beside it")
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/eval-capability")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", choices=("llama", "qwen", "gemma"), help="which of the paper's students")
+    parser.add_argument("--persona", required=True, help="one of the paper's eleven personas, e.g. goodness")
+    parser.add_argument("--tasks", default=None, help="as for `eval capability` (default: paper, the paper's five)")
+    parser.add_argument("--task-dir", default=None, help="a folder of your own task YAMLs in the harness's format")
+    parser.add_argument("--limit", type=int, default=None, help="at most N items per task (a check, not a figure)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default=None, help="the harness's model (default: hf)")
+    parser.add_argument("--out", type=Path, default=None, help="default: reproduction/BASE-PERSONA")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -456,6 +496,14 @@ COMMANDS = (
         _ood_arguments,
         ood_command,
         _render_ood,
+    ),
+    EvalCommand(
+        "reproduce",
+        "the paper's released adapter for a persona, scored here on the paper's benchmarks, beside its figures",
+        "llama --persona goodness",
+        _reproduce_arguments,
+        reproduce_command,
+        _render_reproduce,
     ),
     EvalCommand(
         "summary",

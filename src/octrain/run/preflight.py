@@ -20,6 +20,7 @@ from octrain.evaluation.capability import preflight_capability
 from octrain.evaluation.heldout import load_eval_prompts
 from octrain.evaluation.judge_check import check_judge
 from octrain.evaluation.ood_prompts import load_ood_prompts
+from octrain.evaluation.paper_reference import base_name
 from octrain.evaluation.traits import load_traits
 from octrain.models.builtin import require_fetched, resolve_model_path
 from octrain.run.training_launch import checked_accelerate_setup
@@ -90,6 +91,8 @@ def _check_input_files(config: OctrainConfig) -> None:
         load_traits(config.eval.traits)
         if config.eval.capability.enabled:
             preflight_capability(config)  # the harness, the tasks and their data (downloaded once, cached)
+        if config.eval.paper_reference is not None:
+            base_name(config.eval.paper_reference)  # one of the paper's students, or a named error
         if config.eval.ood.enabled:
             ood = config.eval.ood
             load_ood_prompts(ood.prompts, categories=ood.categories or None, per_category=ood.per_category)

@@ -16,7 +16,8 @@ Two evaluations are optional, after either suite, each appended to ``report.md``
 ``eval.capability.enabled`` scores base and trained on benchmarks through lm-evaluation-harness
 (:mod:`octrain.evaluation.capability`, into ``eval/capability``), and ``eval.ood.enabled``
 measures the character off the training distribution (:mod:`octrain.evaluation.ood`, into
-``eval/ood``).
+``eval/ood``). ``eval.paper_reference=llama|qwen|gemma`` then sets the figures beside the paper's
+(``eval/paper_comparison.md``, :mod:`octrain.evaluation.reproduction`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def _optional_evaluations(ctx: RunContext, trained: ModelRef, out: Path) -> dict
             for name, figure in result["slices"].items()
         }
         _append_section(out / REPORT_MD_FILE, (out / "ood" / OOD_REPORT).read_text(encoding="utf-8"))
+    if settings.paper_reference is not None:
+        from octrain.evaluation.reproduction import measured_from_eval, write_comparison
+
+        persona = ctx.constitution.name
+        comparison = write_comparison(
+            settings.paper_reference, persona, measured_from_eval(out, persona), out, source="this run's eval stage"
+        )
+        found["paper_comparison"] = {row["result_key"]: row["verdict"] for row in comparison["rows"]}
     return found
 
 
