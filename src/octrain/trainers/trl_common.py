@@ -89,15 +89,27 @@ class ScheduleMixin:
         return self.lr_scheduler
 
 
-def lora_config(settings: LoraSettings) -> Any:
+# The parts of a multimodal checkpoint (Gemma 3, LLaVA-style, Qwen-VL) that read images. octrain trains on
+# text alone, yet PEFT's "all-linear" wraps their linear layers too (on Gemma-3-4B-it ~29% more LoRA weights
+# that never see a gradient worth having, and an adapter vLLM will not serve): they are left out.
+VISION_MODULES = r".*(vision_tower|vision_model|multi_modal_projector|visual)\..*"
+
+
+def lora_config(settings: LoraSettings, model: Any = None) -> Any:
+    """PEFT's LoRA config from ``settings``; with ``model``, an all-linear adapter leaves out a vision tower."""
+    import re
+
     from peft import LoraConfig
 
     targets: Any = "all-linear" if list(settings.target_modules) == ["all-linear"] else list(settings.target_modules)
+    has_vision = model is not None and any(re.fullmatch(VISION_MODULES, n) for n, _ in model.named_modules())
+    exclude = VISION_MODULES if targets == "all-linear" and has_vision else None
     return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
+        exclude_modules=exclude,
         task_type="CAUSAL_LM",
     )
 

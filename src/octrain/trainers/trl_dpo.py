@@ -174,7 +174,7 @@ def train_dpo(
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=lora_config(config.lora),
+            peft_config=lora_config(config.lora, model),
             kl_weight=config.kl_weight,
         )
     last = last_checkpoint(args.output_dir, stage="dpo")

@@ -165,7 +165,11 @@ def build_sft_trainer(
     if args is None:
         args = build_sft_args(config, options, output_dir, seed=seed)
     return make_trainer_class()(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(config.lora)
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora, model),
     )
 
 
