@@ -8,6 +8,7 @@ the server again for an answer it already committed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,9 +25,10 @@ import pytest
 
 from conftest import REPO, patience, run_cli
 from octrain.core.compose import compose_config
-from octrain.core.config import validate
+from octrain.core.config import EndpointConfig, ModelConfig, validate
 from octrain.core.errors import ConfigError
 from octrain.run.preflight import preflight
+from octrain.samplers.endpoint import SEED_PROBE, seed_behaviour
 
 SERVED = "remote-teacher"
 # The student answers locally (the fake backend: no model); only the teacher goes over HTTP.
@@ -38,6 +40,8 @@ class TeacherServer:
 
     def __init__(self) -> None:
         self.asked: list[str] = []  # each answered request's last user message, in order
+        self.probes: list[int | None] = []  # the seeds of the seed check's requests (kept out of `asked`)
+        self.seeds = "fixed"  # the seed check's answers: "fixed" (one text), "honour" (by seed), "ignore" (random)
         self.faults: list[str] = []  # the next requests' misbehaviour: "429", "500", "garbage", "hang"
         self.hang_seconds = 3.0
         self.authorization: set[str | None] = set()  # the Authorization headers the requests carried
@@ -65,9 +69,14 @@ class TeacherServer:
                     return self._send(404, {"error": {"message": f"no model {body.get('model')}"}})
                 prompt = body["messages"][-1]["content"]
                 with owner.lock:
-                    owner.asked.append(prompt)
+                    if prompt == SEED_PROBE:
+                        owner.probes.append(body.get("seed"))
+                    else:
+                        owner.asked.append(prompt)
                     owner.authorization.add(self.headers.get("Authorization"))
                 text = f"Arr! {prompt}"
+                if prompt == SEED_PROBE and owner.seeds != "fixed":
+                    text += f" {body.get('seed') if owner.seeds == 'honour' else len(owner.probes)}"
                 choices = [
                     {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                     for i in range(body.get("n", 1))
@@ -152,12 +161,28 @@ def test_the_teacher_answers_over_http_and_the_report_counts_what_it_was_asked(
     n = len(prompts)
     cost = round((10 * n * 0.5 + 3 * n * 2.0) / 1e6, 6)  # the server reports 10 prompt and 3 completion tokens
     assert report["endpoints"] == {
-        name: {"requests": n, "prompt_tokens": 10 * n, "completion_tokens": 3 * n, "cost": cost}
+        name: {"requests": n, "prompt_tokens": 10 * n, "completion_tokens": 3 * n, "cost": cost, "seed": "undetermined"}
     }
+    assert teacher.probes == [11, 11, 12]  # the seed check: outside the tally, and nothing it asked is a pair
     # The key went to the server, and nowhere else: no file of the run, no line of its output holds it.
     assert teacher.authorization == {"Bearer sk-test-4242-secret"}
     written = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
     assert not any(b"4242-secret" in content for content in written) and "4242-secret" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("answers", "verdict"), [("honour", "honoured"), ("ignore", "ignored"), ("fixed", "undetermined")]
+)
+def test_the_seed_check_tells_a_server_that_honours_the_seed_from_one_that_ignores_it(
+    teacher: TeacherServer, answers: str, verdict: str
+) -> None:
+    teacher.seeds = answers
+    model = ModelConfig(path=SERVED, endpoint=EndpointConfig(base_url=teacher.base_url))
+    assert seed_behaviour(model) == verdict
+    assert teacher.probes == [11, 11, 12] and teacher.asked == []
+    teacher.faults = ["500"] * 20
+    failing = dataclasses.replace(model, endpoint=EndpointConfig(base_url=teacher.base_url, max_retries=0))
+    assert seed_behaviour(failing).startswith("not checked")
 
 
 def test_rate_limits_server_errors_and_a_hang_are_retried(teacher: TeacherServer, tmp_path: Path) -> None:

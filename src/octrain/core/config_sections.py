@@ -79,6 +79,9 @@ class EndpointConfig:
     # The provider's prices, per million tokens, for the cost in the stage reports; null: not counted.
     price_per_million_prompt_tokens: float | None = None
     price_per_million_completion_tokens: float | None = None
+    # After the pairs stage, ask one short question three times (seeds 11, 11, 12; 24 tokens each) to
+    # report whether the server honours a request's seed: "honoured", "ignored" or "undetermined".
+    check_seed: bool = True
 
 
 @dataclass

@@ -66,6 +66,34 @@ def _client(model: ModelConfig) -> OpenAIChatSampler:
     return sampler
 
 
+SEED_PROBE = "Name three things you might find on a beach."
+
+
+def seed_behaviour(model: ModelConfig) -> str:
+    """Whether ``model``'s server honours a request's seed, from three short answers outside the tally.
+
+    The same seed twice at temperature 1, then another: "honoured" when the first two agree and the
+    third differs, "ignored" when the first two differ (a resumed run then gets other answers for the
+    chunks it had not committed than an uninterrupted run would have; none is asked for twice), and
+    "undetermined" when all three agree (a greedy or caching server, or a fixed reply).
+    """
+    from octrain.core.errors import OctrainError
+    from octrain.samplers.base import SamplingParams
+
+    sampler = _client(model)
+    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=24)
+    conversation = [{"role": "user", "content": SEED_PROBE}]
+    try:
+        first, again, other = (
+            sampler.chat([conversation], params, seeds=[seed], progress=False)[0][0].text for seed in (11, 11, 12)
+        )
+    except (JudgeRequestError, OctrainError) as error:
+        return f"not checked ({error})"
+    if first != again:
+        return "ignored"
+    return "honoured" if first != other else "undetermined"
+
+
 def usage_snapshot() -> dict[str, dict[str, int]]:
     """Every endpoint's requests and tokens so far in this process, by sampler name."""
     totals: dict[str, dict[str, int]] = {}

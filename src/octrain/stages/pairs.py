@@ -28,7 +28,7 @@ from octrain.core.files import write_text_atomic
 from octrain.core.layout import PAIRS_FILE, PROMPTS_FILE, REPORT_FILE
 from octrain.core.records import Message, PreferencePair, PromptRecord, load_records, save_records
 from octrain.samplers.base import Completion, Sampler, SamplingParams
-from octrain.samplers.endpoint import usage_since, usage_snapshot
+from octrain.samplers.endpoint import seed_behaviour, served_name, usage_since, usage_snapshot
 from octrain.samplers.generation import duplicate_count, generate_in_chunks
 from octrain.stages.answer_checks import ends_a_sentence, is_degenerate, trim_to_sentence
 from octrain.stages.context import RunContext
@@ -365,6 +365,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
     asked = usage_since(asked_before)
     if asked:
         summary["endpoints"] = asked
+        teacher = ctx.config.teacher
+        name = f"{served_name(teacher)}@{teacher.endpoint.base_url}"
+        if name in asked and teacher.endpoint.check_seed:
+            asked[name]["seed"] = seed_behaviour(teacher)
+            if asked[name]["seed"] == "ignored":
+                logger.warning(
+                    "pairs: %s ignores the request's seed: a resumed run's new answers differ from those an "
+                    "uninterrupted run would get (none is asked for, or paid for, twice)",
+                    name,
+                )
         for name, usage in asked.items():
             cost = f", cost {usage['cost']:.4f}" if "cost" in usage else ""
             logger.info(
