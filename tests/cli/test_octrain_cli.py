@@ -43,7 +43,8 @@ def test_every_command_has_help_with_an_example() -> None:
     assert combined.returncode == 0
     assert (
         "octrain +recipe=NAME" in combined.stdout
-        and "recipes: pirate_mini, pirate_served_teacher, pirate_smollm2, pirate_tinker, pirate_tiny" in combined.stdout
+        and "recipes: paper_llama, pirate_mini, pirate_served_teacher, pirate_smollm2, pirate_tinker, pirate_tiny"
+        in combined.stdout
     )
     assert all(name in combined.stdout for name in SUBCOMMANDS)
     assert 'octrain sample "Ahoy?" --persona pirate --compare' in combined.stdout

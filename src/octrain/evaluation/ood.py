@@ -27,6 +27,7 @@ with ``eval.ood.enabled=true`` and ``octrain eval ood MODEL`` on any model of a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -148,7 +149,7 @@ def evaluate_ood(
             "ids": ids,
             "conversations": conversations,
             "teacher_context": context,
-            "sampling": params.__dict__ if hasattr(params, "__dict__") else str(params),
+            "sampling": dataclasses.asdict(params),
         },
     )
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from octrain.core.files import write_text_atomic
 from octrain.core.layout import RESULTS_FILE
+from octrain.evaluation.ood import OUT_OF_DISTRIBUTION
 from octrain.evaluation.paper_reference import (
     CLASSIFIER_F1_DPO_ONLY,
     CLASSIFIER_F1_FINAL,
@@ -94,7 +95,7 @@ def measured_from_eval(eval_dir: Path, persona: str) -> dict[str, Any]:
         measured.update(capability_measurements(capability, persona))
     ood = _read(eval_dir / "ood" / "ood.json")
     if ood is not None:
-        everything = ood["slices"].get("out-of-distribution (all)")
+        everything = ood["slices"].get(OUT_OF_DISTRIBUTION)
         if everything is not None:
             measured[OOD_CLASSIFIER_F1] = _interval(everything["classifier"]["macro_f1"], None)
     return measured
