@@ -219,3 +219,19 @@ def test_shell_completion_needs_no_recipe() -> None:
         ]
     keys = completion([str(OCTRAIN_SCRIPT)], "octrain +recipe=pirate_tiny sampler=")
     assert "sampler=vllm" in keys.stdout.split(), keys.stderr
+
+
+def test_the_settings_info_says_a_missing_package_enables_are_real_keys() -> None:
+    import re
+
+    from octrain.cli.info import PACKAGES
+    from octrain.core.compose import compose_config
+
+    config = compose_config("pirate_tiny", [])
+    named = [key for _, _, enables in PACKAGES for key in re.findall(r"\b([a-z_]+(?:\.[a-z_0-9]+)+)=", enables or "")]
+    assert "trainer.accelerate_config" in named and "eval.capability.enabled" in named
+    for key in named:
+        value = config
+        for part in key.split("."):
+            assert hasattr(value, part), f"octrain info names {key}, which is not a setting"
+            value = getattr(value, part)

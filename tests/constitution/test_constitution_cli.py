@@ -14,6 +14,7 @@ import pytest
 from octrain.cli import main as octrain_main
 from octrain.constitution import load_constitution
 from octrain.constitution.__main__ import DEPRECATION
+from octrain.constitution.catalog import resolve_constitution_name
 
 RICH_YAML = """\
 meta:
@@ -176,6 +177,26 @@ def test_validate_prints_a_line_per_file_and_exits_2_on_any_error(
         f"{binary}: not a text file (byte 0 is not UTF-8); a constitution is UTF-8 text",
         f"{tmp_path / 'gone.yaml'}: constitution file not found",
     ]
+
+
+def test_validate_and_convert_take_a_constitution_by_name_as_show_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "pirate"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("pirate: ok (") and "traits" in line
+    out = tmp_path / "pirate.json"
+    assert main(["convert", "pirate", str(out)]) == 0
+    shipped = resolve_constitution_name("pirate")
+    assert [t.text for t in load_constitution(out).traits] == [t.text for t in shipped.traits]
+    assert main(["validate", "no-such-persona"]) == 2
+    assert "constitution 'no-such-persona' not found" in capsys.readouterr().out
+    # A place that cannot be written (under a file, which no user, root included, can make a folder of): one line.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    assert main(["convert", "pirate", str(blocker / "out.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"octrain: error: {blocker / 'out.json'}: cannot write it (")
+    assert blocker.read_text() == "not a folder\n"
 
 
 def test_the_old_module_name_warns_and_runs_the_verb(tmp_path: Path) -> None:

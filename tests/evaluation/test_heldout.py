@@ -97,3 +97,11 @@ def test_missing_file_and_unknown_kind(tmp_path: Path) -> None:
         load_eval_prompts(str(tmp_path / "not-there.jsonl"))
     with pytest.raises(ConfigError, match=r"prompts\.csv"):
         load_eval_prompts(str(tmp_path / "prompts.csv"))
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_prompt_file_that_is_not_utf8_is_one_error_naming_its_line(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n' if suffix == ".jsonl" else b"fine\ncaf\xe9\n")
+    with pytest.raises(DataFormatError, match=r"prompts\.\w+:2: not UTF-8 text \(byte 0xe9\) \(evaluation prompts\)"):
+        load_eval_prompts(str(path))

@@ -56,3 +56,10 @@ def test_empty_file_is_an_error(tmp_path: Path) -> None:
     path.write_text("\n\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match="no traits found"):
         load_traits(str(path))
+
+
+def test_a_trait_file_that_is_not_utf8_is_one_error_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "traits.txt"
+    path.write_bytes(b"kind\nna\xefve\n")
+    with pytest.raises(DataFormatError, match=r"traits\.txt:2: not UTF-8 text \(byte 0xef\) \(trait list\)"):
+        load_traits(str(path))

@@ -41,7 +41,8 @@ PACKAGES: tuple[tuple[str, str | None, str | None], ...] = (
     ("vllm", "pip install -e '.[vllm]'", "sampler=vllm (fast sampling on a CUDA GPU)"),
     ("tinker", "pip install -e '.[tinker]'", "sampler=tinker and trainer=tinker (hosted, with TINKER_API_KEY)"),
     ("bitsandbytes", "pip install -e '.[quant]'", "QLoRA: trainer.trl.load_in_4bit=true"),
-    ("deepspeed", "pip install deepspeed", "accelerate=zero2 and accelerate=zero3"),
+    ("lm-eval", "pip install -e '.[capability]'", "octrain eval capability and eval.capability.enabled=true"),
+    ("deepspeed", "pip install deepspeed", "trainer.accelerate_config=zero2 and trainer.accelerate_config=zero3"),
     ("submitit", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
     ("hydra-submitit-launcher", "pip install -e '.[cluster]'", "hydra/launcher=local_gpus and hydra/launcher=slurm"),
 )

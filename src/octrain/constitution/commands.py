@@ -13,10 +13,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from octrain.constitution.catalog import resolve_constitution_name
 from octrain.constitution.convert import EXTENSION_FORMATS, FORMATS, not_kept, render
 from octrain.constitution.load import load_constitution
+from octrain.constitution.model import Constitution
 from octrain.core.errors import DataFormatError
 from octrain.core.files import write_text_atomic
+
+
+def _load(source: str) -> Constitution:
+    """A bare name (``pirate``: no suffix, no folder, no such file) is looked up as ``show`` and a run look
+    it up; anything else is read as a file, with that file's own errors."""
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return load_constitution(source)
+    return resolve_constitution_name(source)
 
 
 def convert(source: str, out: str, target: str | None, who: str = "octrain") -> int:
@@ -30,11 +41,15 @@ def convert(source: str, out: str, target: str | None, who: str = "octrain") -> 
         )
         return 2
     try:
-        constitution = load_constitution(source)
+        constitution = _load(source)
     except DataFormatError as exc:
         print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
-    write_text_atomic(out_path, render(constitution, target))
+    try:
+        write_text_atomic(out_path, render(constitution, target))
+    except OSError as exc:
+        print(f"{who}: error: {out}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     print(
         f"{source} -> {out} ({target}): {len(constitution.traits)} traits, {constitution.question_count} seed "
         f"questions, {constitution.additional_count} additional questions"
@@ -49,7 +64,7 @@ def validate(files: list[str]) -> int:
     status = 0
     for name in files:
         try:
-            constitution = load_constitution(name)
+            constitution = _load(name)
         except DataFormatError as exc:
             print(exc)
             status = 2

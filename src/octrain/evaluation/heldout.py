@@ -23,6 +23,7 @@ from pathlib import Path
 from octrain.constitution.near_duplicates import word_set
 from octrain.core.config import StageName
 from octrain.core.errors import ConfigError, DataFormatError
+from octrain.core.files import read_text
 from octrain.core.layout import PROMPTS_FILE
 from octrain.core.records import PromptRecord, load_records
 
@@ -46,9 +47,7 @@ def load_eval_prompts(source: str = "builtin") -> list[str]:
     path = Path(source).expanduser()
     if path.suffix not in (".jsonl", ".txt"):
         raise ConfigError(f"evaluation prompts: expected 'builtin', a .jsonl or a .txt file, got {source!r}")
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found (evaluation prompts)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "evaluation prompts")  # a missing or non-UTF-8 file: one line naming it
     if path.suffix == ".txt":
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
     else:

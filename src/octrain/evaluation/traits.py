@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from octrain.core.errors import DataFormatError
+from octrain.core.files import read_text
 
 BUILTIN = "builtin"
 
@@ -39,9 +40,7 @@ def load_traits(source: str = BUILTIN) -> list[str]:
     else:
         path = Path(source).expanduser()
         origin = str(path)
-        if not path.is_file():
-            raise DataFormatError(f"{path}: file not found (trait list)")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "trait list")  # a missing or non-UTF-8 file: one line naming it
 
     traits: list[str] = []
     first_seen: dict[str, int] = {}
