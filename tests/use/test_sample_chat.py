@@ -318,3 +318,19 @@ def test_chat_with_the_base_and_ctrl_c_at_the_prompt(trained_tiny_root: Path) ->
     term.type("\x03")
     assert term.exit_status() == 0
     assert "Traceback" not in term.text()
+
+
+def test_chat_told_bytes_that_are_not_utf8_says_so_and_goes_on(trained_tiny_root: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO, patience
+
+    command = [sys.executable, "-m", "octrain", "chat", "--persona", "pirate", "--run-root", str(trained_tiny_root)]
+    piped = b"caf\xe9\n/reset\n/exit\n"  # Latin-1, piped into a UTF-8 chat
+    result = subprocess.run(command, cwd=REPO, input=piped, capture_output=True, timeout=patience(120))
+    out = result.stdout.decode("utf-8")
+    assert result.returncode == 0, result.stderr.decode("utf-8", errors="replace")[-2000:]
+    assert "that line is not UTF-8 text (byte 0xe9); nothing was sent" in out
+    assert "[new conversation]" in out  # the chat went on to the next line
+    assert b"Traceback" not in result.stderr

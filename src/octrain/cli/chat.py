@@ -80,6 +80,10 @@ class ChatScreen:
             text = line.strip()
             if not text:
                 continue
+            undecodable = _not_utf8(text)
+            if undecodable is not None:  # piped bytes that are not UTF-8 arrive as surrogates: say so, send nothing
+                self.say(f"octrain: that line is not UTF-8 text (byte 0x{undecodable:02x}); nothing was sent")
+                continue
             if text.startswith("/") and not text.startswith("//"):
                 if self.command(text) == "exit":
                     return 0
@@ -184,6 +188,14 @@ class ChatScreen:
             return
         noun = "conversation" if count == 1 else "conversations"
         self.say(f"[saved {count} {noun} to {path}]")
+
+
+def _not_utf8(text: str) -> int | None:
+    """The first byte that was not UTF-8 in a line read from stdin (Python keeps it as a surrogate), or None."""
+    for char in text:
+        if 0xDC80 <= ord(char) <= 0xDCFF:
+            return ord(char) - 0xDC00
+    return None
 
 
 @contextlib.contextmanager
