@@ -115,6 +115,10 @@ def _hydra_app() -> bool:
     def app(cfg: DictConfig) -> str | None:
         config: OctrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         logging.getLogger("octrain").setLevel(config.log_level.upper())
+        from octrain.core.scale_presets import recipe_departures
+
+        for line in recipe_departures(config, HydraConfig.get().overrides.task):
+            print(f"octrain: note: {line}", file=sys.stderr)
         try:
             result = run(config, HydraConfig.get().runtime.output_dir)
         except OctrainError as exc:
