@@ -320,6 +320,7 @@ def test_chat_with_the_base_and_ctrl_c_at_the_prompt(trained_tiny_root: Path) ->
     assert "Traceback" not in term.text()
 
 
+@pytest.mark.slow  # a chat process of its own (~15 s): the slow lane
 def test_chat_told_bytes_that_are_not_utf8_says_so_and_goes_on(trained_tiny_root: Path) -> None:
     import subprocess
     import sys

@@ -1,4 +1,5 @@
-"""``octrain eval classifier|elo|model|revealed-preferences|quick|summary``: evaluations outside a run.
+"""``octrain eval classifier|elo|model|revealed-preferences|quick|summary|capability|ood|reproduce``: evaluations
+outside a run.
 
 The commands are :mod:`octrain.evaluation.commands`'s (the Studio's Evaluate page runs the same
 ones); errors and notes begin ``octrain:``. ``python -m octrain.evaluation`` is an old name for
@@ -22,11 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate outside a run: quick look, revealed preferences, a classifier, Elo, a run's eval on any model",
+        help="evaluate outside a run: quick look, revealed preferences, a classifier, Elo, a run's eval on any model, "
+        "benchmarks, out of distribution, the paper's adapters",
         description="Evaluations of any model or data file. classifier, elo and model print JSON; "
         "quick, revealed-preferences and summary print text (--json for JSON).",
         epilog="examples:\n  octrain eval classifier --train train.jsonl --eval eval.jsonl --out runs/clf\n"
-        "  octrain eval elo runs/pirate_tiny/eval/matches.jsonl\n"
+        "  octrain eval elo runs/pirate_tiny/eval/matches.jsonl --judge-url http://127.0.0.1:8000/v1 "
+        "--judge-model judge\n"
+        "  octrain eval capability pirate_smollm2/sft --tasks octrain_basics:5\n"
+        "  octrain eval ood pirate_smollm2/sft\n"
         "  octrain eval model runs/pirate_tiny --model runs/pirate_tiny/dpo/model.json --out /tmp/eval-dpo\n"
         "  octrain eval quick --persona pirate\n"
         "  octrain eval revealed-preferences pirate_tiny/sft --per-trait 16\n"
