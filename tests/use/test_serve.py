@@ -99,6 +99,15 @@ def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root
         events = post(f"{base}/chat/completions", {**body, "stream": True}).decode().split("\n\n")
         chunks = [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]
         assert len(chunks) >= 3 and chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+        # The client's sampling settings are honoured: distinct answers at a high temperature, one at 0.
+        def text(**settings: object) -> str:
+            answer = json.loads(post(f"{base}/chat/completions", {**body, "max_tokens": 12, **settings}))
+            return answer["choices"][0]["message"]["content"]
+
+        hot = {text(temperature=1.5, seed=seed) for seed in (1, 2, 3, 4)}
+        assert len(hot) >= 2, hot
+        assert len({text(temperature=0, seed=seed) for seed in (1, 2, 3)}) == 1
         # octrain's own HTTP client (the judge's) talks to it too.
         client = OpenAIChatSampler(base, "pirate_tiny/sft", api_key_env="")
         [[answer]] = client.chat([[{"role": "user", "content": "Ahoy?"}]], SamplingParams(max_new_tokens=4))

@@ -162,11 +162,30 @@ def merged_weights(chosen: ChosenModel, name: str, cache: Path) -> Path:
     root = cache / digest.hexdigest()[:16]
     target = root / name
     if (target / MERGED_MARKER).is_file():
+        samples_on_request(target)  # a copy merged by an earlier version may lack it
         return target
     logger.info("serve: folding %s into %s for transformers serve (once)", adapter, chosen.ref.base)
     merge_into_weights(chosen.ref.base, adapter, target)
+    samples_on_request(target)
     (target / MERGED_MARKER).write_text(json.dumps({"base": chosen.ref.base, "adapter": str(adapter)}) + "\n")
     return target
+
+
+def samples_on_request(folder: Path) -> None:
+    """Make the served copy sample when a request asks for a temperature above 0.
+
+    transformers serve copies the model's generation config and only ever turns sampling *off*
+    (at temperature 0): a model whose config leaves ``do_sample`` unset answered greedily at any
+    temperature and seed. The served copy says ``do_sample: true``; a request at temperature 0 is
+    still greedy.
+    """
+    from octrain.core.files import write_text_atomic
+
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if config.get("do_sample") is not True:
+        config["do_sample"] = True
+        write_text_atomic(path, json.dumps(config, indent=2) + "\n")
 
 
 def _transformers_plan(
