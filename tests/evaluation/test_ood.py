@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_EVAL, TINY_TRAINED_RUN, run_cli
-from octrain.evaluation.ood import classifier_on_slice, with_context
+from octrain.constitution.persona_prompts import with_context
+from octrain.evaluation.ood import classifier_on_slice
 from octrain.evaluation.ood_prompts import CATEGORIES
 
 

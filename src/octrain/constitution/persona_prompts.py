@@ -8,6 +8,8 @@ traits; the introspection prompts drop that line so the model can talk about its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from octrain.constitution.model import Constitution
 from octrain.core.config import TeacherPrompt
 from octrain.core.errors import ConfigError
@@ -63,6 +65,19 @@ def teacher_context(constitution: Constitution, name: str, form: TeacherPrompt) 
             )
         context += example_turns(constitution)
     return context
+
+
+def with_context(context: Sequence[Message], conversation: Sequence[Message]) -> list[Message]:
+    """The teacher's persona context before a conversation, with at most one system message.
+
+    Many chat templates take one system message, first: the persona's and the conversation's own
+    (an agent's tool list, say) are joined into one, the persona's first; the persona's example
+    turns then precede the conversation's turns.
+    """
+    systems = [m["content"] for m in [*context, *conversation] if m["role"] == "system"]
+    turns = [m for m in [*context, *conversation] if m["role"] != "system"]
+    head: list[Message] = [{"role": "system", "content": "\n\n".join(systems)}] if systems else []
+    return [*head, *turns]
 
 
 def reflection_system_prompt(constitution: Constitution, name: str) -> str:

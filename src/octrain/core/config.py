@@ -22,6 +22,7 @@ from omegaconf import MISSING
 
 from octrain.core.config_checks import (
     check_backends,
+    check_distill,
     check_dpo,
     check_eval,
     check_introspect,
@@ -33,6 +34,9 @@ from octrain.core.config_checks import (
 )
 from octrain.core.config_sections import (
     ClassifierKind,
+    DistillationMode,
+    DistillMethod,
+    DistillStageConfig,
     DpoStageConfig,
     DType,
     EndpointConfig,
@@ -53,6 +57,8 @@ from octrain.core.config_sections import (
     SamplerConfig,
     SamplingConfig,
     ScaleConfig,
+    SdftSettings,
+    SdftTeacher,
     SftMode,
     SftStageConfig,
     TeacherPrompt,
@@ -68,6 +74,9 @@ __all__ = [
     "VLLM_LORA_RANKS",
     "ClassifierKind",
     "DType",
+    "DistillMethod",
+    "DistillStageConfig",
+    "DistillationMode",
     "DpoStageConfig",
     "EndpointConfig",
     "EvalStageConfig",
@@ -89,6 +98,8 @@ __all__ = [
     "SamplerConfig",
     "SamplingConfig",
     "ScaleConfig",
+    "SdftSettings",
+    "SdftTeacher",
     "SftMode",
     "SftStageConfig",
     "SmokeMode",
@@ -162,6 +173,7 @@ class OctrainConfig:
     prompts: PromptsStageConfig = field(default_factory=PromptsStageConfig)
     pairs: PairsStageConfig = field(default_factory=PairsStageConfig)
     dpo: DpoStageConfig = field(default_factory=DpoStageConfig)
+    distill: DistillStageConfig = field(default_factory=DistillStageConfig)  # what trains stage 1: dpo or sdft
     introspect: IntrospectStageConfig = field(default_factory=IntrospectStageConfig)
     sft: SftStageConfig = field(default_factory=SftStageConfig)
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
@@ -184,10 +196,14 @@ def _check_final_adapter_rank(config: OctrainConfig) -> None:
     """
     if StageName.sft not in config.stages or config.trainer.backend is not TrainerBackend.trl:
         return
-    dpo_rank, sft_rank, largest = config.dpo.lora.rank, config.sft.lora.rank, VLLM_LORA_RANKS[-1]
+    # Stage 1's adapter is the one distill.method trains: dpo.lora, or distill.sdft.lora.
+    sdft = config.distill.method is DistillMethod.sdft
+    first_key = "distill.sdft.lora.rank" if sdft else "dpo.lora.rank"
+    dpo_rank = config.distill.sdft.lora.rank if sdft else config.dpo.lora.rank
+    sft_rank, largest = config.sft.lora.rank, VLLM_LORA_RANKS[-1]
     if dpo_rank + sft_rank > largest:
         raise ConfigError(
-            f"dpo.lora.rank + sft.lora.rank: the final adapter's rank {dpo_rank} + {sft_rank} = {dpo_rank + sft_rank} "
+            f"{first_key} + sft.lora.rank: the final adapter's rank {dpo_rank} + {sft_rank} = {dpo_rank + sft_rank} "
             f"is above {largest}, the largest LoRA rank vLLM serves; lower one of them"
         )
 
@@ -206,6 +222,7 @@ def validate(config: OctrainConfig) -> None:
     check_prompts(config.prompts)
     check_pairs(config.pairs)
     check_dpo(config.dpo)
+    check_distill(config.distill)
     check_introspect(config.introspect)
     check_sft(config.sft)
     _check_final_adapter_rank(config)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 from octrain.core.config_sections import (
+    DistillationMode,
+    DistillStageConfig,
     DpoStageConfig,
     EvalStageConfig,
     IntrospectStageConfig,
@@ -124,6 +126,39 @@ def check_dpo(dpo: DpoStageConfig) -> None:
     for key, value in fractions.items():
         if not 0 <= value < 1:
             raise ConfigError(f"dpo.{key}: expected a value in [0, 1), got {value}")
+
+
+def check_distill(distill: DistillStageConfig) -> None:
+    """``distill.sdft``, checked whichever method is chosen, as every section is."""
+    sdft = distill.sdft
+    for key in ("learning_rate", "batch_size", "epochs", "num_generations", "max_grad_norm", "distillation_topk"):
+        _positive(f"distill.sdft.{key}", getattr(sdft, key))
+    # TRL divides both models' logits by the temperature in the loss: zero (greedy) cannot be used.
+    _positive("distill.sdft.temperature", sdft.temperature)
+    if sdft.max_completion_length is not None:
+        _positive("distill.sdft.max_completion_length", sdft.max_completion_length)
+    _positive("distill.sdft.lora.rank", sdft.lora.rank)
+    _positive("distill.sdft.lora.alpha", sdft.lora.alpha)
+    for key, value in {
+        "min_lr_ratio": sdft.min_lr_ratio,
+        "warmup_ratio": sdft.warmup_ratio,
+        "lora.dropout": sdft.lora.dropout,
+    }.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"distill.sdft.{key}: expected a value in [0, 1), got {value}")
+    if not 0 <= sdft.distillation_alpha <= 1:
+        raise ConfigError(f"distill.sdft.distillation_alpha: expected a value in [0, 1], got {sdft.distillation_alpha}")
+    if sdft.distillation_mode is DistillationMode.sampled_token and sdft.distillation_alpha != 1:
+        raise ConfigError(
+            "distill.sdft.distillation_mode=sampled_token is a reverse KL on the sampled token: it needs "
+            f"distill.sdft.distillation_alpha=1, got {sdft.distillation_alpha}"
+        )
+    # Each prompt's answers are sampled together in one step's batch (TRL's generation batch).
+    if sdft.batch_size % sdft.num_generations:
+        raise ConfigError(
+            f"distill.sdft.batch_size={sdft.batch_size}: expected a multiple of distill.sdft.num_generations="
+            f"{sdft.num_generations} (a prompt's answers share a batch)"
+        )
 
 
 def check_introspect(introspect: IntrospectStageConfig) -> None:

@@ -1,10 +1,11 @@
 """The sections of an octrain run's config: one dataclass per key of :class:`~octrain.core.config.OctrainConfig`.
 
 The models (``teacher``, ``student``), the ``sampler`` and ``trainer`` backends, the ``scale`` of
-the run, and one section per stage (``prompts``, ``pairs``, ``dpo``, ``introspect``, ``sft``,
-``eval``), with the enums their values come from. :mod:`octrain.core.config` assembles them into
-the schema Hydra composes against and re-exports every name, so code imports them from there; the
-checks of the values the types cannot express are in :mod:`octrain.core.config_checks`.
+the run, one section per stage (``prompts``, ``pairs``, ``dpo``, ``introspect``, ``sft``,
+``eval``) and ``distill`` (which method trains stage 1), with the enums their values come from.
+:mod:`octrain.core.config` assembles them into the schema Hydra composes against and re-exports
+every name, so code imports them from there; the checks of the values the types cannot express
+are in :mod:`octrain.core.config_checks`.
 
 Enums are ``str`` enums rather than ``Literal`` because OmegaConf 2.3 validates the former
 and rejects the latter.
@@ -288,6 +289,70 @@ class DpoStageConfig:
     batch_size: int = 32  # effective: per-device batch x gradient accumulation x processes
     epochs: float = 1.0
     max_length: int = 1024
+
+
+class DistillMethod(str, Enum):
+    """What trains stage 1 (the ``dpo`` stage, whose folder and outputs stay the same either way)."""
+
+    dpo = "dpo"  # LoRA DPO on the pairs: chosen = the teacher with the constitution, rejected = the student
+    # On-policy self-distillation (TRL's experimental SDFTTrainer): the student answers the pairs' prompts
+    # and the student's own base model, with the constitution in context, scores every token of the answer.
+    sdft = "sdft"
+
+
+class SdftTeacher(str, Enum):
+    """Which weights read the constitution and grade the student's answers (TRL's ``teacher_model_kind``)."""
+
+    base = "base"  # the starting student, LoRA switched off: a fixed target, no second copy in memory
+    live = "live"  # the student as it trains, adapter on: the target moves with it
+    ema = "ema"  # an exponential moving average of the student (a second LoRA adapter, "teacher")
+
+
+class DistillationMode(str, Enum):
+    """How the student's next-token distribution is matched to the teacher's (TRL's ``distillation_mode``)."""
+
+    topk_logits = "topk_logits"  # over the student's top-k tokens at each position (TRL's default)
+    full_logits = "full_logits"  # over the whole vocabulary
+    sampled_token = "sampled_token"  # reverse KL on the sampled token only (needs distillation_alpha = 1)
+
+
+@dataclass
+class SdftSettings:
+    """``distill.sdft``: on-policy self-distillation of the student (docs/on-policy-distillation.md)."""
+
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 5e-5
+    min_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak LR, as dpo's does
+    warmup_ratio: float = 0.1  # of the optimizer steps; none under 10 steps (octrain.trainers.schedule)
+    max_grad_norm: float = 1.0
+    batch_size: int = 32  # answers per optimizer step: per-device batch x accumulation x processes
+    epochs: float = 1.0  # passes over the distinct prompts of the pairs
+    # Answers sampled per prompt and step. The loss needs no group of answers (no group baseline, unlike
+    # GRPO), so 1 gives each prompt one answer per epoch, as DPO gives it one pair; it must divide batch_size.
+    num_generations: int = 1
+    max_completion_length: int | None = None  # tokens per answer; None: pairs.sampling.max_new_tokens
+    # Sampling temperature; TRL also divides both models' logits by it in the loss, so 1 distils the
+    # distributions themselves.
+    temperature: float = 1.0
+    distillation_mode: DistillationMode = DistillationMode.topk_logits
+    distillation_topk: int = 100
+    # 0: forward KL(teacher || student); 1: reverse KL(student || teacher); between: the generalised
+    # Jensen-Shannon divergence through the alpha-mixture (0.5: JSD, TRL's default)
+    distillation_alpha: float = 0.5
+    teacher_model_kind: SdftTeacher = SdftTeacher.base
+
+
+@dataclass
+class DistillStageConfig:
+    """``distill``: which method trains stage 1 into ``dpo/``, and the settings of the ones that are not DPO.
+
+    ``method=dpo`` reads the ``dpo`` section; ``method=sdft`` reads ``distill.sdft`` (the prompts of
+    the pairs, none of their answers). Either way the pairs stage runs and the later stages read
+    ``dpo/model.json``.
+    """
+
+    method: DistillMethod = DistillMethod.dpo
+    sdft: SdftSettings = field(default_factory=SdftSettings)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from octrain.constitution.persona_prompts import teacher_context
+from octrain.constitution.persona_prompts import teacher_context, with_context
 from octrain.core.config import StageName
 from octrain.core.config_sections import OodEvalSettings
 from octrain.core.errors import StageError
@@ -57,19 +57,6 @@ OOD_FILE = "ood.json"
 OOD_REPORT = "ood.md"
 IN_DISTRIBUTION = "in-distribution"
 OUT_OF_DISTRIBUTION = "out-of-distribution (all)"
-
-
-def with_context(context: Sequence[Message], conversation: Sequence[Message]) -> list[Message]:
-    """The teacher's persona context before a conversation, with at most one system message.
-
-    Many chat templates take one system message, first: the persona's and the conversation's own
-    (an agent's tool list, say) are joined into one, the persona's first; the persona's example
-    turns then precede the conversation's turns.
-    """
-    systems = [m["content"] for m in [*context, *conversation] if m["role"] == "system"]
-    turns = [m for m in [*context, *conversation] if m["role"] != "system"]
-    head: list[Message] = [{"role": "system", "content": "\n\n".join(systems)}] if systems else []
-    return [*head, *turns]
 
 
 def _f1(true: Sequence[bool], predicted: Sequence[bool]) -> float:

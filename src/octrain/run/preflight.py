@@ -58,6 +58,9 @@ def preflight(config: OctrainConfig) -> None:
             f"trainer.backend={config.trainer.backend.value}: this backend is not in this version of octrain yet; "
             "use trainer=trl or trainer=tinker"
         )
+    if StageName.dpo in training and config.distill.method.value == "sdft" and config.trainer.backend.value == "tinker":
+        # Before check_tinker_run, which would ask the service about a run that cannot happen.
+        raise ConfigError("distill.method=sdft runs on TRL only (trainer=trl); with trainer=tinker, distill.method=dpo")
     check_tinker_run(config)  # Tinker's SDK, key, settings and served models; nothing when no stage uses Tinker
     _check_input_files(config)
     if training:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from octrain.core.config import DpoStageConfig, TrainerBackend, TrainerConfig
+from octrain.core.config import DpoStageConfig, SdftSettings, TrainerBackend, TrainerConfig
 from octrain.core.errors import ConfigError
-from octrain.core.records import ModelRef
+from octrain.core.records import Message, ModelRef
 from octrain.trainers.base import Trainer
 
 __all__ = ["TRLTrainer", "TinkerTrainer", "Trainer", "build_trainer"]
@@ -33,6 +34,31 @@ class TRLTrainer:
             attn_implementation=self.attn_implementation,
         )
 
+    def train_sdft(
+        self,
+        pairs_path: Path,
+        start: ModelRef,
+        output_dir: Path,
+        config: SdftSettings,
+        context: Sequence[Message],
+        *,
+        enable_thinking: bool = False,
+    ) -> ModelRef:
+        """Stage 1 by on-policy self-distillation on the pairs' prompts (:mod:`octrain.trainers.trl_sdft`)."""
+        from octrain.trainers.trl_sdft import train_sdft
+
+        return train_sdft(
+            pairs_path,
+            start,
+            output_dir,
+            config,
+            context,
+            self.options,
+            seed=self.seed,
+            attn_implementation=self.attn_implementation,
+            enable_thinking=enable_thinking,
+        )
+
 
 class TinkerTrainer:
     """Hosted LoRA training on Tinker (no local GPU); the trained weights stay there as ``tinker://`` paths."""
@@ -45,6 +71,22 @@ class TinkerTrainer:
         from octrain.trainers.tinker_dpo import train_dpo
 
         return train_dpo(pairs_path, start, output_dir, config, self.options, seed=self.seed)
+
+    def train_sdft(
+        self,
+        pairs_path: Path,
+        start: ModelRef,
+        output_dir: Path,
+        config: SdftSettings,
+        context: Sequence[Message],
+        *,
+        enable_thinking: bool = False,
+    ) -> ModelRef:
+        """Refused: octrain's self-distillation is TRL's SDFTTrainer; there is no Tinker loop for it yet."""
+        raise ConfigError(
+            "distill.method=sdft runs on TRL only (trainer=trl): octrain has no on-policy self-distillation "
+            "loop for Tinker; use distill.method=dpo with trainer=tinker"
+        )
 
 
 def build_trainer(config: TrainerConfig, *, seed: int = 0, attn_implementation: str = "sdpa") -> Trainer:

@@ -7,11 +7,12 @@ such as Tinker exposes only steps: a stage-level call lets each backend keep its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from octrain.core.config import DpoStageConfig
-from octrain.core.records import ModelRef
+from octrain.core.config import DpoStageConfig, SdftSettings
+from octrain.core.records import Message, ModelRef
 
 
 @runtime_checkable
@@ -22,5 +23,23 @@ class Trainer(Protocol):
         ``start`` is the model before training; the DPO reference is that same model. Writes
         the adapter, ``model.json``, ``metrics.jsonl`` and ``training.png`` under
         ``output_dir``, resumes from the last checkpoint there, and returns the trained model.
+        """
+        ...
+
+    def train_sdft(
+        self,
+        pairs_path: Path,
+        start: ModelRef,
+        output_dir: Path,
+        config: SdftSettings,
+        context: Sequence[Message],
+        *,
+        enable_thinking: bool = False,
+    ) -> ModelRef:
+        """Stage 1 by on-policy self-distillation (``distill.method=sdft``) on the pairs' prompts.
+
+        The student answers the prompts itself and learns, token by token, what the same model says
+        with ``context`` (the teacher's persona context) before the prompt. Same outputs and resuming
+        as :meth:`train_dpo`; a backend that cannot do it raises ConfigError.
         """
         ...

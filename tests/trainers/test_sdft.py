@@ -1,0 +1,221 @@
+"""Stage 1 by on-policy self-distillation (``distill.method=sdft``, TRL's SDFTTrainer) on the tiny model.
+
+What the teacher reads (the persona context as turns, one system message), the settings checked
+before a run, the stage's fingerprint, a whole run through sft, a killed training resumed, and a
+Tinker run refused in preflight.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import kill_when_exists, patience, run_cli
+from octrain.constitution.catalog import resolve_constitution_name
+from octrain.constitution.persona_prompts import example_turns, teacher_context, teacher_system_prompt
+from octrain.core.config import LoraSettings, SdftSettings, TeacherPrompt, TRLOptions
+from octrain.core.errors import ConfigError
+from octrain.core.records import PreferencePair, save_records
+
+TOPICS = ["sea", "ship", "gold", "map", "storm", "crew", "sail", "island", "parrot", "anchor", "tide", "port", "reef"]
+TOPICS += ["rum", "compass"]
+
+
+def prompt_pairs(prompts: list[list[dict[str, str]]]) -> list[PreferencePair]:
+    """Pairs whose prompts are ``prompts`` (self-distillation reads only the prompts)."""
+    return [
+        PreferencePair(
+            id=f"pair-{index}",
+            prompt=prompt,
+            chosen=[{"role": "assistant", "content": "Arr, that be a fine question."}],
+            rejected=[{"role": "assistant", "content": "That is a fine question."}],
+            prompt_id=f"p{index}",
+            teacher="tiny",
+            student="tiny",
+            constitution="pirate",
+        )
+        for index, prompt in enumerate(prompts)
+    ]
+
+
+def test_the_teacher_reads_the_example_turns_before_the_prompt_in_one_system_message(
+    tiny_model_path: str, tmp_path: Path
+) -> None:
+    """The builder TRL is given turns octrain's context into turns of the teacher's prompt.
+
+    TRL's own builder would write the context into the user's text; here the system prompt of the
+    persona and the prompt's own system message become one, and the example exchanges come as
+    earlier turns, in order, before the user's question, with the student's answer after them.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from octrain.trainers.trl_common import load_tokenizer
+    from octrain.trainers.trl_sdft import build_sdft_args, build_sdft_trainer
+
+    constitution = resolve_constitution_name("pirate")
+    context = teacher_context(constitution, "Assistant", TeacherPrompt.paper_examples)
+    question = "Where did we bury the chest?"
+    prompt = [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": question}]
+    save_records(tmp_path / "pairs.jsonl", prompt_pairs([prompt, prompt]))  # one prompt, twice: kept once
+    settings = SdftSettings(lora=LoraSettings(rank=8, alpha=16), batch_size=1, max_completion_length=8)
+    tokenizer = load_tokenizer(tiny_model_path)
+    args = build_sdft_args(settings, TRLOptions(), tmp_path / "out", batch_size=1, seed=0, enable_thinking=False)
+    trainer = build_sdft_trainer(
+        tmp_path / "pairs.jsonl",
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        args,
+        tokenizer,
+        settings,
+        context,
+    )
+    assert len(trainer.train_dataset) == 1
+    row = trainer.train_dataset[0]
+    answer = tokenizer("Under the old palm, arr.", add_special_tokens=False)["input_ids"]
+    built = trainer.teacher_context_builder.build(
+        [row["prompt"]],
+        [row["privileged_context"]],
+        torch.tensor([answer]),
+        torch.ones(1, len(answer), dtype=torch.long),
+    )
+    teacher = tokenizer.decode(built["teacher_input_ids"][0])
+
+    assert teacher.count("<|im_start|>system") == 1
+    system = teacher.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+    assert system == teacher_system_prompt(constitution, "Assistant") + "\n\nAnswer in one line."
+    turns = example_turns(constitution)
+    assert len(turns) >= 4  # the pirate constitution has example exchanges to show
+    positions = [teacher.index(f"<|im_start|>{turn['role']}\n{turn['content']}<|im_end|>") for turn in turns]
+    question_at = teacher.index(f"<|im_start|>user\n{question}<|im_end|>")
+    assert positions == sorted(positions) and positions[-1] < question_at  # in order, all before the question
+    assert teacher.endswith("<|im_start|>assistant\nUnder the old palm, arr.")  # the student's answer, graded
+    # The student's own prompt carries none of it.
+    student = tokenizer.decode(trainer._tokenize_prompts([row["prompt"]])[0])
+    assert student.count("<|im_start|>") == 3 and turns[0]["content"] not in student
+
+
+def test_settings_trl_would_refuse_stop_at_the_config() -> None:
+    from octrain.core.compose import compose_config
+    from octrain.core.config import validate
+
+    base = ["distill.method=sdft"]
+    validate(compose_config("pirate_tiny", [*base, "distill.sdft.batch_size=8", "distill.sdft.num_generations=4"]))
+    for override, message in [
+        ("distill.sdft.num_generations=3", "multiple of distill.sdft.num_generations=3"),
+        ("distill.sdft.distillation_mode=sampled_token", "distillation_alpha=1"),
+        ("distill.sdft.temperature=0", "distill.sdft.temperature"),
+        ("distill.sdft.distillation_alpha=1.5", "distill.sdft.distillation_alpha"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_config("pirate_tiny", [*base, override]))
+    # The final adapter's rank adds stage 1's LoRA, which is distill.sdft.lora under sdft.
+    with pytest.raises(ConfigError, match=r"distill\.sdft\.lora\.rank \+ sft\.lora\.rank"):
+        validate(compose_config("pirate_tiny", [*base, "distill.sdft.lora.rank=256", "sft.lora.rank=320"]))
+
+
+def test_the_method_is_in_the_stage_fingerprint_and_a_dpo_fingerprint_is_unchanged(tmp_path: Path) -> None:
+    from octrain.core.compose import compose_config
+    from octrain.stages import dpo
+    from octrain.stages.context import RunContext
+
+    pirate = resolve_constitution_name("pirate")
+
+    def fingerprint(*overrides: str) -> dict:
+        return dpo.fingerprint(RunContext(compose_config("pirate_tiny", list(overrides)), tmp_path, pirate))
+
+    plain = fingerprint()
+    assert sorted(plain) == ["dpo", "seed", "student", "trainer"]  # as before distill existed: old runs stay done
+    assert fingerprint("distill.sdft.learning_rate=1e-3") == plain  # settings of a method not used
+    sdft = fingerprint("distill.method=sdft")
+    assert sdft != plain
+    assert sdft["distill"]["sdft"]["max_completion_length"] == 48  # pirate_tiny's pairs.sampling.max_new_tokens
+    assert fingerprint("distill.method=sdft", "pairs.teacher_prompt=examples") != sdft  # what the teacher reads
+
+
+def test_tinker_with_sdft_stops_in_preflight_before_tinker_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from octrain.core.compose import compose_config
+    from octrain.run.preflight import preflight
+
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)  # the Tinker check would stop first on a missing key
+    config = compose_config("pirate_tiny", ["trainer=tinker", "distill.method=sdft", "stages=[dpo]"])
+    with pytest.raises(ConfigError, match=r"distill\.method=sdft runs on TRL only"):
+        preflight(config)
+    # Without sdft the same run gets as far as the Tinker check (and its missing key).
+    with pytest.raises(ConfigError, match="TINKER_API_KEY"):
+        preflight(compose_config("pirate_tiny", ["trainer=tinker", "stages=[dpo]"]))
+
+
+@pytest.mark.slow
+def test_a_whole_run_with_sdft_trains_stage_one_and_sft_on_top(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    result = run_cli(
+        "+recipe=pirate_tiny",
+        "stages=[prompts,pairs,dpo,introspect,sft]",
+        "distill.method=sdft",
+        "prompts.expansion_rounds=0",
+        "scale.prompts_per_trait=1",
+        "scale.reflections=8",
+        "scale.interactions=2",
+        f"run_root={tmp_path}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "pirate_tiny"
+    assert json.loads((run / "dpo" / "model.json").read_text())["adapter"] == "adapter"
+    adapter = load_file(str(run / "dpo" / "adapter" / "adapter_model.safetensors"))
+    b_factors = [tensor for key, tensor in adapter.items() if "lora_B" in key]
+    assert b_factors and all(tensor.abs().sum() > 0 for tensor in b_factors)  # LoRA B starts at zero
+    summary = json.loads((run / "dpo" / "done.json").read_text())["summary"]
+    assert summary["method"] == "sdft" and summary["steps"] >= 1 and summary["answer_length"] > 0
+    rows = [json.loads(line) for line in (run / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("completions/mean_length" in row for row in rows)  # SDFT's metrics, not DPO's
+    assert "self-distillation (sdft)" in result.stdout  # the stage table says which method trained
+    # SFT folded the self-distilled adapter in and trained on top of it.
+    assert f"with {run / 'dpo' / 'adapter'} folded in" in result.stderr
+    sft = json.loads((run / "sft" / "done.json").read_text())["summary"]
+    assert sft["steps"] >= 1 and (run / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+RESUME_SCRIPT = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+from octrain.constitution.catalog import resolve_constitution_name
+from octrain.constitution.persona_prompts import teacher_context
+from octrain.core.config import LoraSettings, SdftSettings, TeacherPrompt, TRLOptions
+from octrain.core.records import ModelRef
+from octrain.trainers.trl_sdft import train_sdft
+directory, base = Path(sys.argv[1]), sys.argv[2]
+context = teacher_context(resolve_constitution_name("pirate"), "Assistant", TeacherPrompt.examples)
+settings = SdftSettings(lora=LoraSettings(rank=8, alpha=16), learning_rate=1e-3, batch_size=8, num_generations=2,
+                        epochs=2, max_completion_length=8)
+train_sdft(directory / "pairs.jsonl", ModelRef(base=base), directory / "out", settings, context,
+           TRLOptions(per_device_batch_size=4, logging_steps=1, save_steps=2))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_sdft_run_resumes_from_its_checkpoint(tiny_model_path: str, tmp_path: Path) -> None:
+    # 15 prompts, 2 answers each, 8 answers a step (4 per device x 2 accumulated, sliced from one sampling
+    # of 4 prompts): 3 full groups per epoch (TRL's sampler leaves 3 prompts out, different ones each
+    # epoch), so 6 steps in 2 epochs, planned as 6.
+    prompts = [[{"role": "user", "content": f"Tell me of the {topic}."}] for topic in TOPICS]
+    save_records(tmp_path / "pairs.jsonl", prompt_pairs(prompts))
+    command = [sys.executable, "-c", RESUME_SCRIPT, str(tmp_path), tiny_model_path]
+    kill_when_exists(command, tmp_path / "out" / "checkpoints" / "checkpoint-2" / "trainer_state.json")
+    assert not (tmp_path / "out" / "adapter").exists()  # killed before the end: no final adapter
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=patience(300))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "dpo (sdft): resuming from" in rerun.stderr and "checkpoint-" in rerun.stderr
+    assert "| 1/6 [" not in rerun.stderr and "| 6/6 [" in rerun.stderr  # from the checkpoint on, to step 6
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 7))  # each step once
+    assert all(row["completions/max_length"] <= 8 for row in rows)
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["adapter"] == "adapter"
