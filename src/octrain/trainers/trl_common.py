@@ -10,10 +10,11 @@ from typing import Any
 
 from octrain.core.config import LoraSettings, TRLOptions
 from octrain.core.files import atomic_directory
-from octrain.core.layout import CHECKPOINT_DIR
+from octrain.core.layout import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE
 from octrain.trainers.accelerate_configs import gathered_state_dict
 from octrain.trainers.checkpoints import last_complete_checkpoint
 from octrain.trainers.precision import precision
+from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -165,3 +166,15 @@ def on_one_device(args: Any) -> Any:
             torch.cuda.device_count(),
         )
     return args
+
+
+def finish_training(
+    trainer: Any, tokenizer: Any, output_dir: Path, adapter_dir: Path, *, stage: str, panels: Any
+) -> None:
+    """After ``trainer.train()``: the adapter saved by every rank (a gather under FSDP2 / ZeRO-3), then, on
+    the main process only, ``metrics.jsonl``, the step record and ``training.png`` in ``output_dir``."""
+    save_trained_adapter(trainer, tokenizer, adapter_dir)
+    if trainer.accelerator.is_main_process:
+        rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
+        note = record_steps(output_dir, trainer.state.global_step, stage=stage)
+        plot_metrics(output_dir / PLOT_FILE, rows, panels, note=note)

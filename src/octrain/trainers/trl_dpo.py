@@ -23,18 +23,17 @@ from typing import Any
 
 from octrain.core.config import DpoStageConfig, TRLOptions
 from octrain.core.errors import ConfigError
-from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
+from octrain.core.layout import ADAPTER_DIR, MODEL_FILE
 from octrain.core.records import ModelRef, PreferencePair, load_records
 from octrain.trainers.model_loading import student_and_arguments
-from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
     ScheduleMixin,
+    finish_training,
     last_checkpoint,
     load_tokenizer,
     lora_config,
     on_one_device,
     precision,
-    save_trained_adapter,
     shared_args,
 )
 
@@ -191,11 +190,7 @@ def train_dpo(
         attn_implementation,
     )
     trainer.train(resume_from_checkpoint=last)
-    save_trained_adapter(trainer, tokenizer, output_dir / ADAPTER_DIR)  # every rank: a gather under FSDP2 / ZeRO-3
-    if trainer.accelerator.is_main_process:
-        rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
-        note = record_steps(output_dir, trainer.state.global_step, stage="dpo")
-        plot_metrics(output_dir / PLOT_FILE, rows, DPO_PANELS, note=note)
+    finish_training(trainer, tokenizer, output_dir, output_dir / ADAPTER_DIR, stage="dpo", panels=DPO_PANELS)
     result = ModelRef(base=start.base, adapter=ADAPTER_DIR)
     if trainer.accelerator.is_main_process:
         result.save(output_dir / MODEL_FILE)

@@ -42,18 +42,17 @@ from typing import Any
 
 from octrain.core.config import SdftSettings, TRLOptions
 from octrain.core.errors import ConfigError
-from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PLOT_FILE
+from octrain.core.layout import ADAPTER_DIR, MODEL_FILE
 from octrain.core.records import Message, ModelRef, PreferencePair, load_records
 from octrain.trainers.model_loading import student_and_arguments
-from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
     ScheduleMixin,
+    finish_training,
     last_checkpoint,
     load_tokenizer,
     lora_config,
     on_one_device,
     precision,
-    save_trained_adapter,
     shared_args,
 )
 
@@ -292,10 +291,7 @@ def train_sdft(
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     if EMA_TEACHER_ADAPTER in getattr(peft_model, "peft_config", {}):
         peft_model.delete_adapter(EMA_TEACHER_ADAPTER)  # the teacher's average is a means, not the result
-    save_trained_adapter(trainer, tokenizer, output_dir / ADAPTER_DIR)  # every rank: a gather under FSDP2 / ZeRO-3
+    finish_training(trainer, tokenizer, output_dir, output_dir / ADAPTER_DIR, stage="dpo", panels=SDFT_PANELS)
     if trainer.accelerator.is_main_process:
-        rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
-        note = record_steps(output_dir, trainer.state.global_step, stage="dpo")
-        plot_metrics(output_dir / PLOT_FILE, rows, SDFT_PANELS, note=note)
         ModelRef(base=start.base, adapter=ADAPTER_DIR).save(output_dir / MODEL_FILE)
     return ModelRef(base=start.base, adapter=str(output_dir / ADAPTER_DIR))

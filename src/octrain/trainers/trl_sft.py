@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from octrain.core.config import SftStageConfig, TRLOptions
-from octrain.core.layout import METRICS_FILE, PLOT_FILE
 from octrain.core.records import Conversation, load_records
 from octrain.trainers.assistant_mask import tokenize_conversation
 from octrain.trainers.model_loading import student_and_arguments
-from octrain.trainers.report import plot_metrics, record_steps, write_metrics
 from octrain.trainers.trl_common import (
     ScheduleMixin,
+    finish_training,
     last_checkpoint,
     load_tokenizer,
     lora_config,
     on_one_device,
     precision,
-    save_trained_adapter,
     shared_args,
 )
 
@@ -268,9 +266,5 @@ def _train(
     )
     trainer.train(resume_from_checkpoint=last)
     adapter_dir = output_dir / "sft_adapter"
-    save_trained_adapter(trainer, tokenizer, adapter_dir)  # every rank: a gather under FSDP2 / ZeRO-3
-    if trainer.accelerator.is_main_process:
-        rows = write_metrics(output_dir / METRICS_FILE, trainer.state.log_history)
-        note = record_steps(output_dir, trainer.state.global_step, stage="sft")
-        plot_metrics(output_dir / PLOT_FILE, rows, SFT_PANELS, note=note)
+    finish_training(trainer, tokenizer, output_dir, adapter_dir, stage="sft", panels=SFT_PANELS)
     return adapter_dir
