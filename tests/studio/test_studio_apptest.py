@@ -150,7 +150,7 @@ def test_train_shows_the_composed_config(workdir: Path, tmp_path: Path) -> None:
     ],
 )
 def test_train_refuses_a_bad_override_with_the_clis_message(workdir: Path, override: str, message: str) -> None:
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     cli = run_cli("+recipe=pirate_tiny", override)
     assert cli.returncode == 2 and cli.stderr.strip().splitlines()[-1] == message
@@ -432,7 +432,7 @@ def test_every_page_loads_with_no_runs(workdir: Path) -> None:
 
 
 def test_ui_command_line(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     result = run_cli("ui", "--print-command", "--port", "8765", "--run-root", str(tmp_path))
     if result.returncode == 2 and "unknown command 'ui'" in result.stderr:

@@ -30,6 +30,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ class ScoredModel:
     base: str  # as configured (a Hub id, builtin:..., hub:...)
     adapter: str | None = None
     dtype: str = "auto"
+
+
+def base_and_trained(base: str, adapter: str | None, trained_label: str, dtype: str = "auto") -> list[ScoredModel]:
+    """The table's columns: ``base`` alone, then (with an ``adapter``) ``base`` with it, as ``trained_label``."""
+    columns = [ScoredModel("base", f"base {base}", base, None, dtype)]
+    if adapter is not None:
+        columns.append(ScoredModel("trained", trained_label, base, adapter, dtype))
+    return columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +140,6 @@ def _device_and_dtype(requested: str) -> tuple[str, str]:
 
 def _key(model: ScoredModel, settings: CapabilitySettings) -> dict[str, Any]:
     """What a model's scores depend on: a committed file with another key is scored again."""
-    from importlib.metadata import version
-
     return {
         "base": model.base,
         "adapter": model.adapter,
@@ -314,7 +321,7 @@ def measure_capability(models: Sequence[ScoredModel], settings: CapabilitySettin
             f"under 100 items: {', '.join(small)}: a change there of less than about 10 points is within noise"
         )
     result = {
-        "harness": f"lm-evaluation-harness {_key(models[0], settings)['harness']}",
+        "harness": f"lm-evaluation-harness {version('lm_eval')}",
         "backend": settings.backend,
         "seed": settings.seed,
         "models": {m.name: m.label for m in models},

@@ -167,7 +167,7 @@ def capability_models(chosen: ChosenModel, *, with_base: bool = True) -> list[Sc
         ConfigError: a remote (Tinker) checkpoint, which the harness cannot load.
     """
     from octrain.core.errors import ConfigError
-    from octrain.evaluation.capability import ScoredModel
+    from octrain.evaluation.capability import base_and_trained
 
     if chosen.ref.remote:
         raise ConfigError(
@@ -175,11 +175,9 @@ def capability_models(chosen: ChosenModel, *, with_base: bool = True) -> list[Sc
             "(`octrain checkpoints download`), then score the local copy"
         )
     dtype = chosen.model_config().dtype.value
-    base = ScoredModel("base", f"base {chosen.ref.base}", chosen.ref.base, None, dtype)
-    if chosen.is_base or chosen.ref.adapter is None:
-        return [base]
-    trained = ScoredModel("trained", chosen.label, chosen.ref.base, str(Path(chosen.ref.adapter).resolve()), dtype)
-    return [base, trained] if with_base else [trained]
+    adapter = None if chosen.is_base or chosen.ref.adapter is None else str(Path(chosen.ref.adapter).resolve())
+    models = base_and_trained(chosen.ref.base, adapter, chosen.label, dtype)
+    return models if with_base or adapter is None else models[1:]
 
 
 def capability_command(args: argparse.Namespace, who: str) -> dict:
@@ -281,10 +279,15 @@ def _render_quick(result: dict) -> str:
     return render_quick(result, width=max(40, min(120, shutil.get_terminal_size().columns - 4)))
 
 
-def _model_choice_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None, help="a checkpoint name (pirate_mini/sft) or a path")
+def _which_model(parser: argparse.ArgumentParser, what: str = "a checkpoint") -> None:
+    """MODEL, --persona and --run-root: how every command that takes a model names it (see :func:`_chosen`)."""
+    parser.add_argument("model", nargs="?", default=None, help=f"{what} name (pirate_mini/sft) or a path")
     parser.add_argument("--persona", default=None, help="the latest final checkpoint of this persona instead")
     parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+
+
+def _model_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    _which_model(parser)
     parser.add_argument("--sampler", default=None, help="sampler backend (default: the run's own): hf, vllm, ...")
     parser.add_argument("--prompts", default="builtin", help="held-out prompts: builtin, or a .jsonl/.txt file")
     parser.add_argument("--seed", type=int, default=None, help="default: the run's seed")
@@ -314,9 +317,7 @@ def _quick_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _capability_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None, help="a checkpoint name (pirate_mini/sft) or a path")
-    parser.add_argument("--persona", default=None, help="the latest final checkpoint of this persona instead")
-    parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+    _which_model(parser)
     parser.add_argument(
         "--tasks",
         default=None,
@@ -346,9 +347,7 @@ def _reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ood_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None, help="a trained checkpoint (pirate_mini/sft) or a path")
-    parser.add_argument("--persona", default=None, help="the latest final checkpoint of this persona instead")
-    parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
+    _which_model(parser, "a trained checkpoint")
     parser.add_argument(
         "--prompts", default=None, help="out-of-distribution conversations: builtin (60), or a .jsonl file"
     )

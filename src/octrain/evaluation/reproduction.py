@@ -22,6 +22,7 @@ says where a figure stands beside the paper's, not that it is the same measureme
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -123,14 +124,11 @@ def write_comparison(base: str, persona: str, measured: dict[str, Any], out: Pat
 
 def released_models(base: str, persona: str) -> list[Any]:
     """The base student and the paper's released adapter for ``persona``, as the capability scorer takes them."""
-    from octrain.evaluation.capability import ScoredModel
+    from octrain.evaluation.capability import base_and_trained
 
     name = base_name(base)
     adapter = PAPER_ARTEFACTS[name].adapter(persona)
-    return [
-        ScoredModel("base", f"base {PAPER_BASES[name]}", PAPER_BASES[name], None, "auto"),
-        ScoredModel("trained", f"released {adapter}", PAPER_BASES[name], adapter, "auto"),
-    ]
+    return base_and_trained(PAPER_BASES[name], adapter, f"released {adapter}")
 
 
 def reproduce_released(base: str, persona: str, settings: Any, out: Path) -> dict[str, Any]:
@@ -146,7 +144,7 @@ def reproduce_released(base: str, persona: str, settings: Any, out: Path) -> dic
     models = released_models(base, persona)
     trained = models[1]
     local_adapter = resolve_model_path(trained.adapter)  # fetched now: offline with no cache, a clear error
-    models[1] = type(trained)(trained.name, trained.label, trained.base, local_adapter, trained.dtype)
+    models[1] = dataclasses.replace(trained, adapter=local_adapter)
     capability = measure_capability(models, settings, out)
     comparison = write_comparison(
         base,

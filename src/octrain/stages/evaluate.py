@@ -64,12 +64,9 @@ def _optional_evaluations(ctx: RunContext, trained: ModelRef, out: Path) -> dict
     settings, student = ctx.config.eval, ctx.config.student
     found: dict[str, Any] = {}
     if settings.capability.enabled:
-        from octrain.evaluation.capability import CapabilitySettings, ScoredModel, measure_capability
+        from octrain.evaluation.capability import CapabilitySettings, base_and_trained, measure_capability
 
-        models = [
-            ScoredModel("base", f"base {student.path}", student.path, None, student.dtype.value),
-            ScoredModel("trained", trained.label, student.path, trained.adapter, student.dtype.value),
-        ]
+        models = base_and_trained(student.path, trained.adapter, trained.label, student.dtype.value)
         result = measure_capability(models, CapabilitySettings.from_config(settings.capability), out / "capability")
         found["capability_change"] = {row["task"]: row["change"]["mean"] for row in result["tasks"]}
         _append_section(out / REPORT_MD_FILE, Path(result["files"][1]).read_text(encoding="utf-8"))
