@@ -8,6 +8,7 @@ Tinker run refused in preflight.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,110 @@ def test_a_killed_sdft_run_resumes_from_its_checkpoint(tiny_model_path: str, tmp
     assert all(row["completions/max_length"] <= 8 for row in rows)
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "out" / "model.json").read_text())["adapter"] == "adapter"
+
+
+# --- on-policy distillation from a separate teacher (distill.sdft.teacher_weights=teacher) ------------------------
+
+
+def test_a_separate_teacher_joins_the_fingerprint_and_self_distillation_keeps_its_own(tmp_path: Path) -> None:
+    from octrain.core.compose import compose_config
+    from octrain.stages import dpo
+    from octrain.stages.context import RunContext
+
+    pirate = resolve_constitution_name("pirate")
+
+    def fingerprint(*overrides: str) -> dict:
+        return dpo.fingerprint(RunContext(compose_config("pirate_tiny", list(overrides)), tmp_path, pirate))
+
+    own = fingerprint("distill.method=sdft")
+    assert "teacher_weights" not in own["distill"]["sdft"] and "teacher" not in own  # as before the key existed
+    separate = fingerprint("distill.method=sdft", "distill.sdft.teacher_weights=teacher")
+    assert separate["distill"]["sdft"]["teacher_weights"] == "teacher"
+    assert separate["teacher"]["path"] == "builtin:tiny-qwen3"
+    # Another teacher model trains the stage again.
+    moved = fingerprint("distill.method=sdft", "distill.sdft.teacher_weights=teacher", "teacher.path=/elsewhere")
+    assert moved != separate
+
+
+def test_a_separate_teacher_must_be_fixed_local_and_share_the_students_vocabulary(
+    tiny_model_path: str, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from octrain.core.compose import compose_config
+    from octrain.core.config import validate
+    from octrain.run.preflight import preflight
+
+    base = ["distill.method=sdft", "distill.sdft.teacher_weights=teacher", "stages=[dpo]"]
+    with pytest.raises(ConfigError, match="teacher_model_kind=base, got ema"):
+        validate(compose_config("pirate_tiny", [*base, "distill.sdft.teacher_model_kind=ema"]))
+    served = [*base, "teacher.endpoint.base_url=http://127.0.0.1:9/v1"]
+    with pytest.raises(ConfigError, match="does not return: load the teacher here"):
+        preflight(compose_config("pirate_tiny", served))
+
+    # The tiny model again, with one token more in its tokenizer: the same ids no longer mean the same text.
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(tiny_model_path, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<octrain-extra>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ConfigError, match=r"cannot grade the student .* their tokenizers differ \(1 token-id"):
+        preflight(compose_config("pirate_tiny", [*base, f"teacher.path={other}"]))
+    # Same tokenizer, a wider output layer.
+    wider = tmp_path / "wider"
+    shutil.copytree(tiny_model_path, wider)
+    config = json.loads((wider / "config.json").read_text())
+    config["vocab_size"] += 64
+    (wider / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"differ in width \(vocab_size"):
+        preflight(compose_config("pirate_tiny", [*base, f"teacher.path={wider}"]))
+
+
+SEPARATE_TEACHER_SCRIPT = """
+import json, sys
+from pathlib import Path
+from octrain.constitution.catalog import resolve_constitution_name
+from octrain.constitution.persona_prompts import teacher_context
+from octrain.core.config import DistillationMode, LoraSettings, SdftSettings, TeacherPrompt, TRLOptions
+from octrain.core.records import ModelRef
+from octrain.trainers.trl_sdft import train_sdft
+directory, base, teacher = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+context = teacher_context(resolve_constitution_name("pirate"), "Assistant", TeacherPrompt.examples)
+settings = SdftSettings(lora=LoraSettings(rank=8, alpha=16), learning_rate=1e-3, batch_size=8, epochs=1,
+                        max_completion_length=8, distillation_mode=DistillationMode.full_logits)
+train_sdft(directory / "pairs.jsonl", ModelRef(base=base), directory / sys.argv[4], settings, context,
+           TRLOptions(per_device_batch_size=8, logging_steps=1, save_steps=100), seed=3,
+           teacher=ModelRef(base=teacher) if teacher != "-" else None)
+"""
+
+
+@pytest.mark.slow
+def test_the_separate_teacher_is_what_grades_the_students_answers(tiny_model_path: str, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompts = [[{"role": "user", "content": f"Tell me of the {topic}."}] for topic in TOPICS[:8]]
+    save_records(tmp_path / "pairs.jsonl", prompt_pairs(prompts))
+    # A copy of the student's own weights, and the same with its output layer changed.
+    same = tmp_path / "same-weights"
+    shutil.copytree(tiny_model_path, same)
+    changed = tmp_path / "changed-weights"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(3.0)  # sharper next-token distributions everywhere
+    model.save_pretrained(changed)
+    shutil.copy(Path(tiny_model_path) / "tokenizer.json", changed / "tokenizer.json")
+    shutil.copy(Path(tiny_model_path) / "tokenizer_config.json", changed / "tokenizer_config.json")
+
+    def first_loss(teacher: str, out: str) -> float:
+        command = [sys.executable, "-c", SEPARATE_TEACHER_SCRIPT, str(tmp_path), tiny_model_path, teacher, out]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=patience(300))
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        return rows[0]["loss"]
+
+    own = first_loss("-", "own")  # self-distillation: the student's base, adapter off, grades
+    copy = first_loss(str(same), "copy")  # the same weights as a separate model: the same first step
+    other = first_loss(str(changed), "other")
+    assert copy == pytest.approx(own, rel=1e-4, abs=1e-6)
+    assert abs(other - own) > 10 * max(abs(own - copy), 1e-6)

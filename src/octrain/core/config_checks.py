@@ -154,6 +154,12 @@ def check_distill(distill: DistillStageConfig) -> None:
             f"distill.sdft.distillation_alpha=1, got {sdft.distillation_alpha}"
         )
     # Each prompt's answers are sampled together in one step's batch (TRL's generation batch).
+    if sdft.teacher_weights.value == "teacher" and sdft.teacher_model_kind.value != "base":
+        # live and ema name states of the student's own weights; a separate teacher is fixed.
+        raise ConfigError(
+            "distill.sdft.teacher_weights=teacher grades with the run's teacher model, fixed: it needs "
+            f"distill.sdft.teacher_model_kind=base, got {sdft.teacher_model_kind.value}"
+        )
     if sdft.batch_size % sdft.num_generations:
         raise ConfigError(
             f"distill.sdft.batch_size={sdft.batch_size}: expected a multiple of distill.sdft.num_generations="

@@ -308,6 +308,15 @@ class SdftTeacher(str, Enum):
     ema = "ema"  # an exponential moving average of the student (a second LoRA adapter, "teacher")
 
 
+class SdftTeacherWeights(str, Enum):
+    """Whose weights read the constitution and grade the student's answers (``distill.sdft.teacher_weights``)."""
+
+    student = "student"  # the student's own (self-distillation; teacher_model_kind says which state of them)
+    # The run's ``teacher`` model, loaded frozen beside the student: on-policy distillation from a separate,
+    # larger teacher with the constitution in context. Its tokenizer must have the student's vocabulary.
+    teacher = "teacher"
+
+
 class DistillationMode(str, Enum):
     """How the student's next-token distribution is matched to the teacher's (TRL's ``distillation_mode``)."""
 
@@ -340,6 +349,7 @@ class SdftSettings:
     # Jensen-Shannon divergence through the alpha-mixture (0.5: JSD, TRL's default)
     distillation_alpha: float = 0.5
     teacher_model_kind: SdftTeacher = SdftTeacher.base
+    teacher_weights: SdftTeacherWeights = SdftTeacherWeights.student
 
 
 @dataclass

@@ -42,11 +42,30 @@ def resolve_constitution(config: OctrainConfig) -> Constitution:
     return resolve_constitution_name(config.constitution)
 
 
+def _check_separate_teacher(config: OctrainConfig) -> None:
+    """On-policy distillation from the run's teacher needs its weights here, and the student's vocabulary."""
+    from octrain.stages.dpo import trained_by_teacher
+
+    if not trained_by_teacher(config):
+        return
+    if config.teacher.endpoint.base_url is not None:
+        raise ConfigError(
+            "distill.sdft.teacher_weights=teacher grades every token with the teacher's own next-token "
+            f"distribution, which a server at teacher.endpoint.base_url={config.teacher.endpoint.base_url} does not "
+            "return: load the teacher here (teacher.endpoint.base_url=null), or distill.sdft.teacher_weights=student"
+        )
+    from octrain.trainers.trl_sdft import check_shared_vocabulary
+
+    check_shared_vocabulary(config.student.path, config.teacher.path)  # tokenizers and configs, no weights
+
+
 def preflight(config: OctrainConfig) -> None:
     """Check the backends and read every input file the selected stages need, so that a problem
     shows before any model loads."""
     for role in ModelRole:  # a built-in that is not fetched stops here, naming the command that fetches it
         require_fetched(config.model(role).path)
+    if StageName.dpo in config.stages:
+        _check_separate_teacher(config)  # before the endpoint check: a served teacher cannot grade at all
     check_backend(config.sampler)
     check_endpoints(config)  # models served over HTTP: usable by these stages, key set, server up
     _check_gpu(config)

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from octrain.constitution.persona_prompts import teacher_context
-from octrain.core.config import DistillMethod, OctrainConfig, SdftSettings, StageName
+from octrain.core.config import DistillMethod, OctrainConfig, SdftSettings, SdftTeacherWeights, StageName
 from octrain.core.layout import ADAPTER_DIR, METRICS_FILE, MODEL_FILE, PAIRS_FILE, PLOT_FILE
 from octrain.core.records import Message, ModelRef
 from octrain.run.ranks import is_main_process
@@ -32,12 +32,26 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
         # No ``distill`` key: runs trained before the section existed keep their fingerprint. Switching
         # the method changes the keys below, so the stage trains again.
         return {**settings, "dpo": dataclasses.asdict(config.dpo)}
+    # With the answer length resolved: a change of pairs.sampling.max_new_tokens reaches it.
+    distill = dataclasses.asdict(dataclasses.replace(config.distill, sdft=sdft_settings(config)))
+    separate = trained_by_teacher(config)
+    if not separate:
+        del distill["sdft"]["teacher_weights"]  # self-distillation runs from before the key keep their fingerprint
     return {
         **settings,
-        # With the answer length resolved: a change of pairs.sampling.max_new_tokens reaches it.
-        "distill": dataclasses.asdict(dataclasses.replace(config.distill, sdft=sdft_settings(config))),
+        "distill": distill,
         "teacher_context": sdft_context(ctx),  # the constitution as the teacher reads it
+        # A separate teacher's weights are part of what the stage learns from.
+        **({"teacher": dataclasses.asdict(config.teacher)} if separate else {}),
     }
+
+
+def trained_by_teacher(config: OctrainConfig) -> bool:
+    """True when stage 1 distils on-policy from the run's separate teacher model (not the student's own weights)."""
+    return (
+        config.distill.method is DistillMethod.sdft
+        and config.distill.sdft.teacher_weights is SdftTeacherWeights.teacher
+    )
 
 
 def sdft_settings(config: OctrainConfig) -> SdftSettings:
@@ -65,8 +79,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trainer = build_trainer(config.trainer, seed=config.seed, attn_implementation=config.student.attn_implementation)
     method = config.distill.method
     if method is DistillMethod.sdft:
+        separate = trained_by_teacher(config)
         trained = trainer.train_sdft(  # type: ignore[attr-defined]
-            pairs, start, out, sdft_settings(config), sdft_context(ctx), enable_thinking=config.student.enable_thinking
+            pairs,
+            start,
+            out,
+            sdft_settings(config),
+            sdft_context(ctx),
+            enable_thinking=config.student.enable_thinking,
+            teacher=ModelRef(base=config.teacher.path) if separate else None,
         )
     else:
         trained = trainer.train_dpo(pairs, start, out, config.dpo)
@@ -86,6 +107,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "reward_accuracy": last.get("rewards/accuracies"),
         "reward_margin": last.get("rewards/margins"),
         **({"answer_length": last.get("completions/mean_length")} if method is DistillMethod.sdft else {}),
+        **({"teacher": config.teacher.path} if trained_by_teacher(config) else {}),
         "files": [str(out / name) for name in (MODEL_FILE, ADAPTER_DIR, METRICS_FILE, PLOT_FILE)],
     }
 
@@ -94,7 +116,10 @@ def describe(summary: dict[str, Any]) -> str:
     loss = summary.get("final_loss")
     accuracy = summary.get("reward_accuracy")
     # Summaries written before distill.method existed have no "method": they are DPO's.
-    parts = ["self-distillation (sdft)"] if summary.get("method") == DistillMethod.sdft.value else []
+    parts = []
+    if summary.get("method") == DistillMethod.sdft.value:
+        teacher = summary.get("teacher")
+        parts.append(f"on-policy distillation from {teacher} (sdft)" if teacher else "self-distillation (sdft)")
     parts.append(f"{summary['steps']} steps")
     if loss is not None:
         parts.append(f"final loss {loss:.4f}")

@@ -43,6 +43,7 @@ class TRLTrainer:
         context: Sequence[Message],
         *,
         enable_thinking: bool = False,
+        teacher: ModelRef | None = None,
     ) -> ModelRef:
         """Stage 1 by on-policy self-distillation on the pairs' prompts (:mod:`octrain.trainers.trl_sdft`)."""
         from octrain.trainers.trl_sdft import train_sdft
@@ -57,6 +58,7 @@ class TRLTrainer:
             seed=self.seed,
             attn_implementation=self.attn_implementation,
             enable_thinking=enable_thinking,
+            teacher=teacher,
         )
 
 
@@ -81,6 +83,7 @@ class TinkerTrainer:
         context: Sequence[Message],
         *,
         enable_thinking: bool = False,
+        teacher: ModelRef | None = None,
     ) -> ModelRef:
         """Refused: octrain's self-distillation is TRL's SDFTTrainer; there is no Tinker loop for it yet."""
         raise ConfigError(

@@ -35,11 +35,14 @@ class Trainer(Protocol):
         context: Sequence[Message],
         *,
         enable_thinking: bool = False,
+        teacher: ModelRef | None = None,
     ) -> ModelRef:
         """Stage 1 by on-policy self-distillation (``distill.method=sdft``) on the pairs' prompts.
 
         The student answers the prompts itself and learns, token by token, what the same model says
-        with ``context`` (the teacher's persona context) before the prompt. Same outputs and resuming
-        as :meth:`train_dpo`; a backend that cannot do it raises ConfigError.
+        with ``context`` (the teacher's persona context) before the prompt; with ``teacher``, that
+        model (frozen, the student's vocabulary) reads the context and grades instead of the
+        student's own base. Same outputs and resuming as :meth:`train_dpo`; a backend that cannot do
+        it raises ConfigError.
         """
         ...

@@ -6,7 +6,10 @@ adapter learns to move its next-token distribution, on its own answers, towards 
 would say with the character in front of it (by default a Jensen-Shannon divergence on the
 student's 100 most likely tokens; docs/on-policy-distillation.md). The pairs' answers are not read.
 With ``teacher_model_kind=base`` the teacher is the student with its adapter switched off: one copy
-of the weights, as for DPO's reference.
+of the weights, as for DPO's reference. With ``teacher_weights=teacher`` the run's ``teacher`` model
+reads the constitution and grades instead (on-policy distillation from a separate, usually larger,
+teacher): it must share the student's vocabulary, since the loss compares the two models' next-token
+distributions token by token.
 
 TRL's ``SDFTTrainer`` samples, builds the teacher's input, runs both forward passes and computes the
 loss. What it lacks for octrain, and this module adds:
@@ -23,6 +26,10 @@ loss. What it lacks for octrain, and this module adds:
 * No truncation of the teacher's prompt. TRL cuts every prompt to ``max_prompt_length`` (512) tokens
   from the left, which would drop the constitution at the start of a long teacher prompt first: the
   limit is switched off (the pairs stage already kept prompts within ``pairs.max_length``).
+* A separate teacher with the context. TRL's SDFTTrainer grades with the student's own weights only,
+  and its stable ``DistillationTrainer`` (which takes a separate teacher) gives the teacher the
+  student's prompt, without the constitution. The subclass below keeps SDFT's privileged context
+  and swaps in the frozen teacher model after TRL has set up its own teacher (the student's base).
 * octrain's learning-rate schedule (:class:`~octrain.trainers.trl_common.ScheduleMixin`) and a batch of
   exactly ``batch_size`` answers (TRL's generation batch must divide by ``num_generations``).
 
@@ -171,11 +178,34 @@ def make_trainer_class() -> type:
     sdft = _sdft_module()
 
     class CharacterSDFTTrainer(ScheduleMixin, sdft.SDFTTrainer):
-        """SDFTTrainer with octrain's teacher context and LR schedule (see the module docstring)."""
+        """SDFTTrainer with octrain's teacher context and LR schedule, and optionally a separate
+        teacher model (see the module docstring)."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, separate_teacher: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.teacher_context_builder = make_context_builder_class()(self)
+            self.separate_teacher = separate_teacher is not None
+            if self.separate_teacher:
+                # TRL pointed teacher_model at the student (kind "base"); the frozen teacher replaces it.
+                self.teacher_model = self._prepare_frozen(separate_teacher)
+
+        def _prepare_frozen(self, model: Any) -> Any:
+            from trl.models import prepare_deepspeed, prepare_fsdp
+
+            model.requires_grad_(False)
+            model.eval()
+            if self.is_deepspeed_enabled:
+                return prepare_deepspeed(model, self.accelerator)
+            if self.is_fsdp_enabled:
+                return prepare_fsdp(model, self.accelerator)
+            return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+        def _get_teacher_context_for_self_distillation(self) -> Any:
+            import contextlib
+
+            if self.separate_teacher:
+                return contextlib.nullcontext()  # its own weights: no adapter of the student's to switch off
+            return super()._get_teacher_context_for_self_distillation()
 
     return CharacterSDFTTrainer
 
@@ -210,8 +240,10 @@ def build_sdft_trainer(
     tokenizer: Any,
     config: SdftSettings,
     context: Sequence[Message],
+    separate_teacher: Any = None,
 ) -> Any:
-    """The SDFT trainer for ``model`` on the distinct prompts of ``pairs_path``, teacher context ``context``."""
+    """The SDFT trainer for ``model`` on the distinct prompts of ``pairs_path``, teacher context ``context``
+    (read by ``separate_teacher`` when given, else by the student's own weights)."""
     from datasets import Dataset
 
     prompts = distinct_prompts(load_records(pairs_path, PreferencePair))
@@ -221,6 +253,53 @@ def build_sdft_trainer(
         train_dataset=Dataset.from_list(sdft_rows(prompts, context)),
         processing_class=tokenizer,
         peft_config=lora_config(config.lora, model),
+        separate_teacher=separate_teacher,
+    )
+
+
+def check_shared_vocabulary(student_path: str, teacher_path: str) -> None:
+    """ConfigError unless the teacher's tokenizer and output layer match the student's, token for token.
+
+    The loss compares the two models' next-token distributions position by position, so a token id
+    must mean the same in both (the tokenizers' vocabularies equal) and the logits must have the same
+    width (``vocab_size``, which some families pad differently between sizes). Reads the tokenizers
+    and configs only, never the weights.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from octrain.models.builtin import resolve_model_path
+
+    paths = {"student": resolve_model_path(student_path), "teacher": resolve_model_path(teacher_path)}
+    vocab = {role: AutoTokenizer.from_pretrained(path).get_vocab() for role, path in paths.items()}
+    width = {role: AutoConfig.from_pretrained(path).get_text_config().vocab_size for role, path in paths.items()}
+    reason = None
+    if vocab["student"] != vocab["teacher"]:
+        differ = sorted(set(vocab["student"].items()) ^ set(vocab["teacher"].items()))
+        reason = f"their tokenizers differ ({len(differ)} token-id entries, e.g. {differ[0][0]!r})"
+    elif width["student"] != width["teacher"]:
+        reason = f"their output layers differ in width (vocab_size {width['student']} vs {width['teacher']})"
+    if reason:
+        raise ConfigError(
+            f"distill.sdft.teacher_weights=teacher: the teacher {teacher_path} cannot grade the student {student_path} "
+            f"token by token: {reason}. Use a teacher of the student's family (the same tokenizer), or "
+            "distill.sdft.teacher_weights=student (self-distillation), or distill.method=dpo (any teacher)"
+        )
+
+
+def load_frozen_teacher(teacher: ModelRef, dtype: Any, attn_implementation: str) -> Any:
+    """The teacher's weights for grading: its base, with its adapter folded in when it has one."""
+    from transformers import AutoModelForCausalLM
+
+    from octrain.models.builtin import resolve_model_path
+
+    if teacher.remote:
+        raise ConfigError(f"dpo (sdft): the teacher {teacher.label} is remote; grading needs its weights here")
+    if teacher.adapter:
+        from octrain.trainers.merge import fold_adapter
+
+        return fold_adapter(teacher.base, teacher.adapter).to(dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(teacher.base), dtype=dtype, attn_implementation=attn_implementation
     )
 
 
@@ -235,6 +314,7 @@ def train_sdft(
     seed: int = 0,
     attn_implementation: str = "sdpa",
     enable_thinking: bool = False,
+    teacher: ModelRef | None = None,
 ) -> ModelRef:
     """Train a LoRA adapter by self-distillation on the prompts in ``pairs_path``; the contract of
     :func:`octrain.trainers.trl_dpo.train_dpo` (same outputs under ``output_dir``, same resume).
@@ -243,6 +323,8 @@ def train_sdft(
         context: what the teacher reads before each prompt (``teacher_context(...)``).
         config: ``distill.sdft`` with ``max_completion_length`` resolved.
         enable_thinking: the student's, for its chat template (as the samplers and SFT pass it).
+        teacher: a separate model to read ``context`` and grade (the student's vocabulary); None:
+            the student's own weights, as ``config.teacher_model_kind`` says.
     """
     from octrain.models.builtin import resolve_model_path
 
@@ -254,6 +336,8 @@ def train_sdft(
     prompt_count = len(distinct_prompts(load_records(pairs_path, PreferencePair)))
     if prompt_count == 0:
         raise ConfigError(f"dpo (sdft): {pairs_path} holds no prompts to answer")
+    if teacher is not None:
+        check_shared_vocabulary(start.base, teacher.base)
     batch_size = fitted_batch(config.batch_size, config.num_generations, prompt_count)
     _, bf16 = precision()
     model_path = resolve_model_path(start.base)
@@ -268,7 +352,10 @@ def train_sdft(
         ),
         attn_implementation=attn_implementation,
     ) as (model, args):
-        trainer = build_sdft_trainer(pairs_path, model, args, tokenizer, config, context)
+        frozen_teacher = (
+            None if teacher is None else load_frozen_teacher(teacher, model.dtype, model.config._attn_implementation)
+        )
+        trainer = build_sdft_trainer(pairs_path, model, args, tokenizer, config, context, frozen_teacher)
     last = last_checkpoint(args.output_dir, stage="dpo")
     if last:
         logger.info("dpo (sdft): resuming from %s", last)
@@ -281,7 +368,7 @@ def train_sdft(
         batch_size,
         args.per_device_train_batch_size,
         args.gradient_accumulation_steps,
-        config.teacher_model_kind.value,
+        config.teacher_model_kind.value if teacher is None else teacher.label,
         len(context),
         config.distillation_mode.value,
         "bf16" if bf16 else "fp32",
