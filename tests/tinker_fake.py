@@ -7,8 +7,12 @@ training) computes every log-prob, ``forward_backward`` runs a real backward pas
 ``forward_backward_custom`` hands the forward pass's log-probs to the SDK's own
 ``TrainingClient._compute_custom_loss`` (the code that runs a custom loss and turns its
 gradient into per-token weights), then back-propagates those weights as the service would.
-``optim_step`` is torch's AdamW with the step's ``AdamParams``. Checkpoints live in memory,
-in the service object, so a "killed" run's successor finds them.
+``forward_backward`` runs the built-in losses the trainers use, ``cross_entropy`` and
+``importance_sampling`` (``-(exp(logprobs - sampling logprobs) * advantages).sum()``, as Tinker's
+documentation of the loss writes it), and ``optim_step`` is torch's AdamW with the step's
+``AdamParams``. ``sample`` returns each sampled token's log-prob, under the distribution it was drawn
+from. Checkpoints live in memory, in the service object, so a "killed" run's successor finds them.
+Every request is kept, with the name of the model that answered it, for the tests to read.
 """
 
 from __future__ import annotations
@@ -88,7 +92,12 @@ class FakeService:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.logprob_requests: list[tuple[tuple[int, ...], int | None]] = []
         self.sample_requests: list[tuple[tuple[int, ...], types.SamplingParams]] = []
+        # Which model answered each of the requests above, index for index: a base model's name, a
+        # tinker:// path, or "RUN@STEPS" for a training client's weights after that many optimizer steps.
+        self.logprob_models: list[str] = []
+        self.sample_models: list[str] = []
         self.custom_batches: list[list[types.Datum]] = []
+        self.loss_batches: list[tuple[str, list[types.Datum]]] = []  # forward_backward's (loss_fn, data)
         self.optim_params: list[types.AdamParams] = []
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -113,9 +122,9 @@ class FakeService:
             state = self.storage[model_path]
             model = with_lora(copy.deepcopy(self.base(state["base"])), state["rank"], 0, state["layers"])
             model.load_state_dict(state["weights"], strict=False)
-            return completed(FakeSamplingClient(self, model.eval()))
+            return completed(FakeSamplingClient(self, model.eval(), model_path))
         assert base_model is not None
-        return completed(FakeSamplingClient(self, self.base(base_model)))
+        return completed(FakeSamplingClient(self, self.base(base_model), base_model))
 
     def create_lora_training_client(
         self,
@@ -164,13 +173,16 @@ class FakeRestClient:
 
 
 class FakeSamplingClient:
-    def __init__(self, service: FakeService, model: Any) -> None:
+    def __init__(self, service: FakeService, model: Any, name: str) -> None:
         self.service = service
         self.model = model
+        self.name = name  # what the tests see as the model that answered
 
     def compute_logprobs(self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None) -> Any:
         tokens = prompt.to_ints()
-        self.service.logprob_requests.append((tuple(tokens), prompt_logprobs_last_n))
+        with self.service.lock:
+            self.service.logprob_requests.append((tuple(tokens), prompt_logprobs_last_n))
+            self.service.logprob_models.append(self.name)
         with torch.no_grad():
             values: list[float | None] = [None, *target_logprobs(self.model, tokens[:-1], tokens[1:]).tolist()]
         if prompt_logprobs_last_n is not None:
@@ -183,6 +195,7 @@ class FakeSamplingClient:
         service = self.service
         with service.lock:
             service.sample_requests.append((tuple(prompt.to_ints()), sampling_params))
+            service.sample_models.append(self.name)
             fail = service.failures > 0
             if fail:
                 service.failures -= 1
@@ -206,20 +219,26 @@ class FakeSamplingClient:
             for sample in range(num_samples):
                 generator = torch.Generator().manual_seed((params.seed or 0) + sample)
                 out: list[int] = []
+                logprobs: list[float] = []
                 context = list(tokens)
                 reason = "length"
                 with torch.no_grad():
                     for _ in range(params.max_tokens or 16):
                         logits = self.model(input_ids=torch.tensor([context])).logits[0, -1].float()
-                        probs = torch.softmax(logits / max(params.temperature, 1e-5), dim=-1)
-                        token = int(torch.multinomial(probs, 1, generator=generator))
+                        # The SDK does not say whether a sampled token's log-prob is taken before or after
+                        # the temperature: the fake gives the one of the distribution it drew from.
+                        log_probs = torch.log_softmax(logits / max(params.temperature, 1e-5), dim=-1)
+                        token = int(torch.multinomial(log_probs.exp(), 1, generator=generator))
                         out.append(token)
+                        logprobs.append(float(log_probs[token]))
                         context.append(token)
                         if token in stops:
                             reason = "stop"
                             break
                 sequences.append(
-                    types.SampledSequence(stop_reason=reason, sequence_id=f"seq-{id(out)}", _tokens_list=out)
+                    types.SampledSequence(
+                        stop_reason=reason, sequence_id=f"seq-{id(out)}", _tokens_list=out, _logprobs_list=logprobs
+                    )
                 )
             return types.SampleResponse(sequences=sequences)
         finally:
@@ -244,16 +263,23 @@ class FakeTrainingClient:
     def lora_weights(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
 
-    def _pass(self, data: Sequence[types.Datum], *, backward: bool) -> types.ForwardBackwardOutput:
+    def _pass(
+        self, data: Sequence[types.Datum], *, backward: bool, loss_fn: str = "cross_entropy"
+    ) -> types.ForwardBackwardOutput:
         outputs, total = [], 0.0
         context = torch.enable_grad() if backward else torch.no_grad()
         with context:
             losses = []
             for datum in data:
-                targets = datum.loss_fn_inputs["target_tokens"].data
-                weights = datum.loss_fn_inputs["weights"].to_torch().float()
+                inputs = datum.loss_fn_inputs
+                targets = inputs["target_tokens"].data
                 logprobs = target_logprobs(self.model, datum.model_input.to_ints(), targets)
-                losses.append((-logprobs * weights).sum())
+                if loss_fn == "importance_sampling":
+                    # Tinker's definition: the learner's log-probs against the sampler's, times the advantages.
+                    ratio = torch.exp(logprobs - inputs["logprobs"].to_torch().float())
+                    losses.append(-(ratio * inputs["advantages"].to_torch().float()).sum())
+                else:
+                    losses.append((-logprobs * inputs["weights"].to_torch().float()).sum())
                 outputs.append({"logprobs": types.TensorData.from_torch(logprobs.detach())})
             loss = torch.stack(losses).sum()
             if backward:
@@ -268,9 +294,10 @@ class FakeTrainingClient:
         return completed(self._pass(data, backward=False))
 
     def forward_backward(self, data: list[types.Datum], loss_fn: str, loss_fn_config: Any = None) -> Any:
-        assert loss_fn == "cross_entropy"
+        assert loss_fn in ("cross_entropy", "importance_sampling"), loss_fn
         self.service.calls.append(("forward_backward", {"size": len(data)}))
-        return completed(self._pass(data, backward=True))
+        self.service.loss_batches.append((loss_fn, list(data)))
+        return completed(self._pass(data, backward=True, loss_fn=loss_fn))
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Callable[..., Any]) -> Any:
         self.service.custom_batches.append(list(data))
@@ -321,3 +348,10 @@ class FakeTrainingClient:
     def save_weights_for_sampler(self, name: str, ttl_seconds: int | None = None, **_: Any) -> Any:
         self.service.calls.append(("save_weights_for_sampler", {"name": name}))
         return completed(types.SaveWeightsForSamplerResponse(path=self._store("sampler_weights", name)))
+
+    def save_weights_and_get_sampling_client(self, name: str | None = None, **_: Any) -> Any:
+        """A sampling client of the weights as they are now (the SDK's default ``kind="snapshot"``):
+        later optimizer steps do not change what it samples."""
+        self.service.calls.append(("save_weights_and_get_sampling_client", {"run": self.run, "steps": self.steps}))
+        snapshot = copy.deepcopy(self.model).eval()
+        return completed(FakeSamplingClient(self.service, snapshot, f"{self.run}@{self.steps}"))

@@ -2,7 +2,7 @@
 
 What the teacher reads (the persona context as turns, one system message), the settings checked
 before a run, the stage's fingerprint, a whole run through sft, a killed training resumed, and a
-Tinker run refused in preflight.
+Tinker run with a divergence Tinker cannot compute refused in preflight.
 """
 
 from __future__ import annotations
@@ -137,17 +137,21 @@ def test_the_method_is_in_the_stage_fingerprint_and_a_dpo_fingerprint_is_unchang
     assert fingerprint("distill.method=sdft", "pairs.teacher_prompt=examples") != sdft  # what the teacher reads
 
 
-def test_tinker_with_sdft_stops_in_preflight_before_tinker_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tinker_with_a_distillation_it_cannot_compute_stops_in_preflight_before_tinker_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Tinker only the sampled-token reverse KL can be computed (tests/trainers/test_tinker_sdft.py runs it)."""
     from octrain.core.compose import compose_config
     from octrain.run.preflight import preflight
 
     monkeypatch.delenv("TINKER_API_KEY", raising=False)  # the Tinker check would stop first on a missing key
-    config = compose_config("pirate_tiny", ["trainer=tinker", "distill.method=sdft", "stages=[dpo]"])
-    with pytest.raises(ConfigError, match=r"distill\.method=sdft runs on TRL only"):
-        preflight(config)
-    # Without sdft the same run gets as far as the Tinker check (and its missing key).
+    base = ["trainer=tinker", "distill.method=sdft", "stages=[dpo]"]
+    with pytest.raises(ConfigError, match=r"distill\.sdft\.distillation_mode=topk_logits: with trainer=tinker"):
+        preflight(compose_config("pirate_tiny", base))  # the default divergence needs whole distributions
+    # With the sampled-token reverse KL the same run gets as far as the Tinker check (and its missing key).
+    sampled_token = ["distill.sdft.distillation_mode=sampled_token", "distill.sdft.distillation_alpha=1"]
     with pytest.raises(ConfigError, match="TINKER_API_KEY"):
-        preflight(compose_config("pirate_tiny", ["trainer=tinker", "stages=[dpo]"]))
+        preflight(compose_config("pirate_tiny", [*base, *sampled_token]))
 
 
 @pytest.mark.slow

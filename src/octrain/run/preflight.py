@@ -59,6 +59,15 @@ def _check_separate_teacher(config: OctrainConfig) -> None:
     check_shared_vocabulary(config.student.path, config.teacher.path)  # tokenizers and configs, no weights
 
 
+def _check_tinker_sdft(config: OctrainConfig) -> None:
+    """On-policy distillation on Tinker computes the sampled-token reverse KL from a fixed teacher only."""
+    if config.distill.method.value != "sdft" or config.trainer.backend is not TrainerBackend.tinker:
+        return
+    from octrain.trainers.tinker_sdft import check_settings
+
+    check_settings(config.distill.sdft)
+
+
 def preflight(config: OctrainConfig) -> None:
     """Check the backends and read every input file the selected stages need, so that a problem
     shows before any model loads."""
@@ -77,9 +86,9 @@ def preflight(config: OctrainConfig) -> None:
             f"trainer.backend={config.trainer.backend.value}: this backend is not in this version of octrain yet; "
             "use trainer=trl or trainer=tinker"
         )
-    if StageName.dpo in training and config.distill.method.value == "sdft" and config.trainer.backend.value == "tinker":
+    if StageName.dpo in training:
         # Before check_tinker_run, which would ask the service about a run that cannot happen.
-        raise ConfigError("distill.method=sdft runs on TRL only (trainer=trl); with trainer=tinker, distill.method=dpo")
+        _check_tinker_sdft(config)
     check_tinker_run(config)  # Tinker's SDK, key, settings and served models; nothing when no stage uses Tinker
     _check_input_files(config)
     if training:

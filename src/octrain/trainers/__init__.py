@@ -85,10 +85,20 @@ class TinkerTrainer:
         enable_thinking: bool = False,
         teacher: ModelRef | None = None,
     ) -> ModelRef:
-        """Refused: octrain's self-distillation is TRL's SDFTTrainer; there is no Tinker loop for it yet."""
-        raise ConfigError(
-            "distill.method=sdft runs on TRL only (trainer=trl): octrain has no on-policy self-distillation "
-            "loop for Tinker; use distill.method=dpo with trainer=tinker"
+        """Stage 1 by on-policy distillation on Tinker, the sampled-token reverse KL
+        (:mod:`octrain.trainers.tinker_sdft`); ``teacher`` is a Tinker model name with the student's tokenizer."""
+        from octrain.trainers.tinker_sdft import train_sdft
+
+        return train_sdft(
+            pairs_path,
+            start,
+            output_dir,
+            config,
+            context,
+            self.options,
+            seed=self.seed,
+            enable_thinking=enable_thinking,
+            teacher=teacher,
         )
 
 
