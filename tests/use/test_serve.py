@@ -1,8 +1,8 @@
 """``octrain serve``: a real server process on 127.0.0.1, queried over HTTP, stopped with a signal.
 
-The transformers path runs here for real (transformers' own ``serve`` on the merged tiny
-model); the vLLM path is checked by the command line it would run, since vLLM's server needs a
-CUDA GPU.
+The transformers path runs here for real (octrain's server over transformers' continuous batching,
+on the merged tiny model); the vLLM path is checked by the command line it would run, since vLLM's
+server needs a CUDA GPU. The server's request handling is tested in test_serve_gateway.py.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root
         events = post(f"{base}/chat/completions", {**body, "stream": True}).decode().split("\n\n")
         chunks = [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]
         assert len(chunks) >= 3 and chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert [e for e in events if e][-1] == "data: [DONE]"
 
         # The client's sampling settings are honoured: distinct answers at a high temperature, one at 0.
         def text(**settings: object) -> str:
@@ -108,6 +109,7 @@ def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root
         hot = {text(temperature=1.5, seed=seed) for seed in (1, 2, 3, 4)}
         assert len(hot) >= 2, hot
         assert len({text(temperature=0, seed=seed) for seed in (1, 2, 3)}) == 1
+        assert text(temperature=1.5, seed=3) == text(temperature=1.5, seed=3)
         # octrain's own HTTP client (the judge's) talks to it too.
         client = OpenAIChatSampler(base, "pirate_tiny/sft", api_key_env="")
         [[answer]] = client.chat([[{"role": "user", "content": "Ahoy?"}]], SamplingParams(max_new_tokens=4))
@@ -164,4 +166,21 @@ def test_serve_errors_are_one_line(trained_tiny_root: Path) -> None:
     assert unknown.returncode == 2 and "did you mean pirate_tiny/sft" in unknown.stderr
     printed = octrain("pirate_tiny/dpo", "--backend", "transformers", "--print-command", "--port", "8123")
     assert printed.returncode == 0, printed.stderr
-    assert "serve pirate_tiny/dpo --host 127.0.0.1 --port 8123" in printed.stdout
+    assert "-m octrain.use.serving_gateway " in printed.stdout
+    assert "--name pirate_tiny/dpo --host 127.0.0.1 --port 8123" in printed.stdout
+
+
+def test_a_base_model_is_served_from_its_own_folder_untouched(tiny_model_path: str, tmp_path: Path) -> None:
+    from octrain.use.serving import plan_serving
+
+    folder = Path(tiny_model_path)
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    chosen = choose_model(tiny_model_path, run_root=tmp_path)
+    plan = plan_serving([chosen], backend="transformers", port=8124, cache=tmp_path / "serve")
+    argv = plan.argv
+    assert argv[1:4] == ["-m", "octrain.use.serving_gateway", str(folder)]
+    assert argv[argv.index("--name") + 1] == plan.model_names[0] == folder.name
+    assert int(argv[argv.index("--context") + 1]) == chosen.model_config().max_model_len
+    # Nothing merged, nothing rewritten: per-request sampling needs no edited generation config.
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+    assert not (tmp_path / "serve").exists()

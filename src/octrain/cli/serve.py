@@ -1,8 +1,8 @@
 """``octrain serve NAME...``: a trained character behind an OpenAI-compatible chat API.
 
-The command line is planned by :mod:`octrain.use.serving` (vLLM's server on a GPU box, transformers'
-own server elsewhere) and run until Ctrl-C. ``--print-command`` shows the server command
-without starting it.
+The command line is planned by :mod:`octrain.use.serving` (vLLM's server on a GPU box, elsewhere
+octrain's thin server over transformers' continuous batching, :mod:`octrain.use.serving_gateway`)
+and run until Ctrl-C. ``--print-command`` shows the server command without starting it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ then, from any OpenAI client:
   octrain eval elo matches.jsonl --judge-url http://127.0.0.1:8000/v1 --judge-model pirate_mini/sft
 
 backends: vllm (a CUDA GPU and the [vllm] extra; the adapters are served as LoRA modules) or
-transformers (anywhere, the [serve] extra; the adapter is folded into the base once, exactly, and
-the merged weights are cached under ~/.cache/octrain/serve). auto picks vllm when it can run."""
+transformers (anywhere, the [serve] extra: octrain's server over transformers' continuous batching;
+the adapter is folded into the base once, exactly, and the merged weights are cached under
+~/.cache/octrain/serve). auto picks vllm when it can run. Both batch concurrent requests, refuse a
+max_tokens past the context with HTTP 400, and stop a request whose client disconnects."""
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="let a reasoning model think before it answers (default: the run's setting); "
-        "a request's chat_template_kwargs can still ask otherwise on vLLM",
+        "a request's chat_template_kwargs can still ask otherwise",
     )
     parser.add_argument("--run-root", default="runs", help="where the runs and their registry are (default: runs)")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the health check")

@@ -1,23 +1,29 @@
-"""Serving trained characters behind an OpenAI-compatible HTTP API, through existing servers.
+"""Serving trained characters behind an OpenAI-compatible HTTP API.
 
-octrain writes no server of its own. :func:`plan_serving` turns the chosen models into the
-command line of a maintained one:
+octrain prefers maintained servers and adds only what they lack. :func:`plan_serving` turns the
+chosen models into the command line of one:
 
 * **vLLM** (a CUDA box with the ``[vllm]`` extra): ``vllm serve BASE --enable-lora
   --lora-modules NAME=ADAPTER ... --max-lora-rank R``. Several characters trained on one base
-  are served at once, each under its own model name, and the base under its path.
-* **transformers** (anywhere, the ``[serve]`` extra): ``transformers serve NAME``, which pins
-  one model per server. It serves plain weights, so the adapter is folded into the base first
-  (exactly, in float32, by :func:`octrain.trainers.merge.merge_into_weights`) into a cache directory
-  keyed by the adapter's contents; the merged folder is named after the model name and the
-  server runs from the cache directory, so the name users pass in requests is the registry
-  name (``pirate_mini/sft``), the same on both backends.
+  are served at once, each under its own model name, and the base under its path. vLLM batches
+  requests continuously, caps ``max_tokens`` by ``--max-model-len`` with a 400, answers
+  malformed requests with 4xx and stops a request whose client has gone: nothing to add.
+* **transformers** (anywhere, the ``[serve]`` extra): octrain's own thin HTTP front,
+  :mod:`octrain.use.serving_gateway`, over transformers' continuous-batching engine. It replaced
+  ``transformers serve``, which (in 5.24) generates one request at a time, or with
+  ``--continuous-batching`` keeps the first request's sampling settings for every later one,
+  and neither caps ``max_tokens`` nor cancels a non-streaming request whose client has gone
+  (that module's docstring lists what it guarantees). It serves one model: the adapter is folded
+  into the base first (exactly, in float32, by :func:`octrain.trainers.merge.merge_into_weights`)
+  into a cache directory keyed by the adapter's contents, and a base model is read from its own
+  folder, untouched. The name requests carry is the registry name (``pirate_mini/sft``), the same
+  on both backends.
 
 Both servers ask the chat template to think or not as the model's config says
 (``ModelConfig.enable_thinking``: the run's setting, or the user's ``--thinking`` choice through
-:func:`octrain.use.model_choice.with_thinking`): transformers with ``--reasoning on|off``, vLLM with
-``--default-chat-template-kwargs``. It is a server-wide default; a request's own
-``chat_template_kwargs`` still wins on vLLM.
+:func:`octrain.use.model_choice.with_thinking`): the gateway with ``--thinking/--no-thinking``, vLLM
+with ``--default-chat-template-kwargs``. It is a server-wide default; a request's own
+``chat_template_kwargs`` still wins on both.
 
 :func:`run_server` starts the command in its own process group, waits for its health check,
 says where it listens, and on Ctrl-C (or SIGTERM) stops it cleanly.
@@ -162,51 +168,34 @@ def merged_weights(chosen: ChosenModel, name: str, cache: Path) -> Path:
     root = cache / digest.hexdigest()[:16]
     target = root / name
     if (target / MERGED_MARKER).is_file():
-        samples_on_request(target)  # a copy merged by an earlier version may lack it
         return target
-    logger.info("serve: folding %s into %s for transformers serve (once)", adapter, chosen.ref.base)
+    logger.info("serve: folding %s into %s for the transformers backend (once)", adapter, chosen.ref.base)
     merge_into_weights(chosen.ref.base, adapter, target)
-    samples_on_request(target)
     (target / MERGED_MARKER).write_text(json.dumps({"base": chosen.ref.base, "adapter": str(adapter)}) + "\n")
     return target
-
-
-def samples_on_request(folder: Path) -> None:
-    """Make the served copy sample when a request asks for a temperature above 0.
-
-    transformers serve copies the model's generation config and only ever turns sampling *off*
-    (at temperature 0): a model whose config leaves ``do_sample`` unset answered greedily at any
-    temperature and seed. The served copy says ``do_sample: true``; a request at temperature 0 is
-    still greedy.
-    """
-    from octrain.core.files import write_text_atomic
-
-    path = folder / "generation_config.json"
-    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if config.get("do_sample") is not True:
-        config["do_sample"] = True
-        write_text_atomic(path, json.dumps(config, indent=2) + "\n")
 
 
 def _transformers_plan(
     chosen: ChosenModel, name: str, host: str, port: int, *, device: str, dtype: str, cache: Path
 ) -> ServePlan:
-    from transformers.utils.import_utils import is_serve_available
+    import importlib.util
 
-    if not is_serve_available():
-        raise ConfigError("transformers serve needs FastAPI, Uvicorn and openai: pip install 'octrain[serve]'")
+    missing = [module for module in ("starlette", "uvicorn") if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"the transformers backend needs {' and '.join(missing)}: pip install 'octrain[serve]'")
     if chosen.ref.adapter is None:
         from octrain.models.builtin import resolve_model_path
 
-        path = Path(resolve_model_path(chosen.ref.base))
-        cwd, served = (path.parent, path.name) if path.is_dir() else (Path.cwd(), chosen.ref.base)
+        # The user's own folder, read as it is: the gateway samples per request, so nothing in it
+        # (a generation_config without do_sample, say) needs rewriting.
+        weights = str(resolve_model_path(chosen.ref.base))
     else:
-        merged = merged_weights(chosen, name, cache)
-        cwd, served = merged.parents[len(Path(name).parts) - 1], name
-    thinking = "on" if chosen.model_config().enable_thinking else "off"
-    argv = [_script("transformers"), "serve", served, "--host", host, "--port", str(port)]
-    argv += ["--device", device, "--dtype", dtype, "--reasoning", thinking, "--log-level", "warning"]
-    return ServePlan("transformers", argv, cwd, [served], host, port)
+        weights = str(merged_weights(chosen, name, cache))
+    model = chosen.model_config()
+    argv = [sys.executable, "-m", "octrain.use.serving_gateway", weights, "--name", name]
+    argv += ["--host", host, "--port", str(port), "--device", device, "--dtype", dtype]
+    argv += ["--context", str(model.max_model_len), "--thinking" if model.enable_thinking else "--no-thinking"]
+    return ServePlan("transformers", argv, Path.cwd(), [name], host, port)
 
 
 def plan_serving(
