@@ -23,14 +23,9 @@ from conftest import patience
 
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 
-from octrain.use.serving_gateway import (
-    BatchingEngine,
-    RequestError,
-    Sampling,
-    build_app,
-    completion_budget,
-    parse_chat_request,
-)
+from octrain.use.serving_engine import BatchingEngine
+from octrain.use.serving_gateway import build_app
+from octrain.use.serving_requests import RequestError, Sampling, completion_budget, parse_chat_request
 
 NAME = "tiny-base"
 CONTEXT = 4096
