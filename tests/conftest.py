@@ -26,6 +26,8 @@ def octrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = Path(os.environ.get("OCTRAIN_TEST_CACHE_DIR") or tmp_path_factory.mktemp("octrain-cache"))
     os.environ["OCTRAIN_CACHE_DIR"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # A developer's own saved personas (~/.local/share/octrain/constitutions) stay out of the tests' catalogs.
+    os.environ["OCTRAIN_DATA_DIR"] = str(tmp_path_factory.mktemp("octrain-data"))
     return cache
 
 

@@ -8,6 +8,12 @@ result to :class:`~octrain.core.config.OctrainConfig` once, and hands it to
 :func:`octrain.run.pipeline.run` with the run directory Hydra chose (``runs/<name>``, or one
 subdirectory per job in a ``-m`` sweep).
 
+Hydra would write its record of the command line (``.hydra/config.yaml``, ``hydra.yaml``,
+``overrides.yaml``) into the run directory before the job starts, so a second process that the
+run's lock then refuses would already have replaced the first one's record. ``configs/octrain.yaml``
+turns that off (``hydra.output_subdir: null``) and this module hands the same three files to
+:func:`octrain.run.pipeline.run`, which writes them once it holds the lock (:func:`hydra_record`).
+
 Errors a user can fix (an unknown recipe, a misspelled key, a bad value, a malformed
 file, a run directory that cannot be written or a full disk) print as one line on stderr and
 exit with status 2.
@@ -24,6 +30,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from octrain.core.telemetry import disable_telemetry
 
@@ -95,6 +102,31 @@ def _end_progress_bars() -> None:
             bar.close()
 
 
+# Where Hydra keeps its record of a run's command line (its default ``hydra.output_subdir``).
+HYDRA_RECORD_DIR = ".hydra"
+
+
+def hydra_record(task_config: Any, hydra_config: Any) -> dict[str, str]:
+    """The files Hydra writes into ``RUN_DIR/.hydra``, by path within the run directory, with the
+    text Hydra gives them: the job's config, Hydra's own config, and the command line's overrides.
+
+    ``task_config`` is the config the job received and ``hydra_config`` Hydra's (the ``hydra``
+    node of :class:`~hydra.core.hydra_config.HydraConfig`). Hydra's config is recorded with
+    ``output_subdir`` naming where the record is, as Hydra would have written it, rather than the
+    ``null`` that only stops Hydra from writing it early.
+    """
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    recorded = OmegaConf.create({"hydra": hydra_config})
+    with read_write(recorded.hydra), open_dict(recorded.hydra):  # HydraConfig's node is read-only
+        recorded.hydra.output_subdir = HYDRA_RECORD_DIR
+    return {
+        f"{HYDRA_RECORD_DIR}/config.yaml": OmegaConf.to_yaml(task_config),
+        f"{HYDRA_RECORD_DIR}/hydra.yaml": OmegaConf.to_yaml(recorded),
+        f"{HYDRA_RECORD_DIR}/overrides.yaml": OmegaConf.to_yaml(hydra_config.overrides.task),
+    }
+
+
 def _hydra_app() -> bool:
     """Run the Hydra application; True when a job failed with an error already printed."""
     import hydra
@@ -119,8 +151,9 @@ def _hydra_app() -> bool:
 
         for line in recipe_departures(config, HydraConfig.get().overrides.task):
             print(f"octrain: note: {line}", file=sys.stderr)
+        hydra_config = HydraConfig.get()
         try:
-            result = run(config, HydraConfig.get().runtime.output_dir)
+            result = run(config, hydra_config.runtime.output_dir, records=hydra_record(cfg, hydra_config))
         except OctrainError as exc:
             # Caught here rather than left to Hydra, which would add its own report line;
             # in a sweep the other jobs still run.
@@ -173,9 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("octrain").setLevel(logging.INFO)
     # Let Hydra raise instead of printing its own multi-line report: we print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    if os.environ.get("RANK", "0") != "0" and not wants_help:
-        # Another rank of accelerate launch: Hydra would write the same .hydra/ files as rank 0, at once.
-        args = [*args, "hydra.output_subdir=null"]
     sys.argv = [sys.argv[0], *args]
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -190,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"octrain: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        # Hydra makes the run directory (and writes .hydra/ in it) before octrain's own check of it runs.
+        # Hydra makes the run directory before octrain's own check of it runs.
         message = describe_write_failure(exc, Path.cwd())
         if message is None:
             raise

@@ -226,5 +226,6 @@ def test_a_bad_constitution_stops_the_pipeline_in_one_line(tmp_path: Path) -> No
         f'octrain: error: {bad}:2: [0].trait: \'"trait": "I am bold.",\' looks like a line of JSON, not text; a '
         "JSON file must parse as a whole (check its brackets, quotes and commas)"
     )
-    # Stopped before any stage ran: the run directory holds only Hydra's record of the config.
-    assert [p.name for p in (tmp_path / "runs" / "pirate_tiny").iterdir()] == [".hydra"]
+    # Stopped before the run took its lock: the directory Hydra made for it is empty (no stage, and
+    # no record of a command line that never ran: octrain writes .hydra/ only under the lock).
+    assert list((tmp_path / "runs" / "pirate_tiny").iterdir()) == []

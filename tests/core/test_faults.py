@@ -182,12 +182,11 @@ def test_read_only_run_root_and_run_directory(tmp_path: Path) -> None:
         )
         remount(root, "rw")
         assert run_cli(*args, f"run_root={root}").returncode == 0
-        # The run directory itself read-only (its stage finished, so only octrain's own writes remain).
+        # The run directory itself read-only (its stage finished, so only octrain's own writes remain):
+        # the lock is the first of them (Hydra's .hydra/ record is written only under it).
         remount(root, "ro")
         again = run_cli(*args, f"run_root={root}", "force=[prompts]")
-        assert_one_error(
-            again, f"cannot write {root / 'pirate_tiny' / '.hydra' / 'config.yaml'}: read-only file system"
-        )
+        assert_one_error(again, f"cannot write {root / 'pirate_tiny' / '.lock'}: read-only file system")
 
 
 def test_read_only_run_directory_through_the_api(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""One process per run directory: a second one stops with the holder's pid; a dead holder's lock is taken over."""
+"""One process per run directory: a second one stops with the holder's pid, leaving the first one's files
+(its ``.hydra/`` record of the command line included) as they were; a dead holder's lock is taken over."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, patience, run_cli
 from octrain.core.errors import StageError
 from octrain.core.layout import LOCK_FILE
 from octrain.run.lock import run_lock
@@ -43,10 +44,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_second_process_stops_and_a_dead_holders_lock_is_taken_over(tmp_path: Path) -> None:
-    args = [*ARGS, f"run_root={tmp_path}"]
-    run_dir = tmp_path / "pirate_tiny"
-    hold_after = run_dir / "pairs" / "teacher" / "chunk-00001.jsonl"
+HYDRA_RECORD = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+
+
+def _held_run(args: list[str], hold_after: Path) -> subprocess.Popen[bytes]:
+    """The CLI run of ``args``, started and followed until it holds its lock and stays in its pairs stage."""
     first = subprocess.Popen(
         [sys.executable, "-c", HELD, *args],
         cwd=REPO,
@@ -54,12 +56,20 @@ def test_second_process_stops_and_a_dead_holders_lock_is_taken_over(tmp_path: Pa
         stderr=subprocess.DEVNULL,
         env={**os.environ, "OCTRAIN_TEST_HOLD_AFTER": str(hold_after)},
     )
+    deadline = time.monotonic() + patience(120)
+    while not hold_after.exists():
+        assert first.poll() is None, "the first run ended before its pairs stage began"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return first
+
+
+def test_second_process_stops_and_a_dead_holders_lock_is_taken_over(tmp_path: Path) -> None:
+    args = [*ARGS, f"run_root={tmp_path}"]
+    run_dir = tmp_path / "pirate_tiny"
+    hold_after = run_dir / "pairs" / "teacher" / "chunk-00001.jsonl"
+    first = _held_run(args, hold_after)
     try:
-        deadline = time.monotonic() + 120
-        while not hold_after.exists():
-            assert first.poll() is None, "the first run ended before its pairs stage began"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         second = run_cli(*args)
         assert second.returncode == 2, second.stderr
         errors = [line for line in second.stderr.splitlines() if line.startswith("octrain: error:")]
@@ -80,6 +90,41 @@ def test_second_process_stops_and_a_dead_holders_lock_is_taken_over(tmp_path: Pa
     assert f"run {run_dir}: taking over the lock left by pid {first.pid}, which has ended" in rerun.stderr
     assert "pairs: resuming an interrupted run" in rerun.stderr
     assert "resuming: 2 of 4 chunks" in rerun.stderr
+
+
+def test_a_refused_process_leaves_the_running_ones_record_of_its_command_line(tmp_path: Path) -> None:
+    args = [*ARGS, f"run_root={tmp_path}"]
+    run_dir = tmp_path / "pirate_tiny"
+    first = _held_run(args, run_dir / "pairs" / "teacher" / "chunk-00001.jsonl")
+    try:
+        recorded = {name: (run_dir / name).read_bytes() for name in HYDRA_RECORD}
+        assert b"- pairs.chunk_size=4" in recorded[".hydra/overrides.yaml"]
+        # The same run directory, another command line: refused by the lock.
+        other = [arg for arg in args if not arg.startswith("pairs.chunk_size=")] + ["pairs.chunk_size=2", "seed=7"]
+        second = run_cli(*other)
+        assert second.returncode == 2, second.stderr
+        assert f"run directory {run_dir} is in use by another octrain process (pid {first.pid})" in second.stderr
+        assert {name: (run_dir / name).read_bytes() for name in HYDRA_RECORD} == recorded
+        assert first.poll() is None
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_the_record_of_the_command_line_is_what_hydra_writes(tmp_path: Path) -> None:
+    """octrain writes ``.hydra/`` itself (after the lock); Hydra, asked to, writes the same files."""
+    quick = ["+recipe=pirate_tiny", "sampler=fake", "prompts.expansion_rounds=0", "stages=[prompts]"]
+    ours = run_cli(*quick, f"run_root={tmp_path / 'ours'}")
+    assert ours.returncode == 0, ours.stderr
+    hydras = run_cli(*quick, f"run_root={tmp_path / 'hydras'}", "hydra.output_subdir=.hydra")
+    assert hydras.returncode == 0, hydras.stderr
+    for name in HYDRA_RECORD:
+        written = (tmp_path / "ours" / "pirate_tiny" / name).read_text().replace(str(tmp_path / "ours"), "ROOT")
+        expected = (tmp_path / "hydras" / "pirate_tiny" / name).read_text().replace(str(tmp_path / "hydras"), "ROOT")
+        if name == ".hydra/hydra.yaml":  # the one difference: Hydra records the override that asked it to write
+            expected = expected.replace("    - hydra.output_subdir=.hydra\n", "")
+        assert written == expected, name
 
 
 def test_lock_is_released_and_reported_in_process(tmp_path: Path) -> None:

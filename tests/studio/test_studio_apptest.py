@@ -412,6 +412,127 @@ def test_wizard_follows_the_launched_run_and_ends_in_a_chat_with_it(trained_root
     assert at.session_state["chat_log"][0]["model"] == "pirate_tiny/sft"
 
 
+def test_wizard_saves_a_new_persona_outside_the_checkout_where_runs_find_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from the checkout, whose constitutions/ is tracked, the wizard saves a new persona in the
+    user's constitution directory (OCTRAIN_DATA_DIR); the library, the command line and a run find it by name."""
+    from conftest import run_cli
+    from octrain.constitution.catalog import resolve_constitution_name
+    from octrain.core.user_dirs import DATA_DIR_ENV
+
+    data = tmp_path / "data"
+    monkeypatch.setenv(DATA_DIR_ENV, str(data))
+    monkeypatch.setenv(RUN_ROOT_ENV, str(tmp_path / "runs"))
+    monkeypatch.chdir(REPO)
+    name = f"wizard_{tmp_path.name}"  # a name no shipped persona has
+    saved = data / "constitutions" / f"{name}.yaml"
+    tracked = REPO / "constitutions" / f"{name}.yaml"
+    try:
+        at = page("wizard").run()
+        at.selectbox(key="wz_template").set_value("pirate").run()
+        at.text_input(key="wz_name").set_value(name).run()
+        at.button(key="wz_use").click().run()
+        at.button(key="wz_save").click().run()
+        assert not at.exception and not at.error, texts(at.error)
+        assert any(str(saved) in text for text in texts(at.success)), texts(at.success)
+        assert saved.is_file() and not tracked.exists()
+        assert resolve_constitution_name(name).source == str(saved)
+        shown = run_cli("constitution", "show", name)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"# {name} ({saved}): ")
+        quick = ["sampler=fake", "prompts.expansion_rounds=0", "stages=[prompts]", f"run_root={tmp_path / 'runs'}"]
+        run = run_cli("+recipe=pirate_tiny", f"constitution={name}", *quick)
+        assert run.returncode == 0, run.stderr
+        assert (tmp_path / "runs" / "pirate_tiny" / "constitution.yaml").read_bytes() == saved.read_bytes()
+    finally:
+        tracked.unlink(missing_ok=True)  # had the wizard saved into the checkout, leave it as it was
+
+
+# pirate_tiny's CLI, its stage markers written as usual, but held for good once the eval stage has
+# begun (its started.json written): a run that is surely still evaluating while the test looks.
+HELD_IN_EVAL = """
+import sys, time
+import octrain.run.stage_step as step
+
+original = step.write_started
+
+def held(stage_dir, fingerprint):
+    original(stage_dir, fingerprint)
+    if stage_dir.name == "eval":
+        time.sleep(600)
+
+step.write_started = held
+from octrain.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_wizard_offers_the_chat_once_sft_is_done_while_the_run_still_evaluates(
+    trained_tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workdir: Path
+) -> None:
+    import time
+
+    from conftest import TINY_TRAINED_RUN, run_cli
+    from octrain.core.layout import STARTED_FILE
+    from octrain.studio import jobs
+    from octrain.studio.views.wizard import final_checkpoint
+
+    # The session's trained run (prompts to sft done and registered), copied: this launch adds eval.
+    root = tmp_path / "runs"
+    shutil.copytree(trained_tiny_root / "pirate_tiny", root / "pirate_tiny")
+    assert run_cli("checkpoints", "rebuild", "--run-root", str(root)).returncode == 0
+    monkeypatch.setenv(RUN_ROOT_ENV, str(root))
+    run_dir = root / "pirate_tiny"
+    overrides = [arg for arg in TINY_TRAINED_RUN[1:] if not arg.startswith("stages=")]
+    overrides.append("stages=[prompts,pairs,dpo,introspect,sft,eval]")
+    monkeypatch.setattr(
+        jobs,
+        "run_command",
+        lambda recipe, given, where: [
+            sys.executable,
+            "-c",
+            HELD_IN_EVAL,
+            f"+recipe={recipe}",
+            *given,
+            f"run_root={where}",
+        ],
+    )
+    stages = ["prompts", "pairs", "dpo", "introspect", "sft", "eval"]
+    job = jobs.launch("pirate_tiny", overrides, run_dir=run_dir, run_root=root, stages=stages)
+    try:
+        # Just launched: its sft is an earlier launch's, which this one may yet train again.
+        assert final_checkpoint(run_dir, root) is None
+        deadline = time.monotonic() + patience(180)
+        while not (run_dir / "eval" / STARTED_FILE).is_file():
+            assert jobs.status(run_dir).state == "running", jobs.console_tail(run_dir)
+            assert time.monotonic() < deadline, jobs.console_tail(run_dir)
+            time.sleep(0.2)
+        at = page("wizard", timeout=patience(180))
+        at.session_state["wz_step"] = 4  # Launch, with this run launched
+        at.session_state["wz_run"] = str(run_dir)
+        at.session_state["wz_persona"] = "pirate"
+        at.run()
+        assert not at.exception
+        assert jobs.status(run_dir).state == "running"
+        assert at.button(key="wz_next_4").disabled is False  # sft done: on to the chat, eval or not
+        assert any("pirate_tiny/sft" in text and "evaluation" in text for text in texts(at.success))
+        at.button(key="wz_next_4").click().run()
+        assert "step 6 of 6" in at.get("progress")[0].proto.text
+        [notice] = [text for text in texts(at.info) if "in the background" in text]
+        assert "eval" in notice and "Evaluate" in notice
+        assert any("Talk to **pirate_tiny/sft**" in text for text in texts(at.markdown)), texts(at.markdown)
+        wait_until_loaded(at)
+        at.chat_input(key="chat_input").set_value("Ahoy?").run()
+        assert not at.exception and not at.error, texts(at.error)
+        assert [message.name for message in at.chat_message] == ["user", "assistant"]
+        assert jobs.status(run_dir).state == "running"  # the run goes on
+    finally:
+        if jobs.status(run_dir).state == "running":
+            jobs.stop(run_dir)
+        jobs._CHILDREN[job.pid].wait(timeout=patience(60))
+
+
 def test_deploy_plans_the_server(trained_root: Path) -> None:
     at = page("deploy", timeout=patience(120)).run()
     at.selectbox(key="dp_serve_backend").set_value("transformers").run()

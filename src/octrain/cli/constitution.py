@@ -1,7 +1,7 @@
 """``octrain constitution list|show|validate|convert|score|new``: the constitutions octrain can find.
 
 * ``list``: every constitution in the search directories (``./constitutions`` first, then the
-  shipped ones; :func:`octrain.core.paths.constitution_dirs`), with its format, traits and seed
+  shipped ones; :func:`octrain.constitution.search_dirs.lookup_dirs`), with its format, traits and seed
   questions. A name in the first directory shadows the same name further down, as in a run.
 * ``show NAME``: the traits as the teacher reads them (``Constitution.numbered_traits``).
 * ``validate FILE...`` and ``convert IN OUT``: :mod:`octrain.constitution.commands` does the work.
@@ -53,7 +53,7 @@ def _file_format(path: Path, text: str) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     from octrain.constitution.catalog import catalog
-    from octrain.core.paths import constitution_dirs
+    from octrain.constitution.search_dirs import lookup_dirs
 
     rows: list[tuple[str, str, str, str, str]] = []
     problems: list[str] = []
@@ -71,7 +71,7 @@ def _list(args: argparse.Namespace) -> int:
         name = path.stem + (" (shadowed)" if entry.shadowed else "")
         rows.append((name, kind, str(len(constitution.traits)), str(constitution.question_count), str(entry.directory)))
     if not rows and not problems:
-        print(f"no constitutions found (looked in {', '.join(map(str, constitution_dirs()))})")
+        print(f"no constitutions found (looked in {', '.join(map(str, lookup_dirs()))})")
         return 0
     header = ("name", "format", "traits", "seed questions", "directory")
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -231,7 +231,9 @@ def _add_new(commands: argparse._SubParsersAction) -> None:
     new = commands.add_parser(
         "new",
         help=help_text,
-        description=help_text + " (to ./constitutions/NAME.yaml, which list and runs read first, or to --out)",
+        description=help_text
+        + " (to ./constitutions/NAME.yaml, or to the user constitution directory when run from octrain's checkout;"
+        " list and runs read both; or to --out)",
         epilog=NEW_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -256,7 +258,11 @@ def _add_new(commands: argparse._SubParsersAction) -> None:
         "--retries", type=int, default=1, metavar="N", help="drafts sent back with the loader's error (default 1)"
     )
     where = new.add_mutually_exclusive_group()
-    where.add_argument("--out", metavar="PATH", help="write here (.yaml) instead of ./constitutions/NAME.yaml")
+    where.add_argument(
+        "--out",
+        metavar="PATH",
+        help="write here (.yaml) instead of NAME.yaml in the default directory (see above)",
+    )
     where.add_argument(
         "--print", "--dry-run", action="store_true", help="print the validated YAML on stdout; save nothing"
     )

@@ -3,6 +3,13 @@
 It runs ``streamlit run`` on :mod:`octrain.studio.app`, bound to 127.0.0.1 by default so that
 only this machine can reach it, headless (no browser is opened for you; the address is printed),
 with Streamlit's usage statistics off, as octrain keeps every library's telemetry off.
+
+Streamlit runs in a session of its own, as ``octrain serve`` runs its server
+(:func:`octrain.use.serving.run_server`): Ctrl-C in the terminal, SIGTERM (a service manager, a
+job scheduler, ``kill``) or SIGHUP (the terminal closed) reach octrain, which stops Streamlit's
+whole process group before it exits. Without that, a SIGTERM ended octrain alone, and Streamlit,
+handed to init, kept answering on its port. The runs launched from the studio have sessions of
+their own and go on (the Runs page stops them).
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 EXAMPLES = """examples:
   octrain ui                          # http://127.0.0.1:8501, runs under ./runs
@@ -63,12 +72,44 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(f"octrain studio on http://{args.host}:{args.port} (runs under {run_root}); Ctrl-C stops it", flush=True)
     env = {**os.environ, RUN_ROOT_ENV: str(run_root)}
-    process = subprocess.Popen(command, env=env)
+    return run_streamlit(command, env)
+
+
+# The signals that end ``octrain ui`` and, through it, Streamlit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_streamlit(command: list[str], env: dict[str, str]) -> int:
+    """Run Streamlit until it exits, or until Ctrl-C, SIGTERM or SIGHUP stops it; its exit status
+    when it ended on its own, 0 after a stop."""
+    from octrain.use.serving import stop
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        # The first signal stops the wait; a second one (Ctrl-C pressed again) must not cut short
+        # the stop it started, which ends in SIGKILL if Streamlit does not go quietly.
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    # Installed before Streamlit starts, so that no signal can end octrain and leave Streamlit behind.
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    process: subprocess.Popen[bytes] | None = None
     try:
+        # Its own session: the terminal's Ctrl-C reaches octrain only, and octrain stops the group.
+        process = subprocess.Popen(command, env=env, start_new_session=True)
         return process.wait()
     except KeyboardInterrupt:
-        # Streamlit got the same Ctrl-C from the terminal and shuts down; wait for it to finish.
-        return process.wait()
+        return 0
+    finally:
+        stopping = True
+        if process is not None:
+            # SIGTERM to Streamlit's process group, and SIGKILL if it has not ended after a grace period.
+            stop(process)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,7 +1,8 @@
 """Where a new persona's constitution file goes, and what writing it would replace.
 
 A persona is named by its file (``NAME.yaml``), and the runs find it by that name in the search
-directories (:func:`octrain.core.paths.constitution_dirs`, the user's ``./constitutions`` first).
+directories (:func:`octrain.constitution.search_dirs.lookup_dirs`: the working directory's
+``./constitutions``, the user's constitution directory, the shipped one).
 So a new persona's name must be one the loader accepts, and its file must not silently replace,
 or shadow, a persona of the same name already there: these functions say where the file goes and
 refuse (:class:`PersonaExists`) unless replacing was asked for. Drafting
@@ -15,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from octrain.constitution.load import SUFFIXES
+from octrain.constitution.search_dirs import lookup_dirs, new_persona_dir
 from octrain.core.errors import ConfigError, OctrainError
-from octrain.core.paths import constitution_dirs
 
 # The loader's own rule for a name (checks._NAME_PATTERN); checked before any request is sent,
 # since a name that cannot be saved should not cost a model call.
@@ -37,14 +38,15 @@ def check_name(name: str) -> str:
 
 
 def user_constitution_dir() -> Path:
-    """The first directory ``octrain constitution list`` and the runs search: where a new persona goes."""
-    return constitution_dirs()[0]
+    """Where a new persona goes: the first directory ``octrain constitution list`` and the runs search,
+    or the user's constitution directory when that first one is the checkout's shipped, tracked one."""
+    return new_persona_dir()
 
 
 def existing_personas(name: str, search_dirs: Sequence[Path] | None = None) -> list[Path]:
     """Every constitution file named ``name`` in the search directories, in lookup order."""
     found = []
-    for directory in search_dirs if search_dirs is not None else constitution_dirs():
+    for directory in search_dirs if search_dirs is not None else lookup_dirs():
         for suffix in SUFFIXES:
             path = directory / f"{name}{suffix}"
             if path.is_file():
@@ -75,7 +77,7 @@ def check_target(name: str, target: Path, *, force: bool) -> list[Path]:
             directory, and ``force`` is False; or (even with ``force``) a file of that name with another
             extension sits beside ``target``, which the new file could not replace.
     """
-    dirs = constitution_dirs()
+    dirs = lookup_dirs()
     in_search = any(target.parent.resolve() == d.resolve() for d in dirs)
     # A file outside the search directories replaces no persona, only itself.
     existing = existing_personas(name, dirs) if in_search else []

@@ -41,11 +41,11 @@ from typing import Any
 
 from octrain.constitution import find_constitution, load_constitution
 from octrain.constitution.persona_prompts import character_prompt
+from octrain.constitution.search_dirs import lookup_dirs
 from octrain.core.config import JudgeKind
 from octrain.core.errors import StageError
 from octrain.core.files import write_jsonl, write_text_atomic
 from octrain.core.layout import MATCH_FILES, REPORT_MD_FILE, RESULTS_FILE
-from octrain.core.paths import constitution_dirs
 from octrain.core.records import Message, ModelRef
 from octrain.evaluation import protocols
 from octrain.evaluation.chunked import (
@@ -112,8 +112,7 @@ def evaluate_model(
         raise StageError("eval: every evaluation prompt repeats a training prompt; give eval.prompts another set")
     traits = load_traits(settings.traits)
     contrasts = [
-        load_constitution(find_constitution(name, constitution_dirs()))
-        for name in settings.classifier.contrast_personas
+        load_constitution(find_constitution(name, lookup_dirs())) for name in settings.classifier.contrast_personas
     ]
     voices = PersonaVoices.build(constitution, contrasts, student_name)
     classifier_prompts = trained_on[:]

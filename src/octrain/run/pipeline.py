@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -54,8 +54,13 @@ __all__ = ["RunResult", "StageOutcome", "preflight", "resolve_constitution", "re
 logger = logging.getLogger(__name__)
 
 
-def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
+def run(config: OctrainConfig, run_dir: str | Path, *, records: Mapping[str, str] | None = None) -> RunResult:
     """Run the configured stages into ``run_dir``; finished, unchanged stages are skipped.
+
+    ``records`` are files that say how the run was started (a path relative to ``run_dir``, and
+    its text): the command line's ``.hydra/`` files. They are written once the run holds its
+    lock, beside the resolved config, so that a second process refused by the lock leaves the
+    first one's record as it was.
 
     Raises:
         ConfigError, DataFormatError: bad settings or input files, before any model loads.
@@ -68,15 +73,17 @@ def run(config: OctrainConfig, run_dir: str | Path) -> RunResult:
     preflight(config)
     run_path = Path(run_dir)
     if world_size() > 1:
-        return _run_launched(config, run_path, constitution)
+        return _run_launched(config, run_path, constitution, records or {})
     # Hours of GPU time at paper scale: prove the same models and settings end to end on tiny counts first.
     check_smoke_runs(config, run_path, constitution, run_pipeline=run)
     # The lock is the first write into the run directory: a read-only one stops here, before any stage.
     with write_failures_reported(run_path), run_lock(run_path):
-        return _run_locked(config, run_path, constitution)
+        return _run_locked(config, run_path, constitution, records or {})
 
 
-def _run_launched(config: OctrainConfig, run_path: Path, constitution: Constitution) -> RunResult:
+def _run_launched(
+    config: OctrainConfig, run_path: Path, constitution: Constitution, records: Mapping[str, str]
+) -> RunResult:
     """``run`` in one rank of ``accelerate launch -m octrain``: rank 0 runs the pipeline, the others
     join its training stages (see :mod:`octrain.run.ranks`)."""
     if config.trainer.num_processes > 1:
@@ -95,7 +102,7 @@ def _run_launched(config: OctrainConfig, run_path: Path, constitution: Constitut
     try:
         with write_failures_reported(run_path), run_lock(run_path):
             launch.forget_earlier_launches()  # under the lock: no other launch is working here now
-            result = _run_locked(config, run_path, constitution, launch=launch)
+            result = _run_locked(config, run_path, constitution, records, launch=launch)
     except BaseException as exc:
         launch.tell("end", "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
@@ -104,11 +111,16 @@ def _run_launched(config: OctrainConfig, run_path: Path, constitution: Constitut
 
 
 def _run_locked(
-    config: OctrainConfig, run_path: Path, constitution: Constitution, *, launch: Launch | None = None
+    config: OctrainConfig,
+    run_path: Path,
+    constitution: Constitution,
+    records: Mapping[str, str],
+    *,
+    launch: Launch | None = None,
 ) -> RunResult:
     """The run, holding its directory's lock: record its settings, then run, skip or reuse each stage."""
     with run_log(run_path / LOG_FILE):
-        _record_settings(config, run_path, constitution)
+        _record_settings(config, run_path, constitution, records)
         ctx = RunContext(config=config, run_dir=run_path, constitution=constitution)
         logger.info(
             "run %s: constitution %s (%d traits), stages %s",
@@ -127,13 +139,20 @@ def _run_locked(
         return result
 
 
-def _record_settings(config: OctrainConfig, run_path: Path, constitution: Constitution) -> None:
-    """Write the resolved config and a copy of the constitution beside the outputs."""
+def _record_settings(
+    config: OctrainConfig, run_path: Path, constitution: Constitution, records: Mapping[str, str]
+) -> None:
+    """Write the resolved config, the records of the command line and a copy of the constitution
+    beside the outputs."""
     # Left by a process killed while writing the config, the summary or a reused stage; the lock
     # says no other process is writing them now.
     for stray in remove_stray_temporaries(run_path):
         logger.info("removed %s, left by an interrupted run", stray)
     save_config(config, run_path / CONFIG_FILE)
+    for relative, text in records.items():
+        record = run_path / relative
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(record, text)
     if constitution.source:
         source = Path(constitution.source)
         shutil.copyfile(source, run_path / f"constitution{source.suffix}")

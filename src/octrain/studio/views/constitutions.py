@@ -6,7 +6,10 @@ the loader's own ``NAME.yaml:LINE: FIELD: message``, the one ``octrain constitut
 prints. The editor holds Studio YAML, the format ``octrain constitution new`` writes; a gallery
 entry in another format is opened as its YAML rendering (``octrain constitution convert``'s).
 Saving goes through :func:`~octrain.constitution.drafting.save_draft`, which refuses to replace a
-persona unless the overwrite box is ticked, as ``--force`` does on the command line.
+persona unless the overwrite box is ticked, as ``--force`` does on the command line. A new persona
+goes where ``octrain constitution new`` puts one (:func:`~octrain.constitution.search_dirs.new_persona_dir`):
+``./constitutions``, or the user's constitution directory when the studio runs from the checkout,
+whose ``constitutions/`` is tracked; runs and the command line find it by name in either.
 """
 
 from __future__ import annotations
@@ -263,6 +266,8 @@ def _run_draft(
 
 
 def render() -> None:
+    from octrain.constitution.search_dirs import new_persona_dir
+
     st.title("Constitutions")
     _take_pending()
     entries = gallery()
@@ -273,7 +278,7 @@ def render() -> None:
     st.session_state.setdefault(TEXT_KEY, "")
     left, right = st.columns([3, 2])
     with left:
-        name = st.text_input("name (saved as constitutions/NAME.yaml)", key=NAME_KEY)
+        name = st.text_input(f"name (saved as {new_persona_dir() / 'NAME.yaml'})", key=NAME_KEY)
         text = st.text_area("Studio YAML", key=TEXT_KEY, height=560)
         overwrite = st.checkbox("overwrite a constitution of the same name", key="ct_overwrite")
         save = st.button("Save", type="primary", key="ct_save")

@@ -4,6 +4,11 @@ Describe (or pick a shipped persona) -> review the constitution -> preview data 
 hardware -> launch -> chat. Each step is drawn by the page that does it in full, with the same
 calls: the constitution checks and saving of :mod:`.constitutions`, the preview of
 :mod:`.data_preview`, the config check and launch of :mod:`.train` (:mod:`octrain.studio.jobs`).
+
+The chat opens as soon as the run's last training stage (``sft``, or ``dpo`` in a run without it)
+has finished and registered its model: the evaluation after it takes most of a run's time (81%
+of the CPU demo's), and a beginner need not wait for it to talk to the character. The run goes on
+with it in the background, and the chat step says so.
 """
 
 from __future__ import annotations
@@ -138,12 +143,15 @@ def _launch() -> None:
             st.session_state["runs_selected"] = str(composed.run_dir)
             st.success(f"launched (pid {job.pid}); the Runs page follows it")
     run = st.session_state.get("wz_run")
+    model = final_checkpoint(Path(run), root) if run else None
     if run:
-        _follow(Path(run))
-    _nav(4, ready=bool(run) and jobs.status(Path(run)).state == "finished")
+        _follow(Path(run), root, model_ready=model is not None)
+        if model is not None and jobs.status(Path(run)).state == "running":
+            st.success(f"**{model}** is trained: talk to it now (Next); the run goes on with its evaluation.")
+    _nav(4, ready=model is not None)
 
 
-def _follow(run_dir: Path) -> None:
+def _follow(run_dir: Path, root: Path, *, model_ready: bool) -> None:
     """The launched run's progress, as the Runs page shows it, redrawn every couple of seconds while it runs."""
     from octrain.studio import jobs
     from octrain.studio.views.runs import REFRESH_SECONDS, progress_bars
@@ -155,35 +163,75 @@ def _follow(run_dir: Path) -> None:
         status = jobs.status(run_dir)
         st.markdown(f"**{run_dir.name}: {status.state}**")
         progress_bars(status, jobs.console_tail(run_dir, 1))
-        if live and status.state != "running":
-            st.rerun()  # the run ended: draw the page again (the Next button, the chat)
+        if live and (status.state != "running" or (not model_ready and final_checkpoint(run_dir, root))):
+            st.rerun()  # the run ended, or its model is ready: draw the page again (the Next button, the chat)
 
     panel()
 
 
+# The stages that train a model to talk to, in the order a run makes them: the last one a run has is its final model.
+TRAINING_STAGES = ("dpo", "sft")
+
+
 def final_checkpoint(run_dir: Path, root: Path) -> str | None:
-    """The registry name of the run's final model (its sft checkpoint, else its dpo one), once registered."""
-    from octrain.core.layout import REGISTRY_FILE
+    """The registry name of the run's final model, as soon as the stage that makes it has finished:
+    its sft checkpoint (its dpo one in a run without sft), whether or not later stages (eval) are
+    still running. None until then.
+
+    While the run is running, the model counts once this launch is past that stage: the stage
+    finished in it, or a later stage began in it. A model finished before the launch began may
+    be about to be trained again (the settings changed); only the pipeline knows, at that stage.
+    """
+    from octrain.core.layout import DONE_FILE, REGISTRY_FILE, STARTED_FILE
+    from octrain.studio import jobs
     from octrain.use.registry import Registry
 
-    if not (root / REGISTRY_FILE).is_file():
+    run_dir = run_dir.resolve()  # the registry records absolute run directories
+    status = jobs.status(run_dir)
+    markers = dict(status.stages)
+    final = next((stage for stage in reversed(TRAINING_STAGES) if stage in markers), None)
+    if final is None or markers[final] != "done" or not (root / REGISTRY_FILE).is_file():
         return None
+    if status.state == "running" and status.job is not None:
+        order = [stage for stage, _ in status.stages]
+        later = order[order.index(final) + 1 :]
+        marked = [run_dir / final / DONE_FILE]
+        marked += [run_dir / stage / marker for stage in later for marker in (STARTED_FILE, DONE_FILE)]
+        if not any(_written_since(path, status.job.started) for path in marked):
+            return None
     mine = {entry.stage: entry.name for entry in Registry.at(root).entries() if Path(entry.run_dir) == run_dir}
-    return mine.get("sft") or mine.get("dpo")
+    return mine.get(final)
+
+
+def _written_since(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_mtime >= moment
+    except OSError:
+        return False
 
 
 def _chat() -> None:
+    from octrain.studio import jobs
     from octrain.studio.chat_choice import Choice
     from octrain.studio.state import run_root
     from octrain.studio.views import chat
 
     run = st.session_state.get("wz_run")
     root = run_root()
-    name = final_checkpoint(Path(run).resolve(), root) if run else None
+    name = final_checkpoint(Path(run), root) if run else None
     if name is None:
-        st.info("When the run has finished, its final checkpoint appears here to talk to.")
+        st.info("When the run has trained its final model (its sft stage), the model appears here to talk to.")
         _nav(5)
         return
+    status = jobs.status(Path(run))
+    if status.state == "running":
+        rest = [stage for stage, marker in status.stages if marker != "done"]
+        st.info(
+            f"The run goes on in the background with {', '.join(rest) or 'its last steps'}: its evaluation report "
+            "appears on the **Evaluate** page when it is done, and talking here does not stop it. On a GPU, the "
+            "chat and the evaluation share its memory.",
+            icon=":material/hourglass_top:",
+        )
     st.write(f"Talk to **{name}**. The **Chat and compare** page has every setting, and puts it beside its base.")
     choice = Choice(name, False, False, None, None, None, 0, "")
     chat.chat_panel(choice, root)
