@@ -30,6 +30,7 @@ from octrain.core.errors import ConfigError
 from octrain.use.export import export_adapter, export_merged
 from octrain.use.model_card import base_license, render_model_card, split_card
 from octrain.use.model_choice import base_of, choose_model
+from octrain.use.parity import ParityError
 
 REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 TOKEN = "hf_octrainTestToken0123456789abcdef"
@@ -80,6 +81,10 @@ def test_merged_export_loads_without_octrain_and_matches_base_plus_adapter(
     merged = export_merged(chosen, tmp_path / "merged")
     adapter = export_adapter(chosen, tmp_path / "adapter")
     assert merged.dtype == "float32"  # the tiny base is stored in float32, and the default is the base's dtype
+    # Both were checked against the trained model before they were moved into place (test_parity.py has the check).
+    for result in (merged, adapter):
+        assert result.parity is not None and result.parity.ok and result.parity.mismatched == 0, result.parity
+        assert result.parity.checked > result.parity.positions // 2
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(merged.files)
     config_text = (tmp_path / "merged" / "config.json").read_text()
     config = json.loads(config_text)
@@ -136,15 +141,18 @@ def test_export_dtype_base_model_and_refusals(trained_tiny_root: Path, tmp_path:
     chosen = choose_model("pirate_tiny/sft", run_root=trained_tiny_root)
     half = export_merged(chosen, tmp_path / "bf16", dtype="bfloat16")
     assert json.loads((half.directory / "config.json").read_text())["dtype"] == "bfloat16"
+    assert half.parity is not None and half.parity.ok and half.parity.checked > half.parity.positions // 2
     with safe_open(str(half.directory / "model.safetensors"), "pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}  # noqa: SIM118
+    # The Hub id is only written into the config: the check loads the base the run trained on (offline here).
     hub = export_adapter(chosen, tmp_path / "hub-adapter", base_model="Qwen/Qwen3-0.6B")
+    assert hub.parity is not None and hub.parity.ok
     assert json.loads((hub.directory / "adapter_config.json").read_text())["base_model_name_or_path"] == (
         "Qwen/Qwen3-0.6B"
     )
     with pytest.raises(ConfigError, match="not empty"):
         export_adapter(chosen, tmp_path / "hub-adapter")
-    assert export_adapter(chosen, tmp_path / "hub-adapter", force=True).base_model != "Qwen/Qwen3-0.6B"
+    assert export_adapter(chosen, tmp_path / "hub-adapter", force=True, check=False).base_model != "Qwen/Qwen3-0.6B"
     with pytest.raises(ConfigError, match="base model with no adapter"):
         export_merged(base_of(chosen), tmp_path / "x")
 
@@ -159,18 +167,46 @@ def test_a_failed_export_leaves_nothing_that_looks_complete(
             (Path(directory) / "tokenizer.json").write_text("{")  # half a file, then the crash
             raise OSError("disk full")
 
-    monkeypatch.setattr(octrain.use.export, "_load_tokenizer", lambda adapter, base: Broken())
+    monkeypatch.setattr(octrain.use.export, "load_tokenizer", lambda adapter, base: Broken())
     chosen = choose_model("pirate_tiny/sft", run_root=trained_tiny_root)
     with pytest.raises(OSError, match="disk full"):
-        export_merged(chosen, tmp_path / "merged")
+        export_merged(chosen, tmp_path / "merged", check=False)
     assert list(tmp_path.iterdir()) == []  # neither the target nor its staging directory
+
+
+def test_an_export_that_answers_differently_is_refused_and_leaves_nothing(
+    trained_tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import octrain.use.export
+
+    clean_config = octrain.use.export._clean_config
+
+    def drop_a_stop_token(directory: Path) -> None:
+        # An export bug: generation_config.json keeps <|im_end|> and loses <|endoftext|>.
+        clean_config(directory)
+        path = Path(directory) / "generation_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "eos_token_id": 2}))
+
+    monkeypatch.setattr(octrain.use.export, "_clean_config", drop_a_stop_token)
+    chosen = choose_model("pirate_tiny/sft", run_root=trained_tiny_root)
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "keep.txt").write_text("the previous export")
+    with pytest.raises(
+        ParityError,
+        match=r"the merged export \(float32\) does not answer as the trained model does: "
+        r"generation config: stops at \[2 '<\|im_end\|>'\]",
+    ):
+        export_merged(chosen, tmp_path / "merged", force=True)
+    # The directory that was there is left as it was, and no staging directory remains.
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+    assert [p.name for p in (tmp_path / "merged").iterdir()] == ["keep.txt"]
 
 
 def test_cli_help_and_one_line_errors(trained_tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for main in (export_cli.main, push_cli.main):
         assert main(["--help"]) == 0
         assert "examples:" in capsys.readouterr().out
-    assert "GGUF" in (Path(export_cli.__file__).read_text())  # --help says why there is no GGUF export
+    assert "--gguf DIR" in (Path(export_cli.__file__).read_text())
     root = ["--run-root", str(trained_tiny_root)]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
@@ -178,6 +214,7 @@ def test_cli_help_and_one_line_errors(trained_tiny_root: Path, tmp_path: Path, c
         ([*root, "pirate_tiny/sfx", "--merged", str(tmp_path / "m")], "did you mean pirate_tiny/sft"),
         ([*root, "pirate_tiny/sft", "--adapter", str(tmp_path / "full")], "not empty"),
         ([*root, "pirate_tiny/sft", "--adapter", str(tmp_path / "a"), "--dtype", "float16"], "--merged only"),
+        ([*root, "pirate_tiny/sft", "--adapter", str(tmp_path / "a"), "--gguf-type", "q8_0"], "--gguf only"),
     ):
         assert export_cli.main(argv[2:] + argv[:2]) == 2
         err = capsys.readouterr().err

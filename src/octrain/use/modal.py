@@ -34,8 +34,9 @@ from octrain.core.errors import ConfigError, OctrainError
 from octrain.core.layout import DEPLOYMENT_FILE, MODAL_APP_FILE
 from octrain.models.builtin import resolve_model_path
 from octrain.trainers.merge import lora_rank, serving_rank
-from octrain.use.export import adapter_of, export_adapter, is_hub_id
+from octrain.use.export import export_adapter, is_hub_id
 from octrain.use.model_choice import ChosenModel
+from octrain.use.trained_model import adapter_of
 
 GPUS = ("A10G", "L4", "A100", "H100")
 # The vLLM release octrain's [vllm] extra pins: the server in the container is the one octrain is tested with.
@@ -294,7 +295,9 @@ def _upload(modal: Any, plan: ModalPlan, chosen: ChosenModel) -> None:
     """Put the adapter (an export naming the base as the container sees it) and a local base on the volume."""
     volume = modal.Volume.from_name(plan.volume, create_if_missing=True)
     with tempfile.TemporaryDirectory(prefix="octrain-modal-adapter-") as scratch:
-        exported = export_adapter(chosen, Path(scratch) / "adapter", base_model=plan.base).directory
+        # A byte-for-byte copy of the adapter, served by vLLM on Modal: no parity check here, which would
+        # load the base twice in float32 on the machine that deploys.
+        exported = export_adapter(chosen, Path(scratch) / "adapter", base_model=plan.base, check=False).directory
         with volume.batch_upload(force=True) as batch:
             for local, remote in plan.uploads:
                 batch.put_directory(str(exported) if remote.endswith("/adapter") else local, remote)

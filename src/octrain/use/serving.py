@@ -231,6 +231,15 @@ def plan_serving(
     )
 
 
+def served_names(plan: ServePlan, chosen: Sequence[ChosenModel], given: Sequence[str | None] = ()) -> list[str]:
+    """The name each of ``chosen`` answers to on ``plan``'s server (vLLM serves a base model under its path)."""
+    names = list(given) + [None] * (len(chosen) - len(given))
+    return [
+        model.model_config().path if plan.backend == "vllm" and not model.ref.adapter else model_name(model, name)
+        for model, name in zip(chosen, names, strict=True)
+    ]
+
+
 def healthy(url: str, timeout: float = 2.0) -> bool:
     with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(url, timeout=timeout) as response:
         return response.status == 200
@@ -267,7 +276,12 @@ def _say(text: str) -> None:
 
 
 def run_server(
-    plan: ServePlan, *, ready_timeout: float = 600.0, say: Callable[[str], None] = _say, log_file: Path | None = None
+    plan: ServePlan,
+    *,
+    ready_timeout: float = 600.0,
+    say: Callable[[str], None] = _say,
+    log_file: Path | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Run ``plan`` until Ctrl-C or SIGTERM; 0 after a clean stop, 1 when the server died on its own.
 
@@ -296,7 +310,9 @@ def run_server(
     try:
         try:
             wait_until_healthy(process, plan.health_url, timeout=ready_timeout)
-        except ServerError:
+            if on_ready is not None:
+                on_ready()  # the parity check (octrain.use.serving_parity): a server that differs is stopped
+        except OctrainError:
             stop(process)
             raise
         say(f"serving {', '.join(plan.model_names)} at {plan.base_url} ({plan.backend}); Ctrl-C stops")
