@@ -257,16 +257,16 @@ def test_chat_no_thinking_in_a_terminal(thinking_run: Path, tmp_path: Path) -> N
 def test_serve_thinking(trained_tiny_root: Path, tiny_model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from octrain.use import serving
 
-    # transformers serve: --reasoning on|off, from the choice or the run (off for the tiny run).
-    pytest.importorskip("fastapi", reason="the [serve] extra (transformers serve) is not installed")
+    # octrain's transformers server: --thinking/--no-thinking, from the choice or the run (off for the tiny run).
+    pytest.importorskip("starlette", reason="the [serve] extra is not installed")
     result = run_cli("serve", tiny_model_path, "--thinking", "--backend", "transformers", "--print-command")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "--reasoning on" in result.stdout
+    assert " --thinking" in result.stdout and "--no-thinking" not in result.stdout
     base = base_of(pick_model("pirate_tiny/sft", run_root=trained_tiny_root))
     argv = serving.plan_serving([base], names=["tiny"], backend="transformers").argv
-    assert argv[argv.index("--reasoning") + 1] == "off"
+    assert "--no-thinking" in argv and "--thinking" not in argv
     argv = serving.plan_serving([with_thinking(base, True)], names=["tiny"], backend="transformers").argv
-    assert argv[argv.index("--reasoning") + 1] == "on"
+    assert "--thinking" in argv and "--no-thinking" not in argv
 
     # vLLM: one server-wide default for the template; models that disagree need the choice made.
     monkeypatch.setattr(serving, "_script", lambda name: f"/env/bin/{name}")  # the plan only names the script

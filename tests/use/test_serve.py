@@ -24,7 +24,7 @@ from octrain.samplers.base import SamplingParams
 from octrain.samplers.openai_http import OpenAIChatSampler
 from octrain.use.model_choice import choose_model
 
-pytest.importorskip("fastapi", reason="the [serve] extra (transformers serve) is not installed")
+pytest.importorskip("starlette", reason="the [serve] extra (octrain's transformers server) is not installed")
 
 
 def free_port() -> int:
@@ -187,6 +187,7 @@ def test_a_base_model_is_served_from_its_own_folder_untouched(tiny_model_path: s
     assert not (tmp_path / "serve").exists()
 
 
+@pytest.mark.slow
 def test_a_server_that_answers_otherwise_is_stopped_and_the_difference_named(
     trained_tiny_root: Path, tmp_path: Path
 ) -> None:
