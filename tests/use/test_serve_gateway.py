@@ -221,7 +221,9 @@ def test_a_request_stops_generating_when_its_client_goes(gateway: tuple[str, Bat
     cancelled = engine.cancelled
     port = int(base.rsplit(":", 1)[1])
     # 4,000 tokens: far longer than the test waits, so an empty engine means it was cancelled.
-    body = json.dumps({"model": NAME, "messages": HI, "max_tokens": 4000, "stream": stream}).encode()
+    # Greedy, so the answer is the same every time: a sampled one could end early at a random end-of-turn.
+    body = json.dumps({"model": NAME, "messages": HI, "max_tokens": 4000, "stream": stream, "temperature": 0})
+    body = body.encode()
     with socket.create_connection(("127.0.0.1", port), timeout=patience(30)) as client:
         head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         client.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
