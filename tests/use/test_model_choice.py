@@ -59,3 +59,10 @@ def test_unknown_names_and_non_models_are_one_clear_error(trained_tiny_root: Pat
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ConfigError, match=r"model\.json"):
         choose_model(str(tmp_path / "notes.txt"), run_root=trained_tiny_root)
+
+
+def test_a_built_in_model_is_a_base_and_an_unknown_one_lists_those_built_in(tmp_path: Path) -> None:
+    chosen = choose_model("builtin:tiny-qwen3", run_root=tmp_path)  # no registry needed: it is not a name
+    assert chosen.is_base and chosen.ref.base == "builtin:tiny-qwen3" and chosen.ref.adapter is None
+    with pytest.raises(ConfigError, match=r"'builtin:tiny-qwen4'.*builtin:tiny-qwen3.*builtin:smollm2-135m-instruct"):
+        choose_model("builtin:tiny-qwen4", run_root=tmp_path)

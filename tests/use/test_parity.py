@@ -164,3 +164,29 @@ def test_answers_as_text_are_held_to_their_firm_prefix(tiny_reference: parity.Re
     # With a tolerance above every margin, no token is firm: any continuation is allowed.
     above = max(margin for prompt in tiny_reference.prompts for margin in prompt.margins) + 1
     assert parity.check_texts(tiny_reference, wrong, tolerance=above).ok
+
+
+def test_a_base_model_with_no_adapter_is_its_own_reference(
+    tiny_reference: parity.Reference, trained_tiny_root: Path
+) -> None:
+    """What ``octrain serve`` holds a served teacher to: the base's greedy answers, no adapter on it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from octrain.models.builtin import resolve_model_path
+    from octrain.use.model_choice import base_of
+
+    chosen = base_of(choose_model("pirate_tiny/sft", run_root=trained_tiny_root))
+    reference = parity.reference_of(chosen)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(chosen.ref.base), dtype=torch.float32).eval()
+    for prompt, trained in zip(reference.prompts, tiny_reference.prompts, strict=True):
+        with torch.no_grad():
+            whole = torch.tensor([[*prompt.prompt_ids, *prompt.tokens]])
+            logits = base(whole).logits[0, len(prompt.prompt_ids) - 1 : -1]
+        assert torch.allclose(logits, prompt.logits, atol=1e-4)
+        assert prompt.prompt_ids == trained.prompt_ids
+    # The adapter moved the answers: the base's reference is not the trained model's under another name.
+    assert any(
+        mine.tokens != theirs.tokens or not torch.allclose(mine.logits, theirs.logits, atol=1e-3)
+        for mine, theirs in zip(reference.prompts, tiny_reference.prompts, strict=True)
+    )

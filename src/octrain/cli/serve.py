@@ -70,7 +70,8 @@ def _parity_check(plan: ServePlan, chosen: list[ChosenModel], args: argparse.Nam
     from octrain.use.serving_parity import parity_hook, references_for, served_precision
 
     names = served_names(plan, chosen, args.name or ())
-    print(f"computing the trained model's answers to check the server against (--no-check skips): {', '.join(names)}")
+    listed = ", ".join(names)
+    print(f"computing each model's own answers (float32) to check the server against (--no-check skips): {listed}")
     references = references_for(chosen, names)
     precision = served_precision(args.dtype if plan.backend == "transformers" else "auto", chosen[0].ref.base)
     return parity_hook(plan.base_url, references, precision=precision, say=lambda line: print(line, flush=True))

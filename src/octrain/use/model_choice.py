@@ -6,6 +6,7 @@ the same way, and this module is the one place that reads it. A spec is, in this
 * a path: a ``model.json`` a stage wrote, a run directory (its final model: ``sft``, else
   ``dpo``), a stage directory holding ``model.json``, a PEFT adapter directory (its
   ``adapter_config.json`` names the base), or a plain model directory (a base model);
+* a built-in base model (``builtin:smollm2-135m-instruct``; see :mod:`octrain.models.builtin`);
 * a registry name (``pirate_mini/sft``; see :mod:`octrain.use.registry`);
 * otherwise an error naming the closest registered names.
 
@@ -30,6 +31,7 @@ from octrain.core.config import ModelConfig, OctrainConfig, SamplerBackend, Samp
 from octrain.core.errors import ConfigError, DataFormatError, RegistryError
 from octrain.core.layout import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_FILE, REGISTRY_FILE
 from octrain.core.records import ModelRef
+from octrain.models.builtin import BUILTIN_PREFIX, builtin_names
 from octrain.models.hub import fetch_hub_ref, is_hub_ref
 from octrain.use.registry import Checkpoint, Registry
 
@@ -176,6 +178,11 @@ def choose_model(spec: str, *, run_root: str | Path) -> ChosenModel:
     if is_hub_ref(spec):  # the paper's adapters, a model: fetched once into the Hugging Face cache
         path = fetch_hub_ref(spec)
         return _from_model_file(path) if path.is_file() else _from_directory(path)
+    if spec.startswith(BUILTIN_PREFIX):  # resolved (fetched, or an error saying how) where it loads
+        if spec.removeprefix(BUILTIN_PREFIX) not in builtin_names():
+            known = ", ".join(BUILTIN_PREFIX + name for name in builtin_names())
+            raise ConfigError(f"{spec!r}: no such built-in model (built in: {known})")
+        return ChosenModel(label=f"base {spec}", ref=ModelRef(base=spec), is_base=True)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix != ".json":

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from octrain.core.records import Message
 from octrain.use.parity_forward import answer_logits, check_device, quiet_loading, rendered_prompt
-from octrain.use.trained_model import adapter_of, load_tokenizer
+from octrain.use.trained_model import adapter_if_any, load_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -161,11 +161,13 @@ def reference_of(
 ) -> Reference:
     """The trained model's greedy answers to ``prompts``: its base and adapter through PEFT, in float32.
 
-    The tokenizer is the one training saved beside the adapter (else the base's); the prompts are
-    rendered with ``chosen``'s chat settings (:meth:`ChosenModel.model_config`).
+    A base model with no adapter (a teacher being served) is its own reference. The tokenizer is
+    the one training saved beside the adapter (else the base's); the prompts are rendered with
+    ``chosen``'s chat settings (:meth:`ChosenModel.model_config`).
 
     Raises:
-        ConfigError: ``chosen`` has no local adapter (see :func:`octrain.use.trained_model.adapter_of`).
+        ConfigError: ``chosen`` is a remote checkpoint, or its adapter directory is not a PEFT adapter
+            (see :func:`octrain.use.trained_model.adapter_of`).
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -173,7 +175,7 @@ def reference_of(
     from octrain.models.builtin import resolve_model_path
     from octrain.use.gguf_export import stop_ids_of
 
-    adapter = adapter_of(chosen)
+    adapter = adapter_if_any(chosen)
     base = resolve_model_path(chosen.ref.base)
     tokenizer = load_tokenizer(adapter, chosen.ref.base)
     device = check_device()
@@ -181,8 +183,10 @@ def reference_of(
         from peft import PeftModel  # imports bitsandbytes, which has a notice to give
 
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(adapter)).to(device).eval()
-    generation_config = model.base_model.model.generation_config
+        generation_config = model.generation_config
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        model = model.to(device).eval()
     stop_ids = stop_ids_of(generation_config, tokenizer)
     enable_thinking = chosen.model_config().enable_thinking
     greedy = GenerationConfig(

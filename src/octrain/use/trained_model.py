@@ -30,9 +30,21 @@ def adapter_of(chosen: ChosenModel) -> Path:
     return adapter
 
 
-def load_tokenizer(adapter: Path, base: str) -> Any:
+def adapter_if_any(chosen: ChosenModel) -> Path | None:
+    """``chosen``'s local adapter directory, or None for a base model served as it is (a teacher, a control).
+
+    Serving may hold a base model to the same parity check as a trained one; exporting may not
+    (:func:`adapter_of`). A remote checkpoint is refused by both: its weights are not here.
+    """
+    if chosen.is_base or (not chosen.ref.adapter and not chosen.ref.remote):
+        return None
+    return adapter_of(chosen)
+
+
+def load_tokenizer(adapter: Path | None, base: str) -> Any:
     """The tokenizer the model was trained with: the adapter's copy when it has one, else the base's."""
     from transformers import AutoTokenizer
 
-    source = adapter if (adapter / "tokenizer_config.json").is_file() else Path(resolve_model_path(base))
+    has_own = adapter is not None and (adapter / "tokenizer_config.json").is_file()
+    source = adapter if has_own else Path(resolve_model_path(base))
     return AutoTokenizer.from_pretrained(source)
