@@ -13,14 +13,14 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from octrain.memory import advice, engines, needs, planner, report, shapes, training
+from octrain.memory import advice, engines, lora_training, needs, planner, report, shapes, training
 
 DEPRECATION = (
     "octrain: `python -m octrain.memory_plan` is now `octrain memory` (same arguments); "
     "the old name goes in the next release"
 )
 # Where the old module's names live now, looked through in this order.
-_NEW_HOMES = (shapes, needs, engines, training, advice, planner, report)
+_NEW_HOMES = (shapes, needs, engines, lora_training, training, advice, planner, report)
 
 if __name__ != "__main__":
     warnings.warn(

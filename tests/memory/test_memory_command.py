@@ -88,7 +88,7 @@ def test_the_old_module_still_imports_with_a_warning(monkeypatch: pytest.MonkeyP
     with pytest.warns(FutureWarning, match="octrain.memory_plan is now octrain.memory"):
         old = importlib.import_module("octrain.memory_plan")
     import octrain.memory as new
-    from octrain.memory.training import ACT_COEFFS
+    from octrain.memory.lora_training import ACT_COEFFS
 
     assert old.plan is new.plan and old.describe is new.describe and old.ACT_COEFFS is ACT_COEFFS
     with pytest.raises(AttributeError):

@@ -14,11 +14,12 @@ from octrain.core.errors import ConfigError
 from octrain.core.layout import CONFIG_FILE, save_config
 from octrain.core.paths import configs_dir
 from octrain.memory.engines import engine_need
+from octrain.memory.lora_training import activation_bytes_per_layer_token
 from octrain.memory.needs import CARDS, Need, card_gib
 from octrain.memory.planner import plan
 from octrain.memory.report import config_from_target, memory_report
 from octrain.memory.shapes import KNOWN_ARCHITECTURES, Architecture, architecture_from_config, architecture_of
-from octrain.memory.training import activation_bytes_per_layer_token, measure_saved_activations, training_need
+from octrain.memory.training import measure_saved_activations, training_need
 
 QWEN3_4B = "Qwen/Qwen3-4B-Instruct-2507"
 
@@ -408,3 +409,31 @@ def test_every_model_preset_composes_and_can_be_sized(preset: str) -> None:
         return  # built or fetched on first use: sized from their own config.json (see the tests above)
     assert path in KNOWN_ARCHITECTURES
     assert architecture_of(config.student).parameters > 1e9
+
+
+def test_on_policy_distillation_is_sized_as_itself_not_as_dpo() -> None:
+    def need(*overrides: str) -> Need:
+        return training_need(compose_config("pirate_mini", ["distill.method=sdft", *overrides]), StageName.dpo)
+
+    plain = need()
+    assert "on-policy distillation, 4 x 1024 tok" in plain.label and "teacher weights" not in plain.parts
+    # Its own adapter and answer length: distill.sdft's, not dpo's.
+    assert need("dpo.lora.rank=256").parts == plain.parts
+    assert need("distill.sdft.lora.rank=128").parts["LoRA + AdamW"] > plain.parts["LoRA + AdamW"]
+    # Both models' logits over every answer token (Qwen3's 151,936 entries): 4 answers x 1,024 tokens x 18 bytes.
+    assert plain.parts["logits"] == pytest.approx(4 * 1024 * 151_936 * 18 / 2**30)
+    assert need("distill.sdft.max_completion_length=512").parts["logits"] == pytest.approx(plain.parts["logits"] / 2)
+    # A separate teacher sits frozen beside the student, in bf16.
+    separate = need("distill.sdft.teacher_weights=teacher", "model@teacher=qwen3_8b")
+    teacher = architecture_of(compose_config("pirate_mini", ["model@teacher=qwen3_8b"]).teacher)
+    assert separate.parts["teacher weights"] == pytest.approx(teacher.parameters * 2 / 2**30)
+    assert separate.comfortable > plain.comfortable + 15  # Qwen3-8B: ~15 GiB more
+
+
+def test_advice_for_on_policy_distillation_names_its_own_settings_and_works() -> None:
+    config = compose_config("pirate_mini", ["distill.method=sdft"])
+    row = next(row for row in plan(config, (24,)) if row.stage == "dpo")
+    assert row.verdicts[24].status != "fits"
+    assert row.advice[24] == "`trainer.trl.per_device_batch_size=2`"
+    fixed = compose_config("pirate_mini", ["distill.method=sdft", "trainer.trl.per_device_batch_size=2"])
+    assert training_need(fixed, StageName.dpo).judge(24).status == "fits"

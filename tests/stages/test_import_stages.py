@@ -14,6 +14,7 @@ from octrain.core.data_import import file_sha256
 from octrain.core.errors import DataFormatError, StageError
 from octrain.core.layout import load_config
 from octrain.core.records import Conversation, ModelRef, PreferencePair, load_records
+from octrain.core.settings_digest import settings_json
 from octrain.run.pipeline import run
 
 
@@ -228,5 +229,5 @@ def test_without_a_source_the_stages_generate_as_before(tmp_path: Path) -> None:
     assert "pairs kept of" in result.summary_table()
     # The unset option is no part of the generating stages' fingerprints: runs made before it stay complete.
     ctx = RunContext(config=config, run_dir=tmp_path / "run", constitution=resolve_constitution(config))
-    assert "source" not in pairs.fingerprint(ctx)["pairs"]
-    assert "source" not in introspect.fingerprint(ctx)["introspect"]
+    assert "source" not in settings_json(pairs.fingerprint(ctx))["pairs"]
+    assert "source" not in settings_json(introspect.fingerprint(ctx))["introspect"]

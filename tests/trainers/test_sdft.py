@@ -120,16 +120,18 @@ def test_settings_trl_would_refuse_stop_at_the_config() -> None:
 
 def test_the_method_is_in_the_stage_fingerprint_and_a_dpo_fingerprint_is_unchanged(tmp_path: Path) -> None:
     from octrain.core.compose import compose_config
+    from octrain.core.settings_digest import settings_json
     from octrain.stages import dpo
     from octrain.stages.context import RunContext
 
     pirate = resolve_constitution_name("pirate")
 
     def fingerprint(*overrides: str) -> dict:
-        return dpo.fingerprint(RunContext(compose_config("pirate_tiny", list(overrides)), tmp_path, pirate))
+        config = compose_config("pirate_tiny", list(overrides))
+        return settings_json(dpo.fingerprint(RunContext(config, tmp_path, pirate)))  # what the digest reads
 
     plain = fingerprint()
-    assert sorted(plain) == ["dpo", "seed", "student", "trainer"]  # as before distill existed: old runs stay done
+    assert sorted(plain) == ["dpo", "seed", "student", "trainer"]  # no distill section: DPO reads none of it
     assert fingerprint("distill.sdft.learning_rate=1e-3") == plain  # settings of a method not used
     sdft = fingerprint("distill.method=sdft")
     assert sdft != plain
@@ -231,16 +233,18 @@ def test_a_killed_sdft_run_resumes_from_its_checkpoint(tiny_model_path: str, tmp
 
 def test_a_separate_teacher_joins_the_fingerprint_and_self_distillation_keeps_its_own(tmp_path: Path) -> None:
     from octrain.core.compose import compose_config
+    from octrain.core.settings_digest import settings_json
     from octrain.stages import dpo
     from octrain.stages.context import RunContext
 
     pirate = resolve_constitution_name("pirate")
 
     def fingerprint(*overrides: str) -> dict:
-        return dpo.fingerprint(RunContext(compose_config("pirate_tiny", list(overrides)), tmp_path, pirate))
+        config = compose_config("pirate_tiny", list(overrides))
+        return settings_json(dpo.fingerprint(RunContext(config, tmp_path, pirate)))  # what the digest reads
 
     own = fingerprint("distill.method=sdft")
-    assert "teacher_weights" not in own["distill"]["sdft"] and "teacher" not in own  # as before the key existed
+    assert "teacher_weights" not in own["distill"]["sdft"] and "teacher" not in own  # the default: left out
     separate = fingerprint("distill.method=sdft", "distill.sdft.teacher_weights=teacher")
     assert separate["distill"]["sdft"]["teacher_weights"] == "teacher"
     assert separate["teacher"]["path"] == "builtin:tiny-qwen3"

@@ -26,6 +26,7 @@ import pytest
 from conftest import patience
 from octrain.cli import export as export_cli
 from octrain.cli import push as push_cli
+from octrain.core.compose import compose_config
 from octrain.core.errors import ConfigError
 from octrain.use.export import export_adapter, export_merged
 from octrain.use.model_card import base_license, render_model_card, split_card
@@ -264,6 +265,25 @@ def test_the_model_card_comes_from_the_run(evaluated_run: Path, trained_tiny_roo
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "README.md").write_text("---\nlicense: mit\n---\n# a base\n")
     assert base_license(str(tmp_path / "base")) == "mit" and base_license("builtin:tiny-qwen3") is None
+
+
+def test_a_card_of_a_run_whose_stage_one_was_on_policy_distillation_says_so(trained_tiny_root: Path) -> None:
+    from octrain.use.model_card import RunFacts
+
+    chosen = choose_model("pirate_tiny/sft", run_root=trained_tiny_root)
+    facts = RunFacts.read(chosen)
+    assert "| DPO beta |" in render_model_card(chosen, repo_id="me/p", merged=False, facts=facts)[0]
+    facts.config = compose_config(
+        "pirate_tiny",
+        ["distill.method=sdft", "distill.sdft.learning_rate=0.005", "distill.sdft.teacher_weights=teacher"],
+    )
+    text = render_model_card(chosen, repo_id="me/p", merged=False, facts=facts)[0]
+    front, body = split_card(text)
+    assert "on-policy-distillation" in front["tags"] and "dpo" not in front["tags"]
+    assert "| SDFT learning rate | 0.005 |" in body and "| SDFT teacher | the run's teacher model |" in body
+    assert "| SDFT answer length (tokens) | 48 |" in body  # pirate_tiny's pairs.sampling.max_new_tokens
+    assert "DPO beta" not in body and "on-policy distillation" in body
+    assert "| final adapter: on-policy distillation (SDFT) / SFT weight |" in body
 
 
 class FakeHub:

@@ -27,7 +27,6 @@ for other inputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -39,6 +38,7 @@ from octrain.core.files import write_text_atomic
 from octrain.core.layout import CHUNKS_DIR, INPUTS_FILE
 from octrain.core.records import Message
 from octrain.core.seeding import derive_seed
+from octrain.core.settings_digest import settings_digest
 from octrain.samplers.base import Sampler, SamplingParams
 from octrain.samplers.generation import ChunkLedger, run_chunked, run_streaming
 from octrain.samplers.streams import Request, open_stream
@@ -54,7 +54,7 @@ def work_dir(out: Path, inputs: dict[str, Any]) -> Path:
     this one's. ``inputs`` is everything the work depends on; its digest is kept beside the chunks.
     """
     work = out / CHUNKS_DIR
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    digest = settings_digest(inputs, length=64)
     marker = work / INPUTS_FILE
     if work.is_dir():
         try:

@@ -8,8 +8,9 @@ work made with other settings. Both read it from here.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
+
+from octrain.core.settings_digest import at_defaults
 
 if TYPE_CHECKING:
     # For the annotation only: octrain.stages imports this module while its own package is loading.
@@ -20,16 +21,15 @@ TRANSPORT_SETTINGS = ("judge_timeout", "judge_retries")
 
 
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
-    """Every setting of the run that shapes the evaluation's results, JSON-ready."""
+    """Every setting of the run that shapes the evaluation's results (see :mod:`octrain.core.settings_digest`)."""
     config = ctx.config
     # How long to wait for the judge and how often to retry a failed request change no result: left
     # out, so that raising them after a judge failure resumes the committed work instead of clearing it.
-    settings = {k: v for k, v in dataclasses.asdict(config.eval).items() if k not in TRANSPORT_SETTINGS}
     return {
-        "eval": settings,
+        "eval": at_defaults(config.eval, TRANSPORT_SETTINGS),
         # The teacher writes the classifier's data (and judges, with eval.judge=teacher).
-        "teacher": dataclasses.asdict(config.teacher),
-        "student": dataclasses.asdict(config.student),
+        "teacher": config.teacher,
+        "student": config.student,
         "constitution": ctx.constitution.numbered_traits(),
         "teacher_prompt": config.pairs.teacher_prompt.value,  # the teacher's voice in the classifier data
         "sampler": config.sampler.backend.value,

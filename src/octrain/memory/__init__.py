@@ -17,11 +17,12 @@ Everything here is an estimate to plan with; the smoke runs (``smoke=large``) ar
 from __future__ import annotations
 
 from octrain.memory.engines import engine_need
+from octrain.memory.lora_training import activation_bytes_per_layer_token
 from octrain.memory.needs import CARDS, Need, Verdict, card_gib
 from octrain.memory.planner import Row, plan
 from octrain.memory.report import config_from_target, describe, load_run_config, markdown_table, memory_report
 from octrain.memory.shapes import KNOWN_ARCHITECTURES, Architecture, architecture_from_config, architecture_of
-from octrain.memory.training import activation_bytes_per_layer_token, measure_saved_activations, training_need
+from octrain.memory.training import measure_saved_activations, training_need
 
 __all__ = [
     "CARDS",

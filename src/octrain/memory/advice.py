@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from octrain.core.config import ModelConfig, ModelRole, OctrainConfig, SamplerBackend, StageName
+from octrain.core.config import DistillMethod, ModelConfig, ModelRole, OctrainConfig, SamplerBackend, StageName
 from octrain.core.errors import ConfigError
 from octrain.core.paths import configs_dir
 from octrain.memory.needs import Need
@@ -95,6 +95,10 @@ def training_changes(config: OctrainConfig, stage: StageName) -> list[list[Chang
     ]
     qlora = [_set("trainer.trl.load_in_4bit", True)] if not options.load_in_4bit else []
     shorter = [_set(f"{stage.value}.max_length", settings.max_length // 2)]
+    if stage is StageName.dpo and config.distill.method is DistillMethod.sdft:
+        # On-policy distillation's largest part is the logits over every answer token: shorter answers.
+        answer = config.distill.sdft.max_completion_length or config.pairs.sampling.max_new_tokens
+        shorter = [_set("distill.sdft.max_completion_length", max(1, answer // 2))]
     candidates: list[list[Change]] = [ckpt] if ckpt else []
     candidates += smaller
     if qlora:

@@ -6,7 +6,8 @@ model being trained), so a stage needs as much as its largest model, never the s
 * ``prompts``: the generator's engine (the teacher by default);
 * ``pairs``: the teacher's engine, then the student's;
 * ``dpo``: the student being trained with LoRA; the reference is the same weights with the
-  adapter switched off, so there is no second copy;
+  adapter switched off, so there is no second copy (with ``distill.method=sdft`` the student also
+  writes its answers and, with ``distill.sdft.teacher_weights=teacher``, a frozen teacher sits beside it);
 * ``introspect``: the student's engine serving the DPO adapter;
 * ``sft``: the student being trained (sequential mode folds the DPO adapter in first, on the CPU);
 * ``eval``: the student's engine serving the base and each adapter, then the teacher's engine.

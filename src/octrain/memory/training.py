@@ -1,5 +1,8 @@
 """What LoRA training with TRL needs: the peak of DPO or SFT on one GPU, for the worst batch.
 
+(Stage 1 by on-policy distillation, ``distill.method=sdft``, is sized in
+:mod:`octrain.memory.distill_training`; both build on :mod:`octrain.memory.lora_training`.)
+
 Frozen weights (bf16, or NF4 with QLoRA), the LoRA factors with their gradients and AdamW moments
 (PEFT keeps the factors in fp32 next to a bf16 base, so 16 bytes per trained parameter; with QLoRA
 TRL casts them to bf16, 8 bytes), activations per token (with gradient checkpointing: each layer's
@@ -27,36 +30,17 @@ materialised figure as an option (``fused_lm_head=False``) for trainers that do 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from octrain.core.config import OctrainConfig, SftMode, StageName, TrainerBackend
+from octrain.core.config import DistillMethod, OctrainConfig, SftMode, StageName, TrainerBackend
+from octrain.memory.distill_training import sdft_need
+from octrain.memory.lora_training import (
+    activation_bytes_per_layer_token,
+    checkpointed_activations,
+    weights_and_lora,
+)
 from octrain.memory.needs import GIB, TRAIN_CONTEXT_GIB, Need, short_name, size_text
-from octrain.memory.shapes import Architecture, architecture_of
+from octrain.memory.shapes import architecture_of
 
-# Bytes autograd keeps per token in one decoder layer of a LoRA model in bf16 (fp32 LoRA factors,
-# bf16 autocast, SDPA), as a linear function of the layer's widths. Fitted on six shapes around
-# Qwen3-4B's (H=2560, I=9728, q=4096, kv=1024, r=64: 174,248 B) by varying one width at a time
-# (measure_saved_activations, CPU); it then predicted two shapes it had not seen (H=256 and
-# H=1024) within 1% (tests/memory/test_memory_plan.py measures one again). Each hidden unit costs 18 B
-# (residual stream, norms in fp32, the LoRA inputs cast to fp32), each intermediate unit 8 B (gate,
-# up, SiLU, product), each query unit 10 B, each key/value unit 8 B, each LoRA rank 2 B per adapted
-# module, each head 4 B (SDPA's logsumexp).
-ACT_COEFFS = {"hidden": 18, "intermediate": 8, "q": 10, "kv": 8, "lora_rank_per_module": 2, "head": 4, "const": 168}
-NF4_BYTES = 0.516  # 4-bit NF4 + double-quantized absmax (8 bits per 64 weights, fp32 per 256 blocks)
 HEAD_TILE = (4096, 32768)  # TRL 1.16's chunked log-prob kernel: tokens x vocab entries per tile
-
-
-def activation_bytes_per_layer_token(arch: Architecture, rank: int, target_modules: Sequence[str]) -> float:
-    c = ACT_COEFFS
-    return (
-        c["hidden"] * arch.hidden_size
-        + c["intermediate"] * arch.intermediate_size
-        + c["q"] * arch.q_width
-        + c["kv"] * arch.kv_width
-        + c["lora_rank_per_module"] * rank * arch.lora_modules(target_modules)
-        + c["head"] * arch.heads
-        + c["const"]
-    )
 
 
 def training_need(
@@ -74,6 +58,8 @@ def training_need(
     label = f"student {short_name(config.student.path)}"
     if config.trainer.backend is TrainerBackend.tinker:
         return Need(f"{label} (tinker: trained remotely)", "none")
+    if stage is StageName.dpo and config.distill.method is DistillMethod.sdft:
+        return sdft_need(config, assume_cuda=assume_cuda)
     settings = config.dpo if stage is StageName.dpo else config.sft
     lora, batch_size, max_length = settings.lora, settings.batch_size, settings.max_length
     per_device = min(options.per_device_batch_size, batch_size)
@@ -82,25 +68,10 @@ def training_need(
     checkpointing = assume_cuda if options.gradient_checkpointing is None else options.gradient_checkpointing
     qlora = options.load_in_4bit
     lora_params = arch.lora_parameters(lora.rank, lora.target_modules)
-    other = arch.parameters - arch.layer_linear_parameters
-    parts: dict[str, float] = {}
-    if qlora:
-        # prepare_model_for_kbit_training upcasts everything bitsandbytes leaves alone (embeddings,
-        # head, norms) to fp32; the fused head casts the head back to bf16 for each call.
-        parts["weights"] = (
-            arch.layer_linear_parameters * NF4_BYTES + other * 4 + arch.vocab_size * arch.hidden_size * 2
-        ) / GIB
-        # TRL casts a quantized model's LoRA factors to bf16: param, grad and both AdamW moments in bf16.
-        parts["LoRA + AdamW"] = lora_params * 8 / GIB
-    else:
-        parts["weights"] = arch.parameters * 2 / GIB
-        # fp32 factors (PEFT upcasts adapters next to a bf16 base), fp32 grads, two fp32 AdamW moments.
-        parts["LoRA + AdamW"] = lora_params * 16 / GIB
+    parts = weights_and_lora(arch, lora_params, qlora=qlora)
     per_layer = activation_bytes_per_layer_token(arch, lora.rank, lora.target_modules)
     if checkpointing:
-        # Each block keeps only its bf16 input; the backward pass recomputes one block at a time,
-        # which then holds that block's full activations and its gradients flowing through.
-        activations = tokens * (arch.layers * 2 * arch.hidden_size + per_layer + 4 * arch.hidden_size)
+        activations = checkpointed_activations(arch, tokens, per_layer)
     else:
         # Every block's activations, plus autocast's bf16 copies of the fp32 LoRA factors (kept for backward).
         activations = tokens * arch.layers * per_layer + (0 if qlora else lora_params * 2)

@@ -4,13 +4,14 @@ Each stage directory holds ``started.json`` once its work began and ``done.json`
 finished (with its summary and duration). Both carry the stage's *fingerprint*: a digest of what
 the stage makes its output from (its settings, and the fingerprints of the stages it reads), so
 a finished stage whose fingerprint still matches is skipped, and one whose fingerprint changed
-is made again. Markers are written atomically, so a damaged one comes from outside octrain: it
-counts as "not finished" and never stops a run.
+is made again. Settings at their defaults are left out of the digest, so that a setting a new
+release adds does not remake finished stages (:mod:`octrain.core.settings_digest`). Markers are
+written atomically, so a damaged one comes from outside octrain: it counts as "not finished" and
+never stops a run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,12 +21,9 @@ from octrain.core.config import StageName
 from octrain.core.errors import StageError
 from octrain.core.files import write_text_atomic
 from octrain.core.layout import DONE_FILE, STARTED_FILE
+from octrain.core.settings_digest import settings_digest
 from octrain.stages.context import RunContext
 from octrain.stages.table import StageSpec
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def stage_fingerprints(ctx: RunContext, specs: Iterable[StageSpec]) -> dict[StageName, str]:
@@ -33,7 +31,7 @@ def stage_fingerprints(ctx: RunContext, specs: Iterable[StageSpec]) -> dict[Stag
     fingerprints: dict[StageName, str] = {}
     for spec in specs:
         upstream = {need.value: fingerprints.get(need) for need in spec.needs}
-        fingerprints[spec.name] = _digest({"stage": spec.fingerprint(ctx), "upstream": upstream})
+        fingerprints[spec.name] = settings_digest({"stage": spec.fingerprint(ctx), "upstream": upstream})
     return fingerprints
 
 

@@ -24,25 +24,23 @@ from octrain.stages.context import RunContext
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
     settings = {
-        "student": dataclasses.asdict(config.student),
-        "trainer": dataclasses.asdict(config.trainer),
+        "student": config.student,
+        "trainer": config.trainer,
         "seed": config.seed,
     }
     if config.distill.method is DistillMethod.dpo:
-        # No ``distill`` key: runs trained before the section existed keep their fingerprint. Switching
-        # the method changes the keys below, so the stage trains again.
-        return {**settings, "dpo": dataclasses.asdict(config.dpo)}
+        # DPO reads none of distill.sdft: changing it does not retrain a DPO stage. Switching the
+        # method changes the keys below, so the stage trains again.
+        return {**settings, "dpo": config.dpo}
     # With the answer length resolved: a change of pairs.sampling.max_new_tokens reaches it.
-    distill = dataclasses.asdict(dataclasses.replace(config.distill, sdft=sdft_settings(config)))
+    distill = dataclasses.replace(config.distill, sdft=sdft_settings(config))
     separate = trained_by_teacher(config)
-    if not separate:
-        del distill["sdft"]["teacher_weights"]  # self-distillation runs from before the key keep their fingerprint
     return {
         **settings,
         "distill": distill,
         "teacher_context": sdft_context(ctx),  # the constitution as the teacher reads it
         # A separate teacher's weights are part of what the stage learns from.
-        **({"teacher": dataclasses.asdict(config.teacher)} if separate else {}),
+        **({"teacher": config.teacher} if separate else {}),
     }
 
 

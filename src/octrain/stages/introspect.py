@@ -22,7 +22,6 @@ conversations themselves are :mod:`octrain.stages.self_interaction`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -156,13 +155,11 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
     if config.introspect.source:
         # Imported transcripts are the file's content and nothing else (dpo still comes in as the need).
         return source_fingerprint(config.introspect.source)
-    settings = dataclasses.asdict(config.introspect)
-    del settings["source"]  # unset here; left out so that runs made before the option keep their fingerprint
     return {
         "constitution": ctx.constitution.numbered_traits(),
-        "introspect": settings,
+        "introspect": config.introspect,
         "scale": [config.scale.reflections, config.scale.interactions, config.scale.interaction_turns],
-        "student": dataclasses.asdict(config.student),
+        "student": config.student,
         "sampler": config.sampler.backend.value,
         "seed": config.seed,
     }

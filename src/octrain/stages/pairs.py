@@ -251,13 +251,11 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
     if config.pairs.source:
         # Imported pairs are the file's content and nothing else: no model, sampling or constitution.
         return source_fingerprint(config.pairs.source)
-    settings = dataclasses.asdict(config.pairs)
-    del settings["source"]  # unset here; left out so that runs made before the option keep their fingerprint
     return {
         "constitution": ctx.constitution.numbered_traits(),
-        "pairs": settings,
-        "teacher": dataclasses.asdict(config.teacher),
-        "student": dataclasses.asdict(config.student),
+        "pairs": config.pairs,
+        "teacher": config.teacher,
+        "student": config.student,
         "sampler": config.sampler.backend.value,
         "seed": config.seed,
     }

@@ -21,7 +21,6 @@ got is :mod:`octrain.stages.prompts_report`, and the near-duplicate rule is
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -245,8 +244,8 @@ def fingerprint(ctx: RunContext) -> dict[str, Any]:
             config.scale.generic_prompts,
             config.scale.samples_per_prompt,
         ],
-        "prompts": dataclasses.asdict(config.prompts),
-        "generator": dataclasses.asdict(config.model(config.prompts.generator)),
+        "prompts": config.prompts,
+        "generator": config.model(config.prompts.generator),
         "sampler": config.sampler.backend.value,
         "seed": config.seed,
     }

@@ -10,7 +10,6 @@ student's tokenizer alongside) and, with ``sft.export_merged``, as full merged w
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from octrain.core.config import SftMode, StageName
@@ -26,9 +25,9 @@ FINAL_ADAPTER = "adapter"
 def fingerprint(ctx: RunContext) -> dict[str, Any]:
     config = ctx.config
     return {
-        "student": dataclasses.asdict(config.student),
-        "sft": dataclasses.asdict(config.sft),
-        "trainer": dataclasses.asdict(config.trainer),
+        "student": config.student,
+        "sft": config.sft,
+        "trainer": config.trainer,
         "seed": config.seed,
     }
 

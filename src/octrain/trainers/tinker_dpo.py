@@ -28,7 +28,6 @@ end the weights saved for sampling, their ``tinker://`` path in ``model.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -256,7 +255,7 @@ def train_dpo(
     training = tinker_loop.ResumableTraining(
         output_dir,
         stage="dpo",
-        key=tinker_loop.fingerprint(start.base, dataclasses.asdict(config), seed, sequences_hash(pairs)),
+        key=tinker_loop.fingerprint(start.base, config, seed, sequences_hash(pairs)),
         total_steps=len(batches),
         options=options,
     )

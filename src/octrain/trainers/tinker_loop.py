@@ -16,7 +16,6 @@ rest, the same way for both stages:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from octrain.core.files import write_text_atomic
 from octrain.core.layout import METRICS_FILE, MODEL_FILE, PLOT_FILE, TINKER_PROGRESS_FILE
 from octrain.core.records import ModelRef
 from octrain.core.seeding import derive_seed
+from octrain.core.settings_digest import settings_digest
 from octrain.trainers.report import plot_metrics, read_metrics, record_steps, write_metrics
 
 logger = logging.getLogger(__name__)
@@ -66,9 +66,12 @@ class Progress:
 
 
 def fingerprint(*parts: object) -> str:
-    """A short hash of what a training depends on: a resume with other data or settings starts afresh."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    """A short hash of what a training depends on: a resume with other data or settings starts afresh.
+
+    Settings at their defaults are left out (:mod:`octrain.core.settings_digest`), so that an
+    upgrade adding a setting resumes the training instead of starting it again.
+    """
+    return settings_digest(list(parts))
 
 
 def step_batches(

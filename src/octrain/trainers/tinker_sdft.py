@@ -37,7 +37,6 @@ weights) are :mod:`octrain.trainers.tinker_loop`'s, the stage contract of Tinker
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -318,9 +317,7 @@ def train_sdft(
     training = tinker_loop.ResumableTraining(
         output_dir,
         stage="dpo",
-        key=tinker_loop.fingerprint(
-            "sdft", start.base, teacher_model, dataclasses.asdict(config), seed, prompts, teacher_prompts, stop
-        ),
+        key=tinker_loop.fingerprint("sdft", start.base, teacher_model, config, seed, prompts, teacher_prompts, stop),
         total_steps=len(batches),
         options=options,
     )

@@ -22,7 +22,6 @@ Checkpoints and resuming are :mod:`octrain.trainers.tinker_loop`'s, shared with 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Sequence
@@ -132,7 +131,7 @@ def train_sft(
     training = tinker_loop.ResumableTraining(
         output_dir,
         stage="sft",
-        key=tinker_loop.fingerprint(base, dataclasses.asdict(config), seed, dpo_state, examples),
+        key=tinker_loop.fingerprint(base, config, seed, dpo_state, examples),
         total_steps=len(batches),
         options=options,
     )

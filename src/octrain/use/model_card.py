@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from octrain.core.config import DistillMethod, OctrainConfig
 from octrain.core.errors import ConfigError
 from octrain.core.layout import ADAPTER_CONFIG_FILE, CARD_FILE, DONE_FILE, PLOTS_DIR, REPORT_FILE, REPORT_MD_FILE
 from octrain.use.export import is_hub_id
@@ -142,7 +143,7 @@ def front_matter(
     """The card's YAML metadata, as a dict (keys in the order the Hub shows them)."""
     constitution = chosen.constitution()
     persona = chosen.persona or (constitution.name if constitution else facts.config.name)
-    tags = ["octrain", "character-training", _tag(persona), "dpo"]
+    tags = ["octrain", "character-training", _tag(persona), _stage_one(facts.config)[0]]
     if _stage_of(chosen) == "sft":
         tags.append("sft")
     tags.append("merged" if merged else "lora")
@@ -162,6 +163,40 @@ def front_matter(
     return meta
 
 
+def _stage_one(config: OctrainConfig) -> tuple[str, str]:
+    """Stage 1's method as a Hub tag, and as the card's text names it."""
+    if config.distill.method is DistillMethod.sdft:
+        return "on-policy-distillation", "on-policy distillation (SDFT)"
+    return "dpo", "DPO"
+
+
+def _stage_one_rows(config: OctrainConfig) -> list[tuple[str, Any]]:
+    """The settings stage 1 trained with: DPO's, or on-policy distillation's (``distill.sdft``)."""
+    if config.distill.method is DistillMethod.sdft:
+        sdft = config.distill.sdft
+        answer = sdft.max_completion_length or config.pairs.sampling.max_new_tokens
+        return [
+            (
+                "SDFT teacher",
+                "the run's teacher model" if sdft.teacher_weights.value == "teacher" else "the student's base",
+            ),
+            ("SDFT divergence (mode, alpha)", f"{sdft.distillation_mode.value}, {_number(sdft.distillation_alpha)}"),
+            ("SDFT learning rate", sdft.learning_rate),
+            ("SDFT epochs", sdft.epochs),
+            ("SDFT batch size (answers)", sdft.batch_size),
+            ("SDFT answer length (tokens)", answer),
+            ("SDFT LoRA rank / alpha", f"{sdft.lora.rank} / {sdft.lora.alpha}"),
+        ]
+    return [
+        ("DPO beta", config.dpo.beta),
+        ("DPO NLL / KL weight", f"{_number(config.dpo.nll_weight)} / {_number(config.dpo.kl_weight)}"),
+        ("DPO learning rate", config.dpo.learning_rate),
+        ("DPO epochs", config.dpo.epochs),
+        ("DPO batch size", config.dpo.batch_size),
+        ("DPO LoRA rank / alpha", f"{config.dpo.lora.rank} / {config.dpo.lora.alpha}"),
+    ]
+
+
 def _settings_table(facts: RunFacts, chosen: ChosenModel) -> str:
     config = facts.config
     rows = [
@@ -169,12 +204,7 @@ def _settings_table(facts: RunFacts, chosen: ChosenModel) -> str:
         ("teacher", config.teacher.path),
         ("scale preset", config.scale.name),
         ("seed", config.seed),
-        ("DPO beta", config.dpo.beta),
-        ("DPO NLL / KL weight", f"{_number(config.dpo.nll_weight)} / {_number(config.dpo.kl_weight)}"),
-        ("DPO learning rate", config.dpo.learning_rate),
-        ("DPO epochs", config.dpo.epochs),
-        ("DPO batch size", config.dpo.batch_size),
-        ("DPO LoRA rank / alpha", f"{config.dpo.lora.rank} / {config.dpo.lora.alpha}"),
+        *_stage_one_rows(config),
     ]
     if "sft" in facts.done:
         rows += [
@@ -183,7 +213,10 @@ def _settings_table(facts: RunFacts, chosen: ChosenModel) -> str:
             ("SFT epochs", config.sft.epochs),
             ("SFT batch size", config.sft.batch_size),
             ("SFT LoRA rank / alpha", f"{config.sft.lora.rank} / {config.sft.lora.alpha}"),
-            ("final adapter: DPO / SFT weight", f"{_number(config.sft.dpo_weight)} / {_number(config.sft.sft_weight)}"),
+            (
+                f"final adapter: {_stage_one(config)[1]} / SFT weight",
+                f"{_number(config.sft.dpo_weight)} / {_number(config.sft.sft_weight)}",
+            ),
         ]
     rank = _adapter_rank(chosen)
     if rank is not None:
@@ -213,13 +246,13 @@ def _data_table(facts: RunFacts) -> str:
             )
         )
         rows.append(("SFT records", introspect.get("records")))
-    for stage in ("dpo", "sft"):
+    for stage, name in (("dpo", _stage_one(facts.config)[1]), ("sft", "SFT")):
         summary = facts.done.get(stage, {}).get("summary", {})
         if summary:
             text = f"{summary.get('steps')} steps, final loss {_number(summary.get('final_loss'))}"
             if summary.get("reward_accuracy") is not None:
                 text += f", reward accuracy {_number(summary['reward_accuracy'])}"
-            rows.append((f"{stage.upper()} training", text))
+            rows.append((f"{name} training", text))
     lines = ["| data | count |", "| --- | --- |"]
     lines += [f"| {name} | {_number(value)} |" for name, value in rows]
     return "\n".join(lines)
@@ -306,12 +339,18 @@ def render_model_card(
     # The teacher's prompt names the teacher (pairs stage); its answers are then renamed to the student.
     assistant = facts.config.teacher.assistant_name
     stage = _stage_of(chosen)
+    first = (
+        "on-policy distillation: the model's own answers graded token by token by a teacher that reads the "
+        "character (SDFT)"
+        if facts.config.distill.method is DistillMethod.sdft
+        else "DPO distillation from a teacher that answers in character"
+    )
     method = (
-        "DPO distillation from a teacher that answers in character (stage 1), then supervised fine-tuning on "
-        "the model's own self-reflections and self-interactions (stage 2, introspection); the final adapter is "
-        "the exact weighted sum of the two LoRA updates"
+        f"{first} (stage 1), then supervised fine-tuning on the model's own self-reflections and "
+        "self-interactions (stage 2, introspection); the final adapter is the exact weighted sum of the two "
+        "LoRA updates"
         if stage == "sft"
-        else "DPO distillation from a teacher that answers in character (stage 1 only, no introspection SFT)"
+        else f"{first} (stage 1 only, no introspection SFT)"
     )
     weights = "full weights, the adapter merged in" if merged else "a LoRA adapter (PEFT format)"
     form = facts.config.pairs.teacher_prompt
