@@ -261,6 +261,7 @@ def test_a_separate_teacher_must_be_fixed_local_and_share_the_students_vocabular
     from octrain.core.compose import compose_config
     from octrain.core.config import validate
     from octrain.run.preflight import preflight
+    from octrain.trainers.trl_sdft import check_shared_vocabulary
 
     base = ["distill.method=sdft", "distill.sdft.teacher_weights=teacher", "stages=[dpo]"]
     with pytest.raises(ConfigError, match="teacher_model_kind=base, got ema"):
@@ -285,6 +286,10 @@ def test_a_separate_teacher_must_be_fixed_local_and_share_the_students_vocabular
     (wider / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"differ in width \(vocab_size"):
         preflight(compose_config("pirate_tiny", [*base, f"teacher.path={wider}"]))
+    # Tinker's loss reads each sampled token's log-prob: the same tokenizer is all it needs.
+    check_shared_vocabulary(tiny_model_path, str(wider), same_width=False)
+    with pytest.raises(ConfigError, match="their tokenizers differ"):
+        check_shared_vocabulary(tiny_model_path, str(other), same_width=False)
 
 
 SEPARATE_TEACHER_SCRIPT = """

@@ -56,7 +56,9 @@ def _check_separate_teacher(config: OctrainConfig) -> None:
         )
     from octrain.trainers.trl_sdft import check_shared_vocabulary
 
-    check_shared_vocabulary(config.student.path, config.teacher.path)  # tokenizers and configs, no weights
+    # Tokenizers and configs, no weights. Tinker's loss reads sampled tokens' log-probs: no width to match.
+    on_tinker = config.trainer.backend is TrainerBackend.tinker
+    check_shared_vocabulary(config.student.path, config.teacher.path, same_width=not on_tinker)
 
 
 def _check_tinker_sdft(config: OctrainConfig) -> None:

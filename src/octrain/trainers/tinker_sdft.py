@@ -293,7 +293,7 @@ def train_sdft(
         raise ConfigError(f"dpo (sdft): {pairs_path} holds no prompts to answer")
     teacher_model = start.base if teacher is None else teacher.base
     if teacher_model != start.base:
-        check_shared_vocabulary(start.base, teacher_model)  # token ids must mean the same to both
+        check_shared_vocabulary(start.base, teacher_model, same_width=False)  # token ids mean the same to both
     output_dir.mkdir(parents=True, exist_ok=True)
     service = service if service is not None else tinker_common.connect(options)
     tinker_common.check_models_served(service, train=[start.base], sample=[start.base, teacher_model])

@@ -257,13 +257,14 @@ def build_sdft_trainer(
     )
 
 
-def check_shared_vocabulary(student_path: str, teacher_path: str) -> None:
-    """ConfigError unless the teacher's tokenizer and output layer match the student's, token for token.
+def check_shared_vocabulary(student_path: str, teacher_path: str, *, same_width: bool = True) -> None:
+    """ConfigError unless the teacher's tokenizer (and, with ``same_width``, output layer) match the student's.
 
     The loss compares the two models' next-token distributions position by position, so a token id
-    must mean the same in both (the tokenizers' vocabularies equal) and the logits must have the same
-    width (``vocab_size``, which some families pad differently between sizes). Reads the tokenizers
-    and configs only, never the weights.
+    must mean the same in both (the tokenizers' vocabularies equal) and, where whole distributions
+    are compared (TRL), the logits must have the same width (``vocab_size``, which some families pad
+    differently between sizes). Tinker's loss reads one log-prob per sampled token, so there only the
+    tokenizers must agree (``same_width=False``). Reads the tokenizers and configs only, never the weights.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -271,13 +272,14 @@ def check_shared_vocabulary(student_path: str, teacher_path: str) -> None:
 
     paths = {"student": resolve_model_path(student_path), "teacher": resolve_model_path(teacher_path)}
     vocab = {role: AutoTokenizer.from_pretrained(path).get_vocab() for role, path in paths.items()}
-    width = {role: AutoConfig.from_pretrained(path).get_text_config().vocab_size for role, path in paths.items()}
     reason = None
     if vocab["student"] != vocab["teacher"]:
         differ = sorted(set(vocab["student"].items()) ^ set(vocab["teacher"].items()))
         reason = f"their tokenizers differ ({len(differ)} token-id entries, e.g. {differ[0][0]!r})"
-    elif width["student"] != width["teacher"]:
-        reason = f"their output layers differ in width (vocab_size {width['student']} vs {width['teacher']})"
+    elif same_width:
+        width = {role: AutoConfig.from_pretrained(path).get_text_config().vocab_size for role, path in paths.items()}
+        if width["student"] != width["teacher"]:
+            reason = f"their output layers differ in width (vocab_size {width['student']} vs {width['teacher']})"
     if reason:
         raise ConfigError(
             f"distill.sdft.teacher_weights=teacher: the teacher {teacher_path} cannot grade the student {student_path} "
