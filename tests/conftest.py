@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Offline before anything imports huggingface_hub or datasets (they read it once, at import): a test
+# that asks the Hub gets its answer at once instead of after ~30 s of retried DNS lookups.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 # The cache `make model` fetched the real model into, read before the session moves OCTRAIN_CACHE_DIR.
 USER_CACHE_DIR = os.environ.get("OCTRAIN_CACHE_DIR")

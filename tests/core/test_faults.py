@@ -203,6 +203,7 @@ def test_read_only_run_directory_through_the_api(tmp_path: Path) -> None:
         assert [o.status for o in run(config, run_dir).outcomes] == ["ran"]
 
 
+@pytest.mark.slow  # a full DPO run on a full disk and its rerun (~20 s); the other faults stay in the default suite
 def test_full_disk_in_dpo_is_one_line_and_the_rerun_recovers(tmp_path: Path) -> None:
     args = [*FAST, "stages=[prompts,pairs,dpo]", "trainer.trl.save_steps=1"]
     # 1 MiB holds the pairs and the first adapter weights (0.6 MB), not the optimizer state after them.

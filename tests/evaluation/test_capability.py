@@ -210,6 +210,7 @@ def models_names(models: list[ScoredModel]) -> list[str]:
     return [m.name for m in models]
 
 
+@pytest.mark.slow  # the harness twice through the CLI (~35 s): the slow lane, which CI runs
 def test_the_verb_scores_a_trained_run_beside_its_base_on_the_shipped_task(
     trained_tiny_root: Path, tmp_path: Path
 ) -> None:

@@ -56,6 +56,7 @@ def evaluated_root(evaluated_tiny_root: Path, tmp_path_factory: pytest.TempPathF
     return root
 
 
+@pytest.mark.slow  # an eval stage and eval quick through the CLI (~35 s): the slow lane, which CI runs
 def test_quick_shows_base_and_trained_with_the_classifiers_verdicts(evaluated_root: Path) -> None:
     run = evaluated_root / "pirate_tiny"
     result = octrain(

@@ -174,6 +174,7 @@ def test_simulated_judge_is_calibrated_to_the_audited_test_retest_agreement() ->
     assert 0.70 <= float(np.mean(agreements)) <= 0.78
 
 
+@pytest.mark.slow  # the Monte-Carlo audit (~65 s on 2 cores): the slow lane, which CI runs
 @pytest.mark.parametrize("per_trait", [METHOD, TINY])
 def test_no_change_is_rarely_called_a_change(scenarios, per_trait: int) -> None:
     same = scenarios[(per_trait, "same")]
@@ -182,6 +183,7 @@ def test_no_change_is_rarely_called_a_change(scenarios, per_trait: int) -> None:
     assert same.raw_holds_point == 1.0  # the old report's interval lay wholly below its own estimate
 
 
+@pytest.mark.slow  # the Monte-Carlo audit (~65 s on 2 cores): the slow lane, which CI runs
 @pytest.mark.parametrize("per_trait", [METHOD, TINY])
 def test_a_change_is_covered(scenarios, per_trait: int) -> None:
     changed = scenarios[(per_trait, "changed")]
@@ -190,6 +192,7 @@ def test_a_change_is_covered(scenarios, per_trait: int) -> None:
     assert changed.raw_holds_point == 1.0
 
 
+@pytest.mark.slow  # the Monte-Carlo audit (~65 s on 2 cores): the slow lane, which CI runs
 @pytest.mark.parametrize("name", ["same", "changed"])
 @pytest.mark.parametrize("per_trait", [METHOD, TINY])
 def test_per_trait_intervals_cover_the_truth(scenarios, per_trait: int, name: str) -> None:
@@ -199,12 +202,14 @@ def test_per_trait_intervals_cover_the_truth(scenarios, per_trait: int, name: st
     assert scenario.rating_covered >= 0.90
 
 
+@pytest.mark.slow  # the Monte-Carlo audit (~65 s on 2 cores): the slow lane, which CI runs
 def test_at_the_method_size_the_agreement_is_estimable_and_sees_the_change(scenarios) -> None:
     assert scenarios[(METHOD, "same")].estimable >= 0.95
     assert scenarios[(METHOD, "changed")].estimable >= 0.95
     assert scenarios[(METHOD, "changed")].claimed >= 0.80  # measured 0.95: intervals that say something
 
 
+@pytest.mark.slow  # the Monte-Carlo audit (~65 s on 2 cores): the slow lane, which CI runs
 def test_at_the_tiny_size_the_agreement_is_mostly_not_estimable(scenarios) -> None:
     # Reliability about 0.2 at 2 trials per trait: the corrected agreement would be noise.
     assert scenarios[(TINY, "same")].estimable <= 0.2

@@ -171,6 +171,7 @@ def test_generate_in_chunks_through_shards_is_exact_once_and_resumes(
     assert run(tmp_path / "sharded", load) == first and load.loads == 2  # all committed: no model
 
 
+@pytest.mark.slow  # shard processes started and one killed (~17 s): the slow lane, which CI runs
 def test_the_pool_reuses_the_shards_and_a_killed_shard_is_a_clear_error(tiny_model_path: str) -> None:
     release_engines()
     starts = len(ENGINES.starts)

@@ -414,6 +414,7 @@ def _push(*args: str, hub: FakeHub, home: Path, cwd: Path) -> subprocess.Complet
     )
 
 
+@pytest.mark.slow  # a real push to a stand-in Hub (~25 s); the dry run stays in the default suite
 def test_push_through_huggingface_hub_to_a_local_hub(evaluated_run: Path, fake_hub: FakeHub, tmp_path: Path) -> None:
     home = tmp_path / "hf-home"
     dry = tmp_path / "dry"

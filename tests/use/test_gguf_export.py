@@ -307,6 +307,7 @@ def test_ollama_templates_follow_the_model_template(tiny_model_path: str) -> Non
     assert ollama.chat_format_from_template("{{ .Prompt }}") is None
 
 
+@pytest.mark.slow  # the CLI end to end (~18 s); export_gguf itself is in the default suite
 def test_cli_writes_gguf_and_refuses_misplaced_options(trained_tiny_root: Path, tmp_path: Path) -> None:
     root = ("--run-root", str(trained_tiny_root))
     done = run_cli("export", "pirate_tiny/sft", "--gguf", str(tmp_path / "g"), "--gguf-type", "q8_0", *root)

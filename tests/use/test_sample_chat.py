@@ -154,6 +154,7 @@ def test_base_with_the_constitution(trained_tiny_root: Path) -> None:
     assert len(model["answers"]) == 2 and all(answer["num_tokens"] > 0 for answer in model["answers"])
 
 
+@pytest.mark.slow  # three sampling commands (~15 s): the slow lane, which CI runs
 def test_same_model_and_seed_give_the_same_answer(trained_tiny_root: Path) -> None:
     common = ("--temperature", "1.0", "--seed", "11")
     by_persona = sample_json(trained_tiny_root, SEA, "--persona", "pirate", *common)

@@ -60,6 +60,7 @@ def post(url: str, body: dict) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow  # a served process through SIGINT (~25 s); octrain's server is in test_serve_gateway
 def test_serve_answers_the_openai_chat_api_and_stops_on_sigint(trained_tiny_root: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "OCTRAIN_CACHE_DIR": os.environ["OCTRAIN_CACHE_DIR"], "NO_PROXY": "127.0.0.1"}
