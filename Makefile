@@ -59,7 +59,8 @@ test-browser: $(STAMP)
 		|| $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES) \
 		|| ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES))
 	$(BIN)/python -m pip install --quiet -e ".[browser]"
-	$(BIN)/python -m pytest -m browser --screenshots $(SCREENSHOTS)
+	@# One token (--screenshots=DIR): as two, pytest takes an existing DIR for a test path before it knows the option.
+	$(BIN)/python -m pytest -m browser --screenshots=$(SCREENSHOTS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

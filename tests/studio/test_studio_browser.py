@@ -3,7 +3,7 @@ driving a real ``octrain ui`` on 127.0.0.1 through Selenium.
 
 The lane: every page loads without an exception; a constitution is edited (a mistake shows its
 line) and saved; a ``pirate_tiny`` run is launched, its progress and then its evaluation report
-appear; a chat turn streams. A screenshot of each page goes to ``--screenshots DIR`` or
+appear; a chat turn streams. A screenshot of each page goes to ``--screenshots=DIR`` or
 ``$STUDIO_SCREENSHOTS`` (default: the test's temporary directory); ``STUDIO_DOCS_SCREENSHOTS=1``
 also copies the constitutions and runs shots to ``docs/`` for docs/studio.md.
 
@@ -60,7 +60,7 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.
 
 @pytest.fixture(scope="module")
 def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``--screenshots DIR`` (an option conftest.py adds), else ``$STUDIO_SCREENSHOTS``, else a temporary directory."""
+    """``--screenshots=DIR`` (an option conftest.py adds), else ``$STUDIO_SCREENSHOTS``, else a temporary directory."""
     given = request.config.getoption("--screenshots", default=None) or os.environ.get("STUDIO_SCREENSHOTS")
     directory = Path(given) if given else tmp_path_factory.mktemp("studio-screenshots")
     directory.mkdir(parents=True, exist_ok=True)
