@@ -21,7 +21,7 @@ QLoRA) is sized as DPO's is, with ``distill.sdft.lora``.
 from __future__ import annotations
 
 from octrain.core.config import OctrainConfig
-from octrain.memory.lora_training import activation_bytes_per_layer_token, checkpointed_activations, weights_and_lora
+from octrain.memory.lora_training import activation_bytes_per_layer_token, lora_training_parts
 from octrain.memory.needs import GIB, TRAIN_CONTEXT_GIB, Need, short_name
 from octrain.memory.shapes import architecture_of
 
@@ -45,14 +45,7 @@ def sdft_need(config: OctrainConfig, *, assume_cuda: bool = True) -> Need:
     tokens = per_device * length
     checkpointing = assume_cuda if options.gradient_checkpointing is None else options.gradient_checkpointing
     qlora = options.load_in_4bit
-    lora = settings.lora
-    lora_params = arch.lora_parameters(lora.rank, lora.target_modules)
-    parts = weights_and_lora(arch, lora_params, qlora=qlora)
-    per_layer = activation_bytes_per_layer_token(arch, lora.rank, lora.target_modules)
-    if checkpointing:
-        activations = checkpointed_activations(arch, tokens, per_layer)
-    else:
-        activations = tokens * arch.layers * per_layer + (0 if qlora else lora_params * 2)
+    parts, activations = lora_training_parts(arch, settings.lora, tokens, checkpointing=checkpointing, qlora=qlora)
     separate = trained_by_teacher(config)
     teacher = architecture_of(config.teacher) if separate else arch
     # The teacher's no-grad forward holds one block's activations at a time (its prompt is longer by the context).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from octrain.core.config import LoraSettings
 from octrain.memory.needs import GIB
 from octrain.memory.shapes import Architecture
 
@@ -48,6 +49,22 @@ def weights_and_lora(arch: Architecture, lora_params: int, *, qlora: bool) -> di
         return {"weights": weights / GIB, "LoRA + AdamW": lora_params * 8 / GIB}
     # fp32 factors (PEFT upcasts adapters next to a bf16 base), fp32 grads, two fp32 AdamW moments.
     return {"weights": arch.parameters * 2 / GIB, "LoRA + AdamW": lora_params * 16 / GIB}
+
+
+def lora_training_parts(
+    arch: Architecture, lora: LoraSettings, tokens: int, *, checkpointing: bool, qlora: bool
+) -> tuple[dict[str, float], float]:
+    """The weights and LoRA parts (GiB) of training ``lora`` on ``tokens`` tokens, and the activations' bytes.
+
+    Without checkpointing, every block's activations are kept, plus autocast's bf16 copies of the fp32
+    LoRA factors (kept for the backward pass).
+    """
+    lora_params = arch.lora_parameters(lora.rank, lora.target_modules)
+    parts = weights_and_lora(arch, lora_params, qlora=qlora)
+    per_layer = activation_bytes_per_layer_token(arch, lora.rank, lora.target_modules)
+    if checkpointing:
+        return parts, checkpointed_activations(arch, tokens, per_layer)
+    return parts, tokens * arch.layers * per_layer + (0 if qlora else lora_params * 2)
 
 
 def checkpointed_activations(arch: Architecture, tokens: int, per_layer: float) -> float:

@@ -32,11 +32,7 @@ from __future__ import annotations
 
 from octrain.core.config import DistillMethod, OctrainConfig, SftMode, StageName, TrainerBackend
 from octrain.memory.distill_training import sdft_need
-from octrain.memory.lora_training import (
-    activation_bytes_per_layer_token,
-    checkpointed_activations,
-    weights_and_lora,
-)
+from octrain.memory.lora_training import activation_bytes_per_layer_token, lora_training_parts
 from octrain.memory.needs import GIB, TRAIN_CONTEXT_GIB, Need, short_name, size_text
 from octrain.memory.shapes import architecture_of
 
@@ -67,16 +63,10 @@ def training_need(
     tokens = sequences * max_length
     checkpointing = assume_cuda if options.gradient_checkpointing is None else options.gradient_checkpointing
     qlora = options.load_in_4bit
-    lora_params = arch.lora_parameters(lora.rank, lora.target_modules)
-    parts = weights_and_lora(arch, lora_params, qlora=qlora)
-    per_layer = activation_bytes_per_layer_token(arch, lora.rank, lora.target_modules)
-    if checkpointing:
-        activations = checkpointed_activations(arch, tokens, per_layer)
-    else:
-        # Every block's activations, plus autocast's bf16 copies of the fp32 LoRA factors (kept for backward).
-        activations = tokens * arch.layers * per_layer + (0 if qlora else lora_params * 2)
-        if stage is StageName.dpo:
-            activations += tokens * per_layer  # the no-grad reference forward, one block at a time, on top
+    parts, activations = lora_training_parts(arch, lora, tokens, checkpointing=checkpointing, qlora=qlora)
+    if not checkpointing and stage is StageName.dpo:
+        # The no-grad reference forward, one block at a time, on top.
+        activations += tokens * activation_bytes_per_layer_token(arch, lora.rank, lora.target_modules)
     parts["activations"] = activations / GIB
     if fused_lm_head:
         # Two bf16 tiles (forward, and the recomputing backward), the selected hidden states in bf16
