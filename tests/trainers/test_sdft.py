@@ -228,6 +228,47 @@ def test_a_killed_sdft_run_resumes_from_its_checkpoint(tiny_model_path: str, tmp
     assert json.loads((tmp_path / "out" / "model.json").read_text())["adapter"] == "adapter"
 
 
+EMA_RESUME_SCRIPT = (
+    RESUME_SCRIPT.replace(
+        "epochs=2, max_completion_length=8)", "epochs=1, max_completion_length=8, teacher_model_kind=TeacherKind.ema)"
+    )
+    .replace("save_steps=2", "save_steps=1")
+    .replace("from octrain.core.config import", "from octrain.core.config import SdftTeacher as TeacherKind,")
+)
+
+
+@pytest.mark.slow  # two trainings of the tiny model (~1 min): the slow lane
+def test_a_resumed_run_keeps_the_ema_teacher_it_had(tiny_model_path: str, tmp_path: Path) -> None:
+    """The average after the first resumed step is the checkpoint's moved one step, not a fresh one from zero.
+
+    (Before, the resumed run stopped: TRL added its teacher adapter again over the one the checkpoint held.)
+    """
+    from safetensors.torch import load_file
+
+    prompts = [[{"role": "user", "content": f"Tell me of the {topic}."}] for topic in TOPICS]
+    save_records(tmp_path / "pairs.jsonl", prompt_pairs(prompts))
+    checkpoints = tmp_path / "out" / "checkpoints"
+    command = [sys.executable, "-c", EMA_RESUME_SCRIPT, str(tmp_path), tiny_model_path]
+    kill_when_exists(command, checkpoints / "checkpoint-2" / "trainer_state.json")
+    assert not (tmp_path / "out" / "adapter").exists()
+    before = load_file(str(checkpoints / "checkpoint-2" / "teacher" / "adapter_model.safetensors"))
+    assert before and all(tensor.abs().sum() > 0 for key, tensor in before.items() if "lora_B" in key)
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=patience(300))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "the EMA teacher resumes from the checkpoint (step 2)" in rerun.stderr
+    after = load_file(str(checkpoints / "checkpoint-3" / "teacher" / "adapter_model.safetensors"))
+    student = load_file(str(checkpoints / "checkpoint-3" / "adapter_model.safetensors"))
+    rate = 0.05  # TRL's teacher_update_rate
+    assert set(after) == set(before) == set(student)
+    for key, average in after.items():
+        assert torch.allclose(average, (1 - rate) * before[key] + rate * student[key], atol=1e-6), key
+    # Started again from zero, the average would be rate x the student: far from what it is.
+    assert any(not torch.allclose(after[key], rate * student[key], atol=1e-4) for key in after if "lora_B" in key)
+    # The teacher's average is a means, not the result: the final adapter is the student's alone.
+    assert not (tmp_path / "out" / "adapter" / "teacher").exists()
+
+
 # --- on-policy distillation from a separate teacher (distill.sdft.teacher_weights=teacher) ------------------------
 
 

@@ -175,6 +175,8 @@ def _sdft_module() -> Any:
 
 def make_trainer_class() -> type:
     """Build the SDFTTrainer subclass lazily, so importing octrain never imports TRL."""
+    from octrain.trainers.sdft_ema_resume import ResumedEmaTeacher  # imports transformers
+
     sdft = _sdft_module()
 
     class CharacterSDFTTrainer(ScheduleMixin, sdft.SDFTTrainer):
@@ -183,6 +185,7 @@ def make_trainer_class() -> type:
 
         def __init__(self, *args: Any, separate_teacher: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            ResumedEmaTeacher.attach(self)  # a resumed run goes on with the EMA teacher of its checkpoint
             self.teacher_context_builder = make_context_builder_class()(self)
             self.separate_teacher = separate_teacher is not None
             if self.separate_teacher:
