@@ -21,6 +21,7 @@ from octrain.core.errors import ConfigError
 from octrain.core.paths import configs_dir
 from octrain.memory.needs import Need
 from octrain.memory.shapes import architecture_of
+from octrain.stages.dpo import sdft_answer_length
 
 # A change to a config, as the override a user types and the edit it makes.
 Change = tuple[str, Callable[[OctrainConfig], None]]
@@ -97,8 +98,7 @@ def training_changes(config: OctrainConfig, stage: StageName) -> list[list[Chang
     shorter = [_set(f"{stage.value}.max_length", settings.max_length // 2)]
     if stage is StageName.dpo and config.distill.method is DistillMethod.sdft:
         # On-policy distillation's largest part is the logits over every answer token: shorter answers.
-        answer = config.distill.sdft.max_completion_length or config.pairs.sampling.max_new_tokens
-        shorter = [_set("distill.sdft.max_completion_length", max(1, answer // 2))]
+        shorter = [_set("distill.sdft.max_completion_length", max(1, sdft_answer_length(config) // 2))]
     candidates: list[list[Change]] = [ckpt] if ckpt else []
     candidates += smaller
     if qlora:

@@ -24,6 +24,8 @@ from octrain.core.config import OctrainConfig
 from octrain.memory.lora_training import activation_bytes_per_layer_token, lora_training_parts
 from octrain.memory.needs import GIB, TRAIN_CONTEXT_GIB, Need, short_name
 from octrain.memory.shapes import architecture_of
+from octrain.stages.dpo import sdft_answer_length, sdft_settings, trained_by_teacher
+from octrain.trainers.trl_sdft import exact_batch_split
 
 STUDENT_LOGIT_BYTES = 12  # bf16 logits, their fp32 copy, the log-softmax and its gradient
 TEACHER_LOGIT_BYTES = 6  # bf16 logits and the fp32 copy the divergence reads; no gradient
@@ -31,13 +33,10 @@ TEACHER_LOGIT_BYTES = 6  # bf16 logits and the fp32 copy the divergence reads; n
 
 def sdft_need(config: OctrainConfig, *, assume_cuda: bool = True) -> Need:
     """Peak memory of LoRA on-policy distillation with TRL on one GPU (see the module docstring)."""
-    from octrain.stages.dpo import sdft_settings, trained_by_teacher
-    from octrain.trainers.trl_sdft import exact_batch_split
-
     settings = sdft_settings(config)
     options = config.trainer.trl
     arch = architecture_of(config.student)
-    answer_tokens = settings.max_completion_length or config.pairs.sampling.max_new_tokens
+    answer_tokens = sdft_answer_length(config)
     length = max(config.pairs.max_length, answer_tokens)  # prompt + answer
     per_device, _ = exact_batch_split(
         settings.batch_size, options.per_device_batch_size, max(1, config.trainer.num_processes)

@@ -52,11 +52,15 @@ def trained_by_teacher(config: OctrainConfig) -> bool:
     )
 
 
+def sdft_answer_length(config: OctrainConfig) -> int:
+    """Tokens per answer the on-policy student writes: ``distill.sdft.max_completion_length``, by
+    default as long as the pairs' answers."""
+    return config.distill.sdft.max_completion_length or config.pairs.sampling.max_new_tokens
+
+
 def sdft_settings(config: OctrainConfig) -> SdftSettings:
-    """``distill.sdft`` with the answer length resolved: by default as long as the pairs' answers."""
-    sdft = config.distill.sdft
-    length = sdft.max_completion_length or config.pairs.sampling.max_new_tokens
-    return dataclasses.replace(sdft, max_completion_length=length)
+    """``distill.sdft`` with the answer length resolved (:func:`sdft_answer_length`)."""
+    return dataclasses.replace(config.distill.sdft, max_completion_length=sdft_answer_length(config))
 
 
 def sdft_context(ctx: RunContext) -> list[Message]:

@@ -32,6 +32,7 @@ import yaml
 from octrain.core.config import DistillMethod, OctrainConfig
 from octrain.core.errors import ConfigError
 from octrain.core.layout import ADAPTER_CONFIG_FILE, CARD_FILE, DONE_FILE, PLOTS_DIR, REPORT_FILE, REPORT_MD_FILE
+from octrain.stages.dpo import sdft_answer_length
 from octrain.use.export import is_hub_id
 from octrain.use.model_card_usage import usage_section
 from octrain.use.model_choice import ChosenModel
@@ -174,7 +175,7 @@ def _stage_one_rows(config: OctrainConfig) -> list[tuple[str, Any]]:
     """The settings stage 1 trained with: DPO's, or on-policy distillation's (``distill.sdft``)."""
     if config.distill.method is DistillMethod.sdft:
         sdft = config.distill.sdft
-        answer = sdft.max_completion_length or config.pairs.sampling.max_new_tokens
+        answer = sdft_answer_length(config)
         return [
             (
                 "SDFT teacher",
